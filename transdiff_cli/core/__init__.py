@@ -1,0 +1,1 @@
+"""Core library: model, flow matching, tokenizers, data, checkpoints, training, metrics."""

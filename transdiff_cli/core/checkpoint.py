@@ -1,0 +1,246 @@
+"""Checkpoints: our format (a folder) and the published TransDiff `.pth`, detected automatically.
+
+Our folder: `config.json` (model config, tokenizer, class names, step, anything needed to sample),
+`model.safetensors` and `ema.safetensors` (weights), `train_state.pt` (optimizer, schedule, RNG:
+only for resuming). Folders are written under a temporary name and renamed, so a checkpoint on
+disk is always complete.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import pickle
+import shutil
+import uuid
+import zipfile
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import torch
+from safetensors import SafetensorError
+from safetensors.torch import load_file, save_file
+
+from .config import ModelConfig, preset
+from .convert import config_from_published, from_published_keys
+from .errors import TransDiffError
+from .model import TransDiff
+
+CONFIG = "config.json"
+MODEL = "model.safetensors"
+EMA = "ema.safetensors"
+TRAIN_STATE = "train_state.pt"
+LATEST = "LATEST"
+# what torch.load raises on a truncated, foreign or unsafe file
+LOAD_ERRORS = (RuntimeError, pickle.UnpicklingError, EOFError, zipfile.BadZipFile, ValueError,
+               OSError, AttributeError, KeyError, IndexError)
+
+
+@dataclass
+class Checkpoint:
+    """A loaded checkpoint: the model (EMA weights unless asked otherwise) and its metadata."""
+
+    model: TransDiff
+    config: ModelConfig
+    meta: dict[str, Any] = field(default_factory=dict)  # tokenizer, class_names, step, ...
+    path: Path | None = None
+    published: bool = False
+    raw_model: dict[str, torch.Tensor] | None = None  # non-EMA weights (training resumes them)
+    raw_ema: dict[str, torch.Tensor] | None = None
+
+    @property
+    def class_names(self) -> list[str] | None:
+        return self.meta.get("class_names")
+
+
+# ----------------------------------------------------------------------------- writing
+def _atomic_dir(final: Path) -> Path:
+    tmp = final.with_name(f".{final.name}.tmp-{uuid.uuid4().hex[:8]}")
+    tmp.mkdir(parents=True)
+    return tmp
+
+
+def _commit_dir(tmp: Path, final: Path) -> None:
+    if final.exists():
+        old = final.with_name(f".{final.name}.old-{uuid.uuid4().hex[:8]}")
+        os.replace(final, old)
+        os.replace(tmp, final)
+        shutil.rmtree(old, ignore_errors=True)
+    else:
+        os.replace(tmp, final)
+
+
+def write_text_atomic(path: Path, text: str) -> None:
+    tmp = path.with_name(f".{path.name}.tmp-{uuid.uuid4().hex[:8]}")
+    tmp.write_text(text)
+    os.replace(tmp, path)
+
+
+def _contiguous(state: dict[str, torch.Tensor]) -> dict[str, torch.Tensor]:
+    return {k: v.detach().cpu().contiguous() for k, v in state.items()}
+
+
+def save_checkpoint(folder: str | Path, model_state: dict[str, torch.Tensor], config: ModelConfig,
+                    meta: dict[str, Any] | None = None,
+                    ema_state: dict[str, torch.Tensor] | None = None,
+                    train_state: dict[str, Any] | None = None) -> Path:
+    """Write a checkpoint folder atomically; returns its path."""
+    final = Path(folder)
+    final.parent.mkdir(parents=True, exist_ok=True)
+    tmp = _atomic_dir(final)
+    try:
+        save_file(_contiguous(model_state), str(tmp / MODEL))
+        if ema_state is not None:
+            save_file(_contiguous(ema_state), str(tmp / EMA))
+        if train_state is not None:
+            torch.save(train_state, tmp / TRAIN_STATE)
+        doc = {"format": "transdiff-cli/1", "model": config.to_dict(), **(meta or {})}
+        (tmp / CONFIG).write_text(json.dumps(doc, indent=1))
+        _commit_dir(tmp, final)
+    finally:
+        shutil.rmtree(tmp, ignore_errors=True)
+    return final
+
+
+def mark_latest(checkpoints_dir: Path, name: str) -> None:
+    write_text_atomic(checkpoints_dir / LATEST, name + "\n")
+
+
+# ----------------------------------------------------------------------------- finding
+def resolve(path: str | Path) -> Path:
+    """A checkpoint folder or `.pth` file from what the user gave: the file itself, a checkpoint
+    folder, a run folder (its latest checkpoint) or a `checkpoints/` folder."""
+    p = Path(path)
+    if not p.exists():
+        raise TransDiffError(f"checkpoint not found: {p}")
+    if p.is_file():
+        return p.parent if p.name in (CONFIG, MODEL, EMA) else p
+    if (p / CONFIG).is_file():
+        return p
+    for ckdir in (p / "checkpoints", p):
+        latest = ckdir / LATEST
+        if latest.is_file():
+            target = ckdir / latest.read_text().strip()
+            if (target / CONFIG).is_file():
+                return target
+        steps = sorted(d for d in ckdir.glob("step_*") if (d / CONFIG).is_file())
+        if steps:
+            return steps[-1]
+    raise TransDiffError(f"no checkpoint in {p} (expected {CONFIG} or a checkpoints/ folder)")
+
+
+def newest_run_checkpoint(runs: str | Path = "runs") -> Path:
+    """The latest checkpoint of the most recently modified run under `runs/`."""
+    root = Path(runs)
+    runs_found = sorted((d for d in root.glob("*") if (d / "checkpoints").is_dir()),
+                        key=lambda d: d.stat().st_mtime) if root.is_dir() else []
+    for run in reversed(runs_found):
+        try:
+            return resolve(run)
+        except TransDiffError:
+            continue
+    raise TransDiffError(f"no --ckpt given and no trained run under {root}/ (train one with "
+                         "`transdiff train`, or pass --ckpt PATH)")
+
+
+# ----------------------------------------------------------------------------- loading
+def _load_safetensors(path: Path) -> dict[str, torch.Tensor]:
+    try:
+        return load_file(str(path))
+    except (SafetensorError, OSError, ValueError) as e:
+        raise TransDiffError(f"cannot read {path}: {e} (file corrupt or truncated?)") from e
+
+
+def _torch_load_published(path: Path) -> dict[str, Any]:
+    try:
+        with torch.serialization.safe_globals([argparse.Namespace]):
+            ck = torch.load(path, map_location="cpu", weights_only=True)
+    except LOAD_ERRORS as e:
+        msg = str(e).strip().splitlines()[0] if str(e).strip() else type(e).__name__
+        raise TransDiffError(f"{path} is not a readable checkpoint (truncated or not a "
+                             f"PyTorch file?): {msg[:200]}") from e
+    if not isinstance(ck, dict) or not ({"model", "model_ema"} & set(ck)):
+        raise TransDiffError(f"{path} is not a TransDiff checkpoint (no 'model'/'model_ema' entry)")
+    return ck
+
+
+def _check_size(config: ModelConfig, size: str | None, path: Path) -> None:
+    if size is None:
+        return
+    want = preset(size, latent_channels=config.latent_channels, latent_size=config.latent_size,
+                  patch_size=config.patch_size, num_classes=config.num_classes)
+    got = (config.width, config.encoder_depth, config.decoder_depth)
+    exp = (want.width, want.encoder_depth, want.decoder_depth)
+    if got != exp:
+        raise TransDiffError(
+            f"{path} does not match size {want.size}: it has width {got[0]}, encoder depth "
+            f"{got[1]}, decoder depth {got[2]}; size {want.size} has {exp[0]}, {exp[1]}, {exp[2]}")
+
+
+def build_model(config: ModelConfig, state: dict[str, torch.Tensor], path: Path | str) -> TransDiff:
+    """Instantiate the model and load `state` strictly, with a one-line error on any mismatch."""
+    model = TransDiff(config)
+    own = model.state_dict()
+    missing = sorted(set(own) - set(state))
+    unexpected = sorted(set(state) - set(own))
+    if missing or unexpected:
+        what = f"missing {missing[0]}" if missing else f"unexpected {unexpected[0]}"
+        raise TransDiffError(f"{path} does not fit the model config ({what}; "
+                             f"{len(missing)} missing, {len(unexpected)} unexpected tensors)")
+    for k, v in state.items():
+        if own[k].shape != v.shape:
+            raise TransDiffError(f"{path} does not fit the model config: {k} has shape "
+                                 f"{tuple(v.shape)}, the config needs {tuple(own[k].shape)}")
+    model.load_state_dict(state)
+    return model
+
+
+def load_checkpoint(path: str | Path, *, weights: str = "ema", size: str | None = None,
+                    heads: int | None = None, device: str | torch.device = "cpu",
+                    keep_raw: bool = False) -> Checkpoint:
+    """Load our folder format or a published `.pth` (detected). `weights` is "ema" or "model";
+    `size` checks the shapes against a named size; `heads` overrides the inferred head count
+    of a published checkpoint whose size is not one of B/L/H."""
+    if weights not in ("ema", "model"):
+        raise TransDiffError(f"--weights must be 'ema' or 'model', not {weights!r}")
+    p = resolve(path)
+    if p.is_file():
+        ck = _torch_load_published(p)
+        key = "model_ema" if weights == "ema" and "model_ema" in ck else "model"
+        state = from_published_keys(ck[key])
+        config = config_from_published(state, ck.get("args"), heads)
+        _check_size(config, size, p)
+        model = build_model(config, state, p)
+        args = ck.get("args")
+        meta = {"source": str(p), "epoch": ck.get("epoch"), "tokenizer": None,
+                "published_args": vars(args) if args is not None else {}}
+        raw = from_published_keys(ck["model"]) if keep_raw and "model" in ck else None
+        raw_ema = (from_published_keys(ck["model_ema"])
+                   if keep_raw and "model_ema" in ck else None)
+        return Checkpoint(model.to(device), config, meta, p, True, raw, raw_ema)
+
+    try:
+        doc = json.loads((p / CONFIG).read_text())
+        config = ModelConfig.from_dict(doc["model"])
+    except (json.JSONDecodeError, KeyError, TypeError) as e:
+        raise TransDiffError(f"{p / CONFIG} is not a valid checkpoint config: {e}") from e
+    _check_size(config, size, p)
+    use_ema = weights == "ema" and (p / EMA).is_file()
+    state = _load_safetensors(p / (EMA if use_ema else MODEL))
+    model = build_model(config, state, p)
+    meta = {k: v for k, v in doc.items() if k != "model"}
+    raw = _load_safetensors(p / MODEL) if keep_raw else None
+    raw_ema = _load_safetensors(p / EMA) if keep_raw and (p / EMA).is_file() else None
+    return Checkpoint(model.to(device), config, meta, p, False, raw, raw_ema)
+
+
+def load_train_state(folder: Path) -> dict[str, Any] | None:
+    f = Path(folder) / TRAIN_STATE
+    if not f.is_file():
+        return None
+    try:
+        return torch.load(f, map_location="cpu", weights_only=True)
+    except LOAD_ERRORS as e:
+        raise TransDiffError(f"cannot read training state {f}: {e}") from e

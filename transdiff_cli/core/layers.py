@@ -1,0 +1,144 @@
+"""Transformer layers of TransDiff. Parameter names follow the published checkpoints
+(timm's ViT block for the encoder, PixArt-style adaLN-single blocks for the decoder)."""
+
+from __future__ import annotations
+
+import torch
+import torch.nn as nn
+import torch.nn.functional as F
+from diffusers.models.embeddings import TimestepEmbedding, Timesteps
+from timm.layers import Mlp
+
+EPS = 1e-6
+
+
+def _heads(x: torch.Tensor, h: int) -> torch.Tensor:
+    b, n, d = x.shape
+    return x.view(b, n, h, d // h).transpose(1, 2)
+
+
+def _merge(x: torch.Tensor) -> torch.Tensor:
+    b, h, n, d = x.shape
+    return x.transpose(1, 2).reshape(b, n, h * d)
+
+
+class SelfAttention(nn.Module):
+    """Multi-head self-attention (SDPA). `cache` holds keys/values of earlier positions: with
+    block-causal masks the earlier positions never see later ones, so reusing them is exact."""
+
+    def __init__(self, dim: int, heads: int, attn_drop: float = 0.0, proj_drop: float = 0.0):
+        super().__init__()
+        self.heads = heads
+        self.qkv = nn.Linear(dim, 3 * dim, bias=True)
+        self.proj = nn.Linear(dim, dim)
+        self.attn_drop = attn_drop
+        self.proj_drop = nn.Dropout(proj_drop)
+
+    def forward(self, x: torch.Tensor, mask: torch.Tensor | None = None,
+                cache: dict | None = None) -> torch.Tensor:
+        q, k, v = (_heads(t, self.heads) for t in self.qkv(x).chunk(3, dim=-1))
+        if cache is not None:
+            if "k" in cache:
+                k = torch.cat([cache["k"], k], dim=2)
+                v = torch.cat([cache["v"], v], dim=2)
+            cache["k"], cache["v"] = k, v
+        drop = self.attn_drop if self.training else 0.0
+        out = F.scaled_dot_product_attention(q, k, v, attn_mask=mask, dropout_p=drop)
+        return self.proj_drop(self.proj(_merge(out)))
+
+
+class CrossAttention(nn.Module):
+    """Queries from the image tokens, keys/values from the (projected) condition."""
+
+    def __init__(self, dim: int, heads: int, attn_drop: float = 0.0, proj_drop: float = 0.0):
+        super().__init__()
+        self.heads = heads
+        self.wq = nn.Linear(dim, dim)
+        self.wk = nn.Linear(dim, dim)
+        self.wv = nn.Linear(dim, dim)
+        self.proj = nn.Linear(dim, dim)
+        self.attn_drop = attn_drop
+        self.proj_drop = nn.Dropout(proj_drop)
+
+    def kv(self, c: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        """Keys and values of the condition: computed once per sampling run."""
+        return _heads(self.wk(c), self.heads), _heads(self.wv(c), self.heads)
+
+    def forward(self, x: torch.Tensor, kv: tuple[torch.Tensor, torch.Tensor]) -> torch.Tensor:
+        q = _heads(self.wq(x), self.heads)
+        k, v = kv
+        if k.shape[0] != q.shape[0]:  # one condition shared by several noise draws
+            k = k.repeat_interleave(q.shape[0] // k.shape[0], 0)
+            v = v.repeat_interleave(q.shape[0] // v.shape[0], 0)
+        drop = self.attn_drop if self.training else 0.0
+        out = F.scaled_dot_product_attention(q, k, v, dropout_p=drop)
+        return self.proj_drop(self.proj(_merge(out)))
+
+
+class EncoderBlock(nn.Module):
+    """Pre-norm ViT block (timm `Block` layout and names)."""
+
+    def __init__(self, dim: int, heads: int, mlp_ratio: float, attn_drop: float, proj_drop: float):
+        super().__init__()
+        self.norm1 = nn.LayerNorm(dim, eps=EPS)
+        self.attn = SelfAttention(dim, heads, attn_drop, proj_drop)
+        self.norm2 = nn.LayerNorm(dim, eps=EPS)
+        self.mlp = Mlp(dim, int(dim * mlp_ratio), act_layer=nn.GELU, drop=proj_drop)
+
+    def forward(self, x: torch.Tensor, mask: torch.Tensor | None = None,
+                cache: dict | None = None) -> torch.Tensor:
+        x = x + self.attn(self.norm1(x), mask, cache)
+        return x + self.mlp(self.norm2(x))
+
+
+def modulate(x: torch.Tensor, shift: torch.Tensor, scale: torch.Tensor) -> torch.Tensor:
+    return x * (1 + scale) + shift
+
+
+class DecoderBlock(nn.Module):
+    """adaLN-single block (PixArt-alpha): modulated self-attention and MLP, plain cross-attention."""
+
+    def __init__(self, dim: int, heads: int, mlp_ratio: float, attn_drop: float, proj_drop: float):
+        super().__init__()
+        self.scale_shift_table = nn.Parameter(torch.randn(1, 6, dim) / dim**0.5)
+        self.norm1 = nn.LayerNorm(dim, eps=EPS)
+        self.attn1 = SelfAttention(dim, heads, attn_drop, proj_drop)
+        self.norm2 = nn.LayerNorm(dim, eps=EPS)
+        self.attn2 = CrossAttention(dim, heads, attn_drop, proj_drop)
+        self.norm3 = nn.LayerNorm(dim, eps=EPS)
+        self.mlp = Mlp(dim, int(dim * mlp_ratio), act_layer=nn.GELU, drop=proj_drop)
+
+    def forward(self, x: torch.Tensor, tproj: torch.Tensor,
+                kv: tuple[torch.Tensor, torch.Tensor]) -> torch.Tensor:
+        mod = self.scale_shift_table + tproj  # (B, 6, W)
+        shift1, scale1, gate1, shift2, scale2, gate2 = mod.chunk(6, dim=1)
+        x = x + gate1 * self.attn1(modulate(self.norm1(x), shift1, scale1))
+        x = x + self.attn2(self.norm2(x), kv)
+        return x + gate2 * self.mlp(modulate(self.norm3(x), shift2, scale2))
+
+
+class FinalLayer(nn.Module):
+    def __init__(self, dim: int, out_dim: int):
+        super().__init__()
+        self.scale_shift_table = nn.Parameter(torch.randn(1, 2, dim) / dim**0.5)
+        self.norm = nn.LayerNorm(dim, eps=EPS, elementwise_affine=False)
+        self.linear = nn.Linear(dim, out_dim)
+
+    def forward(self, x: torch.Tensor, temb: torch.Tensor) -> torch.Tensor:
+        shift, scale = (self.scale_shift_table + temb[:, None]).chunk(2, dim=1)
+        return self.linear(modulate(self.norm(x), shift, scale))
+
+
+class TimeEmbed(nn.Module):
+    """1000*t -> sinusoid (256, cos first) -> MLP = temb; tproj = Linear(SiLU(temb)) as (6, W)."""
+
+    def __init__(self, dim: int, freq_dim: int = 256):
+        super().__init__()
+        self.sinusoid = Timesteps(freq_dim, flip_sin_to_cos=True, downscale_freq_shift=0)
+        self.time_embedder = TimestepEmbedding(freq_dim, dim)
+        self.time_proj = nn.Linear(dim, 6 * dim)
+
+    def forward(self, timesteps: torch.Tensor, dtype: torch.dtype) -> tuple[torch.Tensor, torch.Tensor]:
+        temb = self.time_embedder(self.sinusoid(timesteps).to(dtype))
+        tproj = self.time_proj(F.silu(temb)).unflatten(1, (6, -1))
+        return temb, tproj
