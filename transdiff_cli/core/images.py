@@ -1,0 +1,58 @@
+"""Images on disk: [-1, 1] tensors <-> uint8 PNGs, and grids of them."""
+
+from __future__ import annotations
+
+import math
+from pathlib import Path
+
+import numpy as np
+import torch
+from PIL import Image
+
+
+def to_uint8(images: torch.Tensor) -> np.ndarray:
+    """(B, C, H, W) in [-1, 1] -> (B, H, W, C) uint8 (C = 1 or 3)."""
+    x = ((images.detach().float().cpu().clamp(-1, 1) + 1) * 127.5).round().to(torch.uint8)
+    return x.permute(0, 2, 3, 1).numpy()
+
+
+def _pil(array: np.ndarray) -> Image.Image:
+    return Image.fromarray(array[..., 0] if array.shape[-1] == 1 else array)
+
+
+def make_grid(images: torch.Tensor, nrow: int | None = None, pad: int = 2,
+              upscale: int | None = None) -> Image.Image:
+    """A grid image; small images (digits are 8x8) are upscaled (nearest) so they can be seen."""
+    arr = to_uint8(images)
+    b, h, w, c = arr.shape
+    nrow = nrow or max(1, math.ceil(math.sqrt(b)))
+    rows = math.ceil(b / nrow)
+    if upscale is None:
+        upscale = max(1, 64 // max(h, w))
+    canvas = np.full((rows * (h + pad) + pad, nrow * (w + pad) + pad, c), 255, np.uint8)
+    for i in range(b):
+        r, col = divmod(i, nrow)
+        y, x = pad + r * (h + pad), pad + col * (w + pad)
+        canvas[y:y + h, x:x + w] = arr[i]
+    img = _pil(canvas)
+    if upscale > 1:
+        img = img.resize((img.width * upscale, img.height * upscale), Image.NEAREST)
+    return img
+
+
+def save_grid(images: torch.Tensor, path: str | Path, nrow: int | None = None) -> Path:
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    make_grid(images, nrow).save(path)
+    return path
+
+
+def save_pngs(images: torch.Tensor, folder: str | Path, names: list[str]) -> list[Path]:
+    folder = Path(folder)
+    folder.mkdir(parents=True, exist_ok=True)
+    paths = []
+    for arr, name in zip(to_uint8(images), names):
+        p = folder / name
+        _pil(arr).save(p)
+        paths.append(p)
+    return paths

@@ -1,0 +1,100 @@
+"""Tokenizers: images <-> the latents the model is trained on.
+
+One small interface: `encode_moments` (image -> posterior moments, mean and log-variance
+concatenated on the channel axis), `sample_latents` (moments -> scaled latent), `decode`
+(scaled latent -> image), the latent shape and the scale factor, and `spec()` (JSON, stored in
+checkpoints so that `sample` can rebuild the tokenizer).
+
+- `pixels`: no VAE, the image is the latent (small built-in datasets on CPU).
+- `kl16:PATH`: the published LDM/MAR KL-16 VAE, mapped onto diffusers' AutoencoderKL.
+- `diffusers:DIR`: any local diffusers AutoencoderKL folder.
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+import torch
+
+from .errors import TransDiffError
+
+
+class Tokenizer:
+    kind: str = ""
+    image_size: int
+    image_channels: int
+    latent_channels: int
+    latent_size: int
+    scale_factor: float = 1.0
+
+    def spec(self) -> dict[str, Any]:
+        raise NotImplementedError
+
+    def encode_moments(self, images: torch.Tensor) -> torch.Tensor:
+        """(B, C_img, H, W) in [-1, 1] -> (B, 2 C_lat, h, w): mean then log-variance."""
+        raise NotImplementedError
+
+    def sample_latents(self, moments: torch.Tensor,
+                       generator: torch.Generator | None = None) -> torch.Tensor:
+        """A draw from the posterior, times the scale factor: what the model sees."""
+        mean, logvar = moments.chunk(2, dim=1)
+        std = torch.exp(0.5 * logvar.clamp(-30.0, 20.0))
+        eps = torch.randn(mean.shape, generator=generator, device=mean.device, dtype=mean.dtype)
+        return (mean + std * eps) * self.scale_factor
+
+    def decode(self, latents: torch.Tensor) -> torch.Tensor:
+        """Scaled latents -> images in [-1, 1]."""
+        raise NotImplementedError
+
+    def to(self, device: torch.device | str) -> Tokenizer:
+        return self
+
+
+class PixelTokenizer(Tokenizer):
+    """Identity: the latent is the image in [-1, 1]; the posterior is a point (exact round trip)."""
+
+    kind = "pixels"
+
+    def __init__(self, image_size: int, image_channels: int):
+        self.image_size = self.latent_size = int(image_size)
+        self.image_channels = self.latent_channels = int(image_channels)
+
+    def spec(self) -> dict[str, Any]:
+        return {"kind": "pixels", "image_size": self.image_size,
+                "image_channels": self.image_channels, "scale_factor": 1.0}
+
+    def encode_moments(self, images: torch.Tensor) -> torch.Tensor:
+        return torch.cat([images, torch.full_like(images, float("-inf"))], dim=1)
+
+    def sample_latents(self, moments: torch.Tensor,
+                       generator: torch.Generator | None = None) -> torch.Tensor:
+        return moments[:, : self.latent_channels].clone()
+
+    def decode(self, latents: torch.Tensor) -> torch.Tensor:
+        return latents.clamp(-1, 1)
+
+
+def load_tokenizer(spec: str | dict[str, Any], *, image_size: int | None = None,
+                   image_channels: int | None = None,
+                   device: torch.device | str = "cpu") -> Tokenizer:
+    """Build a tokenizer from a CLI string ("pixels", "kl16:PATH", "diffusers:DIR") or a stored
+    spec dict. `pixels` takes its size and channels from the data."""
+    if isinstance(spec, str):
+        kind, _, arg = spec.partition(":")
+        spec_d: dict[str, Any] = {"kind": kind}
+        if arg:
+            spec_d["path"] = arg
+    else:
+        spec_d = dict(spec)
+    kind = spec_d.get("kind")
+    if kind == "pixels":
+        size = spec_d.get("image_size", image_size)
+        ch = spec_d.get("image_channels", image_channels)
+        if size is None or ch is None:
+            raise TransDiffError("the pixels tokenizer needs the image size and channels")
+        return PixelTokenizer(size, ch)
+    if kind in ("kl16", "diffusers"):
+        from . import vae
+
+        return vae.load_vae_tokenizer(spec_d, device=device)
+    raise TransDiffError(f"unknown tokenizer {spec!r}: use pixels, kl16:PATH or diffusers:DIR")
