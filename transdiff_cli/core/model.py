@@ -114,14 +114,17 @@ class TransDiff(nn.Module):
         ids = self.block_ids[:length]
         return ids[start:, None] >= ids[None, :]
 
-    def class_embedding(self, labels: torch.Tensor, null: bool = False) -> torch.Tensor:
-        """Class embeddings, with the null embedding swapped in at rate label_drop_prob in training."""
+    def class_embedding(self, labels: torch.Tensor, null: bool = False,
+                        drop: torch.Tensor | None = None) -> torch.Tensor:
+        """Class embeddings, with the null embedding swapped in at rate label_drop_prob in training
+        (or where the boolean `drop` says, so a trainer can draw the mask itself)."""
         if null:
             return self.fake_latent.expand(labels.shape[0], -1)
         emb = self.class_emb(labels)
-        if self.training and self.cfg.label_drop_prob > 0:
-            drop = torch.rand(labels.shape[0], 1, device=emb.device) < self.cfg.label_drop_prob
-            emb = torch.where(drop, self.fake_latent.to(emb.dtype), emb)
+        if drop is None and self.training and self.cfg.label_drop_prob > 0:
+            drop = torch.rand(labels.shape[0], device=emb.device) < self.cfg.label_drop_prob
+        if drop is not None:
+            emb = torch.where(drop[:, None], self.fake_latent.to(emb.dtype), emb)
         return emb
 
     def _encoder_input(self, class_emb: torch.Tensor, refs: torch.Tensor | None,
@@ -178,12 +181,14 @@ class TransDiff(nn.Module):
     # ------------------------------------------------------------------ training
     def forward(self, latents: torch.Tensor, labels: torch.Tensor,
                 noise: Sequence[torch.Tensor] | torch.Tensor | None = None,
-                timesteps: Sequence[torch.Tensor] | torch.Tensor | None = None) -> torch.Tensor:
+                timesteps: Sequence[torch.Tensor] | torch.Tensor | None = None,
+                drop: torch.Tensor | None = None) -> torch.Tensor:
         """Training loss. 1-step: latents (B, C, H, W). MRAR: (B, K, C, H, W), K images of the
         same class, teacher-forced; the loss is the mean of the K decoder losses.
-        `noise`/`timesteps` (per image in MRAR) override the random draws, for parity tests."""
+        `noise`/`timesteps` (per image in MRAR; B * diffusion_batch_mul rows in training) and the
+        class-dropout mask `drop` override the random draws (parity tests, exact DDP equivalence)."""
         cfg = self.cfg
-        class_emb = self.class_embedding(labels)
+        class_emb = self.class_embedding(labels, drop=drop)
         if not cfg.mrar:
             c = self.condition(self.features(class_emb))
             return self._decoder_loss(latents, c, noise, timesteps)
