@@ -1,0 +1,142 @@
+"""Shared helpers of the benchmarks: model construction, the same-run matmul peak, FLOP counting,
+machine/load information. Run the benchmarks from the repository root."""
+
+from __future__ import annotations
+
+import argparse
+import os
+import platform
+import statistics
+import sys
+import time
+from collections.abc import Callable
+from pathlib import Path
+
+import torch
+from torch.utils.flop_counter import FlopCounterMode
+
+sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
+
+from transdiff_cli.core.config import IMAGENET_GEOMETRY, preset  # noqa: E402
+from transdiff_cli.core.model import TransDiff  # noqa: E402
+
+DTYPES = {"fp32": torch.float32, "bf16": torch.bfloat16}
+
+
+def add_model_args(p: argparse.ArgumentParser) -> None:
+    p.add_argument("--ckpt", help="checkpoint (our folder format or the published .pth); else random weights")
+    p.add_argument("--size", default="tiny", help="preset for random weights (tiny, S, B, L, H)")
+    p.add_argument("--width", type=int)
+    p.add_argument("--heads", type=int)
+    p.add_argument("--encoder-depth", type=int)
+    p.add_argument("--decoder-depth", type=int)
+    p.add_argument("--mrar", action="store_true", help="random-weight MRAR model (implied by --mode mrar)")
+    p.add_argument("--precision", choices=list(DTYPES), default="fp32")
+    p.add_argument("--threads", type=int, default=None, help="torch threads (default: every core)")
+    p.add_argument("--seed", type=int, default=0)
+
+
+def set_threads(n: int | None) -> int:
+    # GEMM efficiency at these shapes depends on using every core: default to all of them.
+    torch.set_num_threads(n or os.cpu_count() or 1)
+    return torch.get_num_threads()
+
+
+def random_model(args: argparse.Namespace, mrar: bool) -> TransDiff:
+    """Random weights at the requested size with ImageNet geometry, built directly in the target
+    dtype. The zero-initialised output layer is re-drawn so velocities (and timings of anything
+    data-dependent) are realistic."""
+    cfg = preset(args.size, width=args.width, heads=args.heads, encoder_depth=args.encoder_depth,
+                 decoder_depth=args.decoder_depth, mrar=mrar, **IMAGENET_GEOMETRY)
+    torch.manual_seed(args.seed)
+    model = build_in_dtype(cfg, DTYPES[args.precision])
+    for p in model.decoder.final_layer.linear.parameters():
+        torch.nn.init.normal_(p, std=0.02)
+    return model.eval()
+
+
+def build_in_dtype(cfg, dtype: torch.dtype) -> TransDiff:
+    """Construct the model with its parameters created in `dtype` from the start, so a float32
+    copy of a large model is never materialised (peak memory ~ weight bytes in `dtype`)."""
+    old = torch.get_default_dtype()
+    torch.set_default_dtype(dtype)
+    try:
+        return TransDiff(cfg)
+    finally:
+        torch.set_default_dtype(old)
+
+
+def load_model(args: argparse.Namespace, mrar: bool) -> TransDiff:
+    if args.ckpt:
+        from transdiff_cli.core.checkpoint import load_checkpoint
+        from transdiff_cli.core.inference import prepare
+        model = load_checkpoint(args.ckpt).model
+        return prepare(model, torch.device("cpu"), args.precision)
+    return random_model(args, mrar)
+
+
+def time_runs(fn: Callable[[], object], repeats: int, warmup: int = 1) -> list[float]:
+    for _ in range(warmup):
+        fn()
+    out = []
+    for _ in range(repeats):
+        t0 = time.perf_counter()
+        fn()
+        out.append(time.perf_counter() - t0)
+    return out
+
+
+def matmul_peak(dtype: torch.dtype, n: int = 2048, repeats: int = 7) -> float:
+    """GFLOP/s of a plain n x n matmul in `dtype`, timed in this process (median)."""
+    a, b = torch.randn(n, n, dtype=dtype), torch.randn(n, n, dtype=dtype)
+    c = torch.empty(n, n, dtype=dtype)
+    times = time_runs(lambda: torch.mm(a, b, out=c), repeats, warmup=2)
+    return 2 * n**3 / statistics.median(times) / 1e9
+
+
+def _sdpa_cpu_flops(q_shape, k_shape, v_shape, *args, **kwargs) -> int:
+    # torch's FlopCounterMode has formulas for the CUDA attention kernels only; the CPU flash
+    # kernel is 2 matmuls: QK^T and PV.
+    b, h, s_q, d = q_shape
+    s_k, d_v = k_shape[-2], v_shape[-1]
+    return 2 * b * h * s_q * s_k * d + 2 * b * h * s_q * s_k * d_v
+
+
+def _sdpa_cpu_bwd_flops(grad_out_shape, q_shape, k_shape, v_shape, *args, **kwargs) -> int:
+    return 2 * _sdpa_cpu_flops(q_shape, k_shape, v_shape)  # dV, dP, dQ, dK: 4 matmuls
+
+
+def flop_counter() -> FlopCounterMode:
+    aten = torch.ops.aten
+    mapping = {aten._scaled_dot_product_flash_attention_for_cpu: _sdpa_cpu_flops}
+    if hasattr(aten, "_scaled_dot_product_flash_attention_for_cpu_backward"):
+        mapping[aten._scaled_dot_product_flash_attention_for_cpu_backward] = _sdpa_cpu_bwd_flops
+    return FlopCounterMode(display=False, custom_mapping=mapping)  # formulas receive shapes
+
+
+def count_flops(fn: Callable[[], object]) -> int:
+    with flop_counter() as fc:
+        fn()
+    return fc.get_total_flops()
+
+
+def machine_info(threads: int) -> dict:
+    model = platform.processor()
+    try:
+        for line in Path("/proc/cpuinfo").read_text().splitlines():
+            if line.startswith("model name"):
+                model = line.split(":", 1)[1].strip()
+                break
+    except OSError:
+        pass
+    return {"cpu": model, "cores": os.cpu_count(), "threads": threads, "torch": torch.__version__,
+            "loadavg": [round(x, 2) for x in os.getloadavg()]}
+
+
+def peak_rss_bytes() -> int:
+    """Peak resident set size of this process (Linux: VmHWM)."""
+    for line in Path("/proc/self/status").read_text().splitlines():
+        if line.startswith("VmHWM:"):
+            return int(line.split()[1]) * 1024
+    import resource
+    return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss * 1024

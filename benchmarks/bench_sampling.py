@@ -1,0 +1,105 @@
+"""Time 1-step or MRAR sampling and relate it to the machine's matmul peak; prints one JSON object.
+
+    python benchmarks/bench_sampling.py --width 256 --heads 4 --encoder-depth 2 --decoder-depth 4 \\
+        --mode 1step --batch 4 --sampling-steps 25 --cfg 1.5 --precision bf16 --repeats 3
+
+`--measure-memory` instead reports the peak RSS of one sampling run (e.g. `--size H --batch 1`),
+against the bytes of the weights.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import statistics
+import time
+
+import torch
+from _common import (
+    DTYPES,
+    add_model_args,
+    count_flops,
+    load_model,
+    machine_info,
+    matmul_peak,
+    peak_rss_bytes,
+    set_threads,
+    time_runs,
+)
+
+from transdiff_cli.core.inference import prepare
+
+
+def main() -> None:
+    p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    add_model_args(p)
+    p.add_argument("--mode", choices=["1step", "mrar"], default="1step")
+    p.add_argument("--batch", type=int, default=4)
+    p.add_argument("--sampling-steps", type=int, default=25)
+    p.add_argument("--cfg", type=float, default=1.5)
+    p.add_argument("--compile", action="store_true", help="torch.compile the decoder")
+    p.add_argument("--repeats", type=int, default=3)
+    p.add_argument("--no-cache", action="store_true", help="the plain (reference-style) sampling path")
+    p.add_argument("--measure-memory", action="store_true",
+                   help="report peak RSS of one sampling run instead of timing")
+    args = p.parse_args()
+    threads = set_threads(args.threads)
+    mrar = args.mode == "mrar"
+
+    rss_before = peak_rss_bytes()
+    model = load_model(args, mrar)
+    if model.cfg.mrar != mrar:
+        p.error(f"the checkpoint is {'an MRAR' if model.cfg.mrar else 'a 1-step'} model; use --mode accordingly")
+    model = prepare(model, torch.device("cpu"), args.precision)
+    weight_bytes = sum(t.numel() * t.element_size() for t in model.state_dict().values())
+    gen = torch.Generator().manual_seed(args.seed)
+    labels = torch.randint(0, model.cfg.num_classes, (args.batch,), generator=gen)
+    noise = torch.randn(args.batch, model.cfg.num_tokens, model.cfg.token_dim, generator=gen)
+    rounds = model.cfg.mrar_steps if mrar else 1
+
+    def run():
+        gen.manual_seed(args.seed)
+        return model.sample(labels, cfg=args.cfg, steps=args.sampling_steps, noise=noise, generator=gen,
+                            cache=not args.no_cache)
+
+    result = {"mode": args.mode, "precision": args.precision, "compile": args.compile,
+              "batch": args.batch, "sampling_steps": args.sampling_steps, "cfg": args.cfg,
+              "config": {k: getattr(model.cfg, k) for k in
+                         ("size", "width", "heads", "encoder_depth", "decoder_depth", "num_tokens",
+                          "token_dim", "buffer_size", "mrar")},
+              "weights": args.ckpt or "random"}
+    if args.measure_memory:
+        t0 = time.perf_counter()
+        run()
+        result.update(seconds=round(time.perf_counter() - t0, 2), weight_bytes=weight_bytes,
+                      rss_before_model_bytes=rss_before, peak_rss_bytes=peak_rss_bytes(),
+                      limit_bytes=weight_bytes + 2 * 2**30)
+        result["peak_over_weights_gib"] = round((result["peak_rss_bytes"] - weight_bytes) / 2**30, 3)
+        result["within_limit"] = result["peak_rss_bytes"] < result["limit_bytes"]
+        result.update(machine_info(threads))
+        print(json.dumps(result))
+        return
+
+    flops = count_flops(run)  # eager, before any compile: the counter sees every aten op
+    if args.compile:
+        model = prepare(model, torch.device("cpu"), args.precision, compile=True)
+    times = time_runs(run, args.repeats, warmup=1 if not args.compile else 2)
+    s = statistics.median(times)
+    peak = matmul_peak(DTYPES[args.precision])
+    achieved = flops / s / 1e9
+    result.update(
+        s_per_image=round(s / args.batch, 4),
+        times_s=[round(t, 3) for t in times],
+        network_evaluations=args.sampling_steps * rounds,
+        evaluation_batch=args.batch * (2 if args.cfg != 1.0 else 1),
+        flops_per_image=flops // args.batch,
+        achieved_gflops=round(achieved, 1),
+        matmul_peak_gflops=round(peak, 1),
+        ratio_to_peak=round(achieved / peak, 3),
+    )
+    result.update(machine_info(threads))
+    print(json.dumps(result))
+
+
+if __name__ == "__main__":
+    main()
