@@ -1,14 +1,90 @@
-"""`transdiff sample`: Generate class-conditional images (1-step or MRAR) into PNG files and a grid."""
+"""`transdiff sample`: class-conditional images (1-step or MRAR) -> PNG files, a grid, an .npz."""
 
 from __future__ import annotations
 
-import typer
+from pathlib import Path
 
-from ._common import not_implemented, user_errors
+import typer
+from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeRemainingColumn
+
+from ..core.classes import class_label, resolve_classes
+from ..core.device import resolve_device
+from ..core.generate import generate_to_folder, grid_rows, open_checkpoint, open_tokenizer, sample_settings
+from ._common import console, user_errors
+
+HELP = """Generate class-conditional images (1-step or MRAR) into PNG files and a grid.
+
+Classes are indices, the checkpoint's own class names, or ImageNet names ("golden retriever",
+"tiger"); --num images are drawn per class. Defaults (cfg, scales, sampling steps) come from the
+checkpoint. The same --seed and --batch-size give identical files.
+
+Example:
+
+    transdiff sample --ckpt runs/digits --class 7 --num 16
+
+    transdiff sample --ckpt checkpoint-last.pth --vae kl16:kl16.ckpt --class tiger --mode mrar --cfg 1,1.3,1.3,1.3
+"""
+
+
+def progress_bar() -> Progress:
+    return Progress(TextColumn("[bold]{task.description}"), BarColumn(), MofNCompleteColumn(),
+                    TimeRemainingColumn(), console=console, transient=True)
 
 
 def register(app: typer.Typer) -> None:
-    @app.command("sample", help="Generate class-conditional images (1-step or MRAR) into PNG files and a grid.\n\nExample:\n\n    transdiff sample --ckpt runs/digits --class 7 --num 16")
+    @app.command("sample", help=HELP)
     @user_errors
-    def sample() -> None:
-        not_implemented("sample")
+    def sample(
+        ckpt: Path = typer.Option(None, "--ckpt", help="checkpoint folder, run folder or published .pth "
+                                  "(default: the newest run under runs/)"),
+        vae: str = typer.Option(None, "--vae", help="tokenizer, e.g. kl16:PATH (default: the checkpoint's)"),
+        classes: list[str] = typer.Option(None, "--class", "-c", help="class index or name; repeat or "
+                                          "comma-separate for several (default: every class)"),
+        num: int = typer.Option(4, "--num", "-n", min=1, help="images per class"),
+        mode: str = typer.Option(None, "--mode", help="1step or mrar (default: the checkpoint's kind)"),
+        steps: int = typer.Option(None, "--steps", help="MRAR steps K (at most the trained K)"),
+        sampling_steps: int = typer.Option(None, "--sampling-steps", help="sampler steps per image"),
+        cfg: str = typer.Option(None, "--cfg", help="guidance scale, or one per MRAR step: 1,1.3,1.3,1.3"),
+        scale_0: float = typer.Option(None, "--scale-0", help="Euler-Maruyama drift scale"),
+        scale_1: float = typer.Option(None, "--scale-1", help="Euler-Maruyama noise scale"),
+        sampler: str = typer.Option("em", "--sampler", help="em (Euler-Maruyama) or ode (plain Euler)"),
+        seed: int = typer.Option(0, "--seed"),
+        out: Path = typer.Option(Path("samples"), "--out", "-o", help="output folder"),
+        batch_size: int = typer.Option(16, "--batch-size", min=1),
+        save_steps: bool = typer.Option(False, "--save-steps", help="also write a strip of each MRAR step"),
+        npz: Path = typer.Option(None, "--npz", help="also write all images as an .npz (arr_0 uint8 NHWC)"),
+        precision: str = typer.Option("fp32", "--precision", help="fp32, bf16 or fp16 (GPU)"),
+        compile: bool = typer.Option(False, "--compile", help="torch.compile the decoder"),
+        device: str = typer.Option(None, "--device", help="cpu, cuda, cuda:N, mps (default: best available)"),
+        weights: str = typer.Option("ema", "--weights", help="ema or model"),
+        size: str = typer.Option(None, "--size", help="check the checkpoint is this size (B, L, H, ...)"),
+    ) -> None:
+        dev = resolve_device(device)
+        ck = open_checkpoint(ckpt, weights=weights, size=size, device=dev, precision=precision, compile=compile)
+        mc = ck.config
+        notes: list[str] = []
+        settings = sample_settings(mc, mode=mode, steps=steps, sampling_steps=sampling_steps, cfg=cfg,
+                                   scale_0=scale_0, scale_1=scale_1, sampler=sampler, warnings=notes)
+        if save_steps and settings.rounds == 1:
+            notes.append("--save-steps: 1-step sampling has a single step; each strip holds one image")
+        for note in notes:
+            console.print(f"[yellow]warning:[/] {note}")
+        picked = resolve_classes(classes, mc.num_classes, ck.class_names)
+        labels = [y for y in picked for _ in range(num)]
+        tokenizer = open_tokenizer(ck, vae, dev)
+        names = ", ".join(f"{y} ({class_label(y, mc.num_classes, ck.class_names)})" for y in picked[:8])
+        console.print(f"sampling {len(labels)} image(s) of {names}{' ...' if len(picked) > 8 else ''}: "
+                      f"{settings.mode}, cfg {settings.cfg}, {settings.sampling_steps} {settings.sampler} steps, "
+                      f"scales {settings.scale_0}/{settings.scale_1}, seed {seed}")
+        with progress_bar() as bar:
+            task = bar.add_task("sampling", total=len(labels))
+            written = generate_to_folder(
+                ck.model, tokenizer, labels, settings, out, seed=seed, batch_size=batch_size,
+                save_steps=save_steps, npz=npz, nrow=grid_rows(num) if len(picked) > 1 else None,
+                class_names=ck.class_names, info={"checkpoint": str(ck.path)},
+                on_batch=lambda n: bar.advance(task, n))
+        console.print(f"wrote {len(written.pngs)} PNG(s) to {written.out}/, grid {written.grid}")
+        if written.strips:
+            console.print(f"wrote {len(written.strips)} step strip(s) to {written.out / 'steps'}/")
+        if written.npz:
+            console.print(f"wrote {written.npz} (arr_0 {len(labels)} images, labels)")

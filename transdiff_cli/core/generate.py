@@ -1,0 +1,298 @@
+"""Class-conditional generation in batches: settings from the checkpoint and the user, seeded noise,
+decoding through the tokenizer, and writing PNGs, a grid, MRAR step strips and an FID `.npz`.
+
+Seeding: image i's initial noise comes from its own generator seeded by (seed, i), so it does not
+depend on the batch size or on how images are split across ranks. The Euler-Maruyama noise injected
+at each step (scale_1 > 0) is drawn for the whole batch from a generator seeded by (seed, first
+index of the batch): same seed and batch size -> identical images; the ODE sampler and scale_1 = 0
+are independent of the batching altogether.
+"""
+
+from __future__ import annotations
+
+import json
+from collections.abc import Iterator, Sequence
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import torch
+
+from . import flow
+from .checkpoint import Checkpoint, load_checkpoint, newest_run_checkpoint
+from .classes import class_label
+from .config import ModelConfig
+from .diversity import cosine_measure
+from .errors import TransDiffError
+from .images import make_grid, save_pngs, to_uint8
+from .inference import prepare
+from .model import TransDiff
+from .tokenizers import Tokenizer, load_tokenizer
+
+MODES = ("1step", "mrar")
+SAMPLERS = ("em", "ode")
+GRID_MAX = 256  # images shown in grid.png; the PNG files and the .npz hold every image
+
+
+@dataclass
+class SampleSettings:
+    mode: str  # "1step" or "mrar"
+    rounds: int  # MRAR steps actually run (1 in 1-step mode)
+    cfg: list[float]  # one guidance scale per round
+    sampling_steps: int
+    scale_0: float
+    scale_1: float
+    sampler: str = "em"
+
+    def to_dict(self) -> dict[str, Any]:
+        return asdict(self)
+
+
+def sample_settings(config: ModelConfig, *, mode: str | None = None, steps: int | None = None,
+                    sampling_steps: int | None = None, cfg: str | float | Sequence[float] | None = None,
+                    scale_0: float | None = None, scale_1: float | None = None, sampler: str = "em",
+                    warnings: list[str] | None = None) -> SampleSettings:
+    """The user's options checked against the checkpoint; anything not given comes from its config
+    (the published cfg / scale_0 / scale_1 for B, L and H). `warnings` collects notes to print."""
+    notes = warnings if warnings is not None else []
+    mode = mode or ("mrar" if config.mrar else "1step")
+    if mode not in MODES:
+        raise TransDiffError(f"--mode must be one of {', '.join(MODES)}, not {mode!r}")
+    if sampler not in SAMPLERS:
+        raise TransDiffError(f"--sampler must be one of {', '.join(SAMPLERS)}, not {sampler!r}")
+    if mode == "mrar" and not config.mrar:
+        raise TransDiffError("--mode mrar needs an MRAR checkpoint; this one is a 1-step model "
+                             "(fine-tune it with `transdiff finetune-mrar`, or use --mode 1step)")
+    if mode == "mrar":
+        rounds = config.mrar_steps if steps is None else steps
+        if not 1 <= rounds <= config.mrar_steps:
+            raise TransDiffError(f"--steps {rounds}: the checkpoint was trained with {config.mrar_steps} "
+                                 f"MRAR steps; choose 1-{config.mrar_steps}")
+    else:
+        if steps is not None:
+            notes.append(f"--steps {steps} is ignored in 1-step mode")
+        rounds = 1  # an MRAR checkpoint in 1-step mode: its first step only
+    if cfg is None or cfg == "":
+        scales = flow.parse_cfg(config.cfg_schedule()[:rounds], rounds)
+    else:
+        scales = _parse_cfg(cfg, rounds, mode)
+    s = config.sampling_steps if sampling_steps is None else sampling_steps
+    if s < 1:
+        raise TransDiffError(f"--sampling-steps must be at least 1, not {s}")
+    return SampleSettings(mode, rounds, scales, s,
+                          config.scale_0 if scale_0 is None else float(scale_0),
+                          config.scale_1 if scale_1 is None else float(scale_1), sampler)
+
+
+def _parse_cfg(cfg: str | float | Sequence[float], rounds: int, mode: str) -> list[float]:
+    try:
+        values = flow.parse_cfg(cfg, rounds)
+    except ValueError as e:
+        raise TransDiffError(f"--cfg {cfg!r} is not a number or a comma-separated list of numbers") from e
+    except TransDiffError as e:
+        if mode == "1step":
+            raise TransDiffError(f"--cfg {cfg!r} gives a list, but 1-step sampling takes one scale "
+                                 "(per-step lists are for --mode mrar)") from e
+        raise TransDiffError(f"--cfg {cfg!r} has the wrong length: give one scale or {rounds} "
+                             f"(one per MRAR step)") from e
+    return values
+
+
+def image_seed(seed: int, *key: int) -> int:
+    """A 63-bit seed for (seed, key...): independent streams per image, no overlap across seeds."""
+    return int(np.random.SeedSequence([seed & 0xFFFFFFFF, *key]).generate_state(2, np.uint64)[0] >> 1)
+
+
+def initial_noise(model: TransDiff, indices: Sequence[int], seed: int) -> torch.Tensor:
+    """(B, N_d, token_dim) noise, image i from generator (seed, i); drawn on the CPU so the same
+    seed gives the same start on every device."""
+    mc = model.cfg
+    rows = [torch.randn(mc.num_tokens, mc.token_dim, generator=torch.Generator().manual_seed(image_seed(seed, i)))
+            for i in indices]
+    return torch.stack(rows)
+
+
+def model_device_dtype(model: TransDiff) -> tuple[torch.device, torch.dtype]:
+    w = model.class_emb.weight
+    return w.device, w.dtype
+
+
+@torch.no_grad()
+def sample_latents(model: TransDiff, labels: Sequence[int], indices: Sequence[int], settings: SampleSettings,
+                   seed: int) -> list[torch.Tensor]:
+    """Latents of each MRAR round (one entry in 1-step mode); the last is the output."""
+    device, dtype = model_device_dtype(model)
+    noise = initial_noise(model, indices, seed).to(device=device, dtype=dtype)
+    gen = torch.Generator(device=device).manual_seed(image_seed(seed, indices[0], 1))
+    y = torch.as_tensor(list(labels), device=device, dtype=torch.long)
+    _, steps = model.sample(y, cfg=settings.cfg, steps=settings.sampling_steps, scale_0=settings.scale_0,
+                            scale_1=settings.scale_1, mrar_steps=settings.rounds, noise=noise, generator=gen,
+                            sampler=settings.sampler, return_steps=True)
+    return steps
+
+
+@torch.no_grad()
+def decode(tokenizer: Tokenizer, latents: torch.Tensor) -> torch.Tensor:
+    """Latents -> images in [-1, 1] on the CPU (the tokenizer runs in float32)."""
+    return tokenizer.decode(latents.float()).float().clamp(-1, 1).cpu()
+
+
+@dataclass
+class Batch:
+    indices: list[int]
+    labels: list[int]
+    images: torch.Tensor  # (B, C, H, W) in [-1, 1], CPU
+    steps: list[torch.Tensor] | None = None  # decoded image of every MRAR round, with save_steps
+
+
+def generate(model: TransDiff, tokenizer: Tokenizer, labels: Sequence[int], settings: SampleSettings, *,
+             seed: int = 0, batch_size: int = 16, indices: Sequence[int] | None = None,
+             save_steps: bool = False) -> Iterator[Batch]:
+    """Generate image `indices[j]` of class `labels[j]` for every j, `batch_size` at a time.
+    `indices` (default 0..N-1) are the global image numbers that seed the noise: a rank given a
+    slice of them draws exactly the images a single process would."""
+    if batch_size < 1:
+        raise TransDiffError(f"--batch-size must be at least 1, not {batch_size}")
+    indices = list(range(len(labels))) if indices is None else list(indices)
+    if len(indices) != len(labels):
+        raise ValueError("indices and labels differ in length")
+    for start in range(0, len(labels), batch_size):
+        idx = indices[start:start + batch_size]
+        lab = [int(v) for v in labels[start:start + batch_size]]
+        steps = sample_latents(model, lab, idx, settings, seed)
+        images = decode(tokenizer, steps[-1])
+        decoded = [decode(tokenizer, s) for s in steps[:-1]] + [images] if save_steps else None
+        yield Batch(idx, lab, images, decoded)
+
+
+def write_npz(path: str | Path, images: np.ndarray, labels: Sequence[int]) -> Path:
+    """The ADM / torch-fidelity convention: `arr_0` uint8 (N, H, W, C), plus `labels`."""
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    arr = images if images.shape[-1] != 1 else np.repeat(images, 3, axis=-1)
+    np.savez(path, arr_0=arr, labels=np.asarray(labels, dtype=np.int64))
+    return path
+
+
+@dataclass
+class Written:
+    out: Path
+    pngs: list[Path] = field(default_factory=list)
+    grid: Path | None = None
+    strips: list[Path] = field(default_factory=list)
+    npz: Path | None = None
+    info: Path | None = None
+
+
+def file_name(index: int, label: int) -> str:
+    return f"{index:05d}_class{label}.png"
+
+
+def generate_to_folder(model: TransDiff, tokenizer: Tokenizer, labels: Sequence[int], settings: SampleSettings,
+                       out: str | Path, *, seed: int = 0, batch_size: int = 16, save_steps: bool = False,
+                       npz: str | Path | None = None, nrow: int | None = None,
+                       class_names: Sequence[str] | None = None, info: dict[str, Any] | None = None,
+                       on_batch: Any = None) -> Written:
+    """One PNG per image, `grid.png` (the first GRID_MAX images), with `save_steps` a strip of each
+    MRAR round per image under `steps/`, optional `.npz`, and `samples.json` (what was done).
+    `on_batch(n)` is called after every batch with its size (a progress bar)."""
+    out = Path(out)
+    out.mkdir(parents=True, exist_ok=True)
+    w = Written(out)
+    shown: list[torch.Tensor] = []
+    arrays: list[np.ndarray] = []
+    n_classes = model.cfg.num_classes
+    for batch in generate(model, tokenizer, labels, settings, seed=seed, batch_size=batch_size,
+                          save_steps=save_steps):
+        names = [file_name(i, y) for i, y in zip(batch.indices, batch.labels)]
+        w.pngs += save_pngs(batch.images, out, names)
+        if len(shown) < GRID_MAX:
+            shown += list(batch.images[: GRID_MAX - len(shown)])
+        if npz is not None:
+            arrays.append(to_uint8(batch.images))
+        if batch.steps is not None:
+            per_image = torch.stack(batch.steps, dim=1)  # (B, rounds, C, H, W)
+            for name, strip in zip(names, per_image):
+                p = out / "steps" / name.replace(".png", "_steps.png")
+                p.parent.mkdir(exist_ok=True)
+                make_grid(strip, nrow=strip.shape[0]).save(p)
+                w.strips.append(p)
+        if on_batch is not None:
+            on_batch(len(batch.indices))
+    if shown:
+        grid = torch.stack(shown)
+        w.grid = out / "grid.png"
+        make_grid(grid, nrow=nrow if nrow and nrow <= 32 else None).save(w.grid)
+    if npz is not None:
+        w.npz = write_npz(npz, np.concatenate(arrays), labels)
+    doc = {"settings": settings.to_dict(), "seed": seed, "batch_size": batch_size,
+           "images": [{"file": p.name, "class": int(y), "name": class_label(int(y), n_classes, class_names)}
+                      for p, y in zip(w.pngs, labels)],
+           **(info or {})}
+    w.info = out / "samples.json"
+    w.info.write_text(json.dumps(doc, indent=1))
+    return w
+
+
+# --------------------------------------------------------------------------- loading for generation
+def open_checkpoint(ckpt: str | Path | None, *, weights: str = "ema", size: str | None = None,
+                    device: torch.device, precision: str = "fp32", compile: bool = False) -> Checkpoint:
+    """Load `ckpt` (default: the newest run under runs/) and ready its model for generation."""
+    path = newest_run_checkpoint("runs") if ckpt is None else ckpt
+    ck = load_checkpoint(path, weights=weights, size=size, device="cpu")
+    ck.model = prepare(ck.model, device, precision, compile)
+    return ck
+
+
+def open_tokenizer(ck: Checkpoint, vae: str | None, device: torch.device) -> Tokenizer:
+    """`--vae` if given, else the tokenizer the checkpoint was trained with; its latents must be the
+    model's."""
+    spec: Any = vae if vae else ck.meta.get("tokenizer")
+    if spec is None:
+        raise TransDiffError(f"{ck.path} does not say which tokenizer it was trained with (published "
+                             "checkpoints do not): pass --vae kl16:PATH (the KL-16 VAE checkpoint)")
+    mc = ck.config
+    tok = load_tokenizer(spec, image_size=mc.latent_size, image_channels=mc.latent_channels, device=device)
+    got = getattr(tok, "latent_channels", mc.latent_channels)
+    if got != mc.latent_channels:
+        raise TransDiffError(f"the tokenizer gives {got}-channel latents but the model was trained on "
+                             f"{mc.latent_channels}-channel latents: wrong --vae?")
+    if getattr(tok, "image_channels", 3) not in (1, 3):
+        raise TransDiffError(f"tokenizer {spec!r} turns these {mc.latent_channels}-channel latents into "
+                             f"{tok.image_channels}-channel arrays, not images: pass --vae kl16:PATH")
+    return tok
+
+
+def grid_rows(num_per_class: int) -> int | None:
+    """One class per grid row when that stays readable."""
+    return num_per_class if 1 < num_per_class <= 32 else None
+
+
+# --------------------------------------------------------------------------- MRAR diversity
+@torch.no_grad()
+def mrar_feature_diversity(model: TransDiff, labels: Sequence[int], settings: SampleSettings, *,
+                           seed: int = 0, num_refs: int = 1, batch_size: int = 16
+                           ) -> tuple[torch.Tensor, torch.Tensor]:
+    """The diversity measure of an MRAR model's features, which depend on the images it sampled.
+    For every label, `num_refs` MRAR samples are drawn; with their rounds 0..K-2 as references the
+    encoder gives the K blocks of features that condition the last image. Returns (per label: the
+    measure of all K blocks together, the same feature count as the 1-step model's; per round k and
+    label: the measure of block k alone), each averaged over the `num_refs` samples."""
+    mc = model.cfg
+    r = mc.ref_tokens
+    rounds = settings.rounds
+    expanded = [int(y) for y in labels for _ in range(num_refs)]
+    full, blocks = [], []
+    for start in range(0, len(expanded), batch_size):
+        lab = expanded[start:start + batch_size]
+        idx = list(range(start, start + len(lab)))
+        steps = sample_latents(model, lab, idx, settings, seed)
+        refs = torch.cat([model.reference_tokens(s) for s in steps[:-1]], dim=1) if rounds > 1 else None
+        y = torch.as_tensor(lab, device=steps[0].device)
+        feats = model.features(model.class_emb(y), refs).float()
+        full.append(cosine_measure(feats))
+        blocks.append(torch.stack([cosine_measure(feats[:, k * r:(k + 1) * r]) for k in range(rounds)]))
+    per_label = torch.cat(full).view(len(labels), num_refs).mean(1)
+    per_round = torch.cat(blocks, dim=1).view(rounds, len(labels), num_refs).mean(2)
+    return per_label.cpu(), per_round.cpu()
