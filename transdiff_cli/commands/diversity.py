@@ -1,14 +1,95 @@
-"""`transdiff diversity`: The paper's cosine-similarity diversity measure of a checkpoint's features."""
+"""`transdiff diversity`: the paper's cosine-similarity diversity measure (appendix D) per class."""
 
 from __future__ import annotations
 
-import typer
+import json
+from pathlib import Path
 
-from ._common import not_implemented, user_errors
+import torch
+import typer
+from rich.table import Table
+
+from ..core.classes import class_label, resolve_classes
+from ..core.device import resolve_device
+from ..core.diversity import diversity as feature_diversity
+from ..core.generate import mrar_feature_diversity, open_checkpoint, sample_settings
+from ._common import console, user_errors
+
+HELP = """The paper's diversity measure of a checkpoint's semantic features: the mean off-diagonal
+cosine similarity of one image's features (lower = more diverse), per class and overall.
+
+1-step: the features the encoder gives each class. MRAR (--mode mrar): the features depend on the
+images sampled at earlier steps, so --num-refs MRAR samples per class are drawn (cheaply:
+--sampling-steps, default 10) and, with their steps as references, the measure is taken over all K
+blocks of features (per_class) and over each step's block alone (per_step). --json prints the
+result as JSON on stdout.
+
+Example:
+
+    transdiff diversity checkpoint-last.pth --classes 207,292 --json
+"""
 
 
 def register(app: typer.Typer) -> None:
-    @app.command("diversity", help="The paper's cosine-similarity diversity measure of a checkpoint's features.\n\nExample:\n\n    transdiff diversity runs/digits --json")
+    @app.command("diversity", help=HELP)
     @user_errors
-    def diversity() -> None:
-        not_implemented("diversity")
+    def diversity_cmd(
+        ckpt: Path = typer.Argument(..., help="checkpoint folder, run folder or published .pth"),
+        classes: list[str] = typer.Option(None, "--classes", "--class", "-c",
+                                          help="classes to measure (default: all); repeat or comma-separate"),
+        mode: str = typer.Option(None, "--mode", help="1step or mrar (default: the checkpoint's kind)"),
+        as_json: bool = typer.Option(False, "--json", help="print JSON to stdout instead of a table"),
+        num_refs: int = typer.Option(1, "--num-refs", min=1, help="MRAR: samples per class to average over"),
+        sampling_steps: int = typer.Option(10, "--sampling-steps", help="MRAR: sampler steps for the references"),
+        cfg: str = typer.Option(None, "--cfg", help="MRAR: guidance for the references (default: checkpoint's)"),
+        seed: int = typer.Option(0, "--seed", help="MRAR: noise of the references"),
+        batch_size: int = typer.Option(64, "--batch-size", min=1),
+        out: Path = typer.Option(None, "--out", "-o", help="also write the JSON to this file"),
+        device: str = typer.Option(None, "--device"),
+        weights: str = typer.Option("ema", "--weights", help="ema or model"),
+        size: str = typer.Option(None, "--size", help="check the checkpoint is this size (B, L, H, ...)"),
+    ) -> None:
+        dev = resolve_device(device)
+        ck = open_checkpoint(ckpt, weights=weights, size=size, device=dev)
+        mc, model = ck.config, ck.model
+        settings = sample_settings(mc, mode=mode, sampling_steps=sampling_steps, cfg=cfg)
+        labels = resolve_classes(classes, mc.num_classes, ck.class_names)
+        doc: dict = {"checkpoint": ck.path.name if ck.path else None, "source": str(ck.path),
+                     "weights": "model_ema" if weights == "ema" else "model", "mode": settings.mode,
+                     "classes": labels}
+        if settings.mode == "1step":
+            # an MRAR checkpoint in 1-step mode: its first block, which sees no references
+            per_class = torch.cat([feature_diversity(model, torch.tensor(labels[i:i + batch_size], device=dev))
+                                   for i in range(0, len(labels), batch_size)]).cpu()
+        else:
+            per_class, per_step = mrar_feature_diversity(model, labels, settings, seed=seed, num_refs=num_refs,
+                                                         batch_size=batch_size)
+            doc["per_step"] = [{"step": k, "per_class": row.tolist(), "mean": row.mean().item()}
+                               for k, row in enumerate(per_step)]
+            doc.update(num_refs=num_refs, seed=seed, reference_sampling=settings.to_dict())
+        per_class = per_class.double()
+        doc["per_class"] = per_class.tolist()
+        doc["mean"] = per_class.mean().item()
+        text = json.dumps(doc, indent=1)
+        if out is not None:
+            out.parent.mkdir(parents=True, exist_ok=True)
+            out.write_text(text)
+        if as_json:
+            typer.echo(text)
+            return
+        table = Table(title=f"diversity of {doc['checkpoint']} ({settings.mode}; lower = more diverse)")
+        table.add_column("class", justify="right")
+        table.add_column("name")
+        table.add_column("measure", justify="right")
+        steps = doc.get("per_step", [])
+        for s in steps:
+            table.add_column(f"step {s['step']}", justify="right")
+        for i, y in enumerate(labels):
+            table.add_row(str(y), class_label(y, mc.num_classes, ck.class_names), f"{doc['per_class'][i]:.4f}",
+                          *(f"{s['per_class'][i]:.4f}" for s in steps))
+        table.add_row("all", "mean", f"{doc['mean']:.4f}", *(f"{s['mean']:.4f}" for s in steps), style="bold")
+        from rich.console import Console
+
+        Console().print(table)
+        if out is not None:
+            console.print(f"wrote {out}")
