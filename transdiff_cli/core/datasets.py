@@ -167,7 +167,8 @@ def _imagenet_names() -> dict[str, str]:
     from timm.data import ImageNetInfo
 
     info = ImageNetInfo()
-    return {wnid: info.index_to_description(i) for i, wnid in enumerate(info.label_names())}
+    # the first synonym of each description: "tiger, Panthera tigris" -> "tiger"
+    return {wnid: info.index_to_description(i).split(",")[0].strip() for i, wnid in enumerate(info.label_names())}
 
 
 def readable_class_names(folders: list[str]) -> list[str]:
@@ -255,6 +256,8 @@ def open_image_dataset(data: str, image_size: int | None = None, flip: bool | No
         return ShapesDataset(image_size, flip)
     path = Path(data).expanduser()
     if not path.exists():
+        if os.sep in data or data.startswith("."):
+            raise TransDiffError(f"image folder {data} not found (expected DIR/train/<class>/*.JPEG)")
         raise TransDiffError(f"unknown dataset {data!r}: use digits, shapes or an image folder "
                              "(DIR/train/<class>/*.JPEG)")
     if not path.is_dir():
