@@ -1,14 +1,54 @@
-"""`transdiff finetune-mrar`: Fine-tune a 1-step checkpoint into a multi-reference (MRAR) model."""
+"""`transdiff finetune-mrar`: turn a 1-step checkpoint into a multi-reference (MRAR) model."""
 
 from __future__ import annotations
 
+from typing import Annotated
+
 import typer
 
-from ._common import not_implemented, user_errors
+from ..core.train_run import RunRequest, run_training
+from . import _train_options as o
+from ._common import user_errors
+from .train import report
+
+HELP = """Fine-tune a 1-step checkpoint (ours or the published .pth) into a multi-reference (MRAR)
+model: 64 (or data-sized) distinct mask tokens, z_proj for 2x2-patch references, block-causal
+attention; trained on groups of K same-class images with teacher forcing.
+
+Example:
+
+    transdiff finetune-mrar --from runs/digits-tiny --max-steps 300
+"""
 
 
 def register(app: typer.Typer) -> None:
-    @app.command("finetune-mrar", help="Fine-tune a 1-step checkpoint into a multi-reference (MRAR) model.\n\nExample:\n\n    transdiff finetune-mrar --from runs/digits --max-steps 300")
+    @app.command("finetune-mrar", help=HELP)
     @user_errors
-    def finetune_mrar() -> None:
-        not_implemented("finetune-mrar")
+    def finetune_mrar(
+        from_: Annotated[str, typer.Option("--from", help="1-step checkpoint (folder, run or .pth)")],
+        mrar_steps: Annotated[int | None, typer.Option("--mrar-steps", help="K (default 4)")] = None,
+        config: o.Config = None, data: o.Data = None, vae: o.Vae = None,
+        image_size: o.ImageSize = None, batch_size: o.BatchSize = None,
+        grad_accum: o.GradAccum = None, lr: o.Lr = None, base_lr: o.BaseLr = None,
+        schedule: o.Schedule = None, warmup_steps: o.Warmup = None, max_steps: o.MaxSteps = None,
+        epochs: o.Epochs = None, ema_rate: o.EmaRate = None, precision: o.Precision = None,
+        seed: o.Seed = None, ckpt_every: o.CkptEvery = None, log_every: o.LogEvery = None,
+        num_workers: o.Workers = None, grad_checkpointing: o.GradCkpt = False,
+        run_dir: o.RunDirOpt = None, name: o.Name = None, resume: o.Resume = None,
+        device: o.Device = None, gpus: o.Gpus = 1, nnodes: o.Nnodes = 1, node_rank: o.NodeRank = 0,
+        master_addr: o.MasterAddr = "127.0.0.1", master_port: o.MasterPort = 29500,
+        no_progress: o.NoProgress = False,
+    ) -> None:
+        o.maybe_relaunch(gpus, nnodes, node_rank, master_addr, master_port, device)
+        req = RunRequest(
+            finetune_from=from_, config_file=config, run_dir=run_dir, name=name, device=device,
+            resume=resume, progress=not no_progress,
+            model_overrides={"grad_checkpointing": grad_checkpointing or None,
+                             "mrar_steps": mrar_steps},
+            train_overrides=o.train_overrides(
+                data=data, vae=vae, image_size=image_size, batch_size=batch_size,
+                grad_accum=grad_accum, lr=lr, base_lr=base_lr, schedule=schedule,
+                warmup_steps=warmup_steps, max_steps=max_steps, epochs=epochs, ema_rate=ema_rate,
+                precision=precision, seed=seed, ckpt_every=ckpt_every, log_every=log_every,
+                num_workers=num_workers))
+        report(run_training(req))

@@ -1,14 +1,69 @@
-"""`transdiff train`: Train a 1-step TransDiff model (CPU, 1 GPU, or many under torchrun)."""
+"""`transdiff train`: train a 1-step TransDiff model."""
 
 from __future__ import annotations
 
+import json
+from typing import Annotated
+
 import typer
 
-from ._common import not_implemented, user_errors
+from ..core.train_run import RunRequest, run_training
+from . import _train_options as o
+from ._common import console, user_errors
+
+HELP = """Train a 1-step TransDiff model: CPU, one GPU, N GPUs (--gpus N relaunches through
+torchrun) or N nodes. Without options it trains the small default model on the built-in digits.
+
+Example:
+
+    transdiff train --size tiny --data digits --max-steps 600
+
+    transdiff train --size L --data latents/imagenet --gpus 8 --nnodes 4 --node-rank 0 \\
+        --master-addr node0 --master-port 29500
+"""
 
 
 def register(app: typer.Typer) -> None:
-    @app.command("train", help="Train a 1-step TransDiff model (CPU, 1 GPU, or many under torchrun).\n\nExample:\n\n    transdiff train --size tiny --data digits --max-steps 600")
+    @app.command("train", help=HELP)
     @user_errors
-    def train() -> None:
-        not_implemented("train")
+    def train(
+        size: Annotated[str | None, typer.Option("--size", help="tiny | S | B | L | H")] = None,
+        config: o.Config = None, data: o.Data = None, vae: o.Vae = None,
+        image_size: o.ImageSize = None, batch_size: o.BatchSize = None,
+        grad_accum: o.GradAccum = None, lr: o.Lr = None, base_lr: o.BaseLr = None,
+        schedule: o.Schedule = None, warmup_steps: o.Warmup = None, max_steps: o.MaxSteps = None,
+        epochs: o.Epochs = None, ema_rate: o.EmaRate = None, precision: o.Precision = None,
+        seed: o.Seed = None, ckpt_every: o.CkptEvery = None, log_every: o.LogEvery = None,
+        num_workers: o.Workers = None, grad_checkpointing: o.GradCkpt = False,
+        run_dir: o.RunDirOpt = None, name: o.Name = None, resume: o.Resume = None,
+        device: o.Device = None, gpus: o.Gpus = 1, nnodes: o.Nnodes = 1, node_rank: o.NodeRank = 0,
+        master_addr: o.MasterAddr = "127.0.0.1", master_port: o.MasterPort = 29500,
+        no_progress: o.NoProgress = False,
+    ) -> None:
+        o.maybe_relaunch(gpus, nnodes, node_rank, master_addr, master_port, device)
+        req = RunRequest(
+            size=size, config_file=config, run_dir=run_dir, name=name, device=device, resume=resume,
+            progress=not no_progress,
+            model_overrides={"grad_checkpointing": grad_checkpointing or None},
+            train_overrides=o.train_overrides(
+                data=data, vae=vae, image_size=image_size, batch_size=batch_size,
+                grad_accum=grad_accum, lr=lr, base_lr=base_lr, schedule=schedule,
+                warmup_steps=warmup_steps, max_steps=max_steps, epochs=epochs, ema_rate=ema_rate,
+                precision=precision, seed=seed, ckpt_every=ckpt_every, log_every=log_every,
+                num_workers=num_workers))
+        result = run_training(req)
+        report(result)
+
+
+def report(result) -> None:
+    s = result.summary
+    if result.stopped_early:
+        console.print(f"[yellow]stopped by {s['stopped_by']} at step {s['step']}; checkpoint saved "
+                      f"to {s['checkpoint']} — run the same command again to resume[/yellow]")
+    else:
+        console.print(f"[green]done[/green]: {s['step']} steps in {s['seconds']} s "
+                      f"({s['images_per_s']} images/s)")
+    console.print(f"checkpoint: {s['checkpoint']}\nsamples:    {s['grid']}")
+    typer.echo(json.dumps(s))
+    if result.stopped_early:
+        raise typer.Exit(130)

@@ -1,0 +1,58 @@
+"""Options shared by `train` and `finetune-mrar` (declared once, used in both signatures)."""
+
+from __future__ import annotations
+
+from typing import Annotated
+
+import typer
+
+from ..core.distributed import check_gpus, relaunch_with_torchrun, under_torchrun
+
+Data = Annotated[str | None, typer.Option(
+    "--data", help="digits | shapes | an ImageNet-style image folder | an encode-latents folder")]
+Vae = Annotated[str | None, typer.Option(
+    "--vae", help="tokenizer for image folders: pixels | kl16:PATH | diffusers:DIR")]
+ImageSize = Annotated[int | None, typer.Option("--image-size", help="resize images to this size")]
+Config = Annotated[str | None, typer.Option(
+    "--config", help="YAML file with `model:` / `train:` sections overriding the size preset")]
+BatchSize = Annotated[int | None, typer.Option("--batch-size", help="global batch size")]
+GradAccum = Annotated[int | None, typer.Option("--grad-accum", help="gradient accumulation steps")]
+Lr = Annotated[float | None, typer.Option("--lr", help="absolute learning rate")]
+BaseLr = Annotated[float | None, typer.Option("--base-lr", help="lr = base lr x batch / 256")]
+Schedule = Annotated[str | None, typer.Option("--schedule", help="constant | cosine after warm-up")]
+Warmup = Annotated[int | None, typer.Option("--warmup-steps")]
+MaxSteps = Annotated[int | None, typer.Option("--max-steps", help="optimizer steps to train")]
+Epochs = Annotated[float | None, typer.Option("--epochs", help="epochs to train (instead of steps)")]
+EmaRate = Annotated[float | None, typer.Option("--ema-rate")]
+Precision = Annotated[str | None, typer.Option(
+    "--precision", help="auto (bf16 autocast on GPU, fp32 on CPU) | fp32 | bf16 | fp16")]
+Seed = Annotated[int | None, typer.Option("--seed")]
+CkptEvery = Annotated[int | None, typer.Option("--ckpt-every", help="checkpoint (+ grid) every N steps")]
+LogEvery = Annotated[int | None, typer.Option("--log-every")]
+Workers = Annotated[int | None, typer.Option("--num-workers", help="data-loader workers")]
+GradCkpt = Annotated[bool, typer.Option("--grad-checkpointing", help="trade compute for memory")]
+RunDirOpt = Annotated[str | None, typer.Option("--run-dir", help="run folder (default runs/<name>)")]
+Name = Annotated[str | None, typer.Option("--name", help="run name under runs/")]
+Resume = Annotated[bool | None, typer.Option(
+    "--resume/--no-resume", help="continue the run folder's latest checkpoint (default: when one exists)")]
+Device = Annotated[str | None, typer.Option("--device", help="cpu | cuda | cuda:N | mps (default: best)")]
+Gpus = Annotated[int, typer.Option(
+    "--gpus", help="processes per node; >1 relaunches through torchrun (with --device cpu: gloo)")]
+Nnodes = Annotated[int, typer.Option("--nnodes")]
+NodeRank = Annotated[int, typer.Option("--node-rank")]
+MasterAddr = Annotated[str, typer.Option("--master-addr")]
+MasterPort = Annotated[int, typer.Option("--master-port")]
+NoProgress = Annotated[bool, typer.Option("--no-progress", help="no progress bar (logs only)")]
+
+
+def maybe_relaunch(gpus: int, nnodes: int, node_rank: int, master_addr: str, master_port: int,
+                   device: str | None) -> None:
+    """`--gpus N` (N > 1) or several nodes, outside torchrun: run this command under torchrun."""
+    if under_torchrun() or (gpus == 1 and nnodes == 1):
+        return
+    check_gpus(gpus, "cpu" if (device or "").startswith("cpu") else "cuda")
+    raise typer.Exit(relaunch_with_torchrun(gpus, nnodes, node_rank, master_addr, master_port))
+
+
+def train_overrides(**values: object) -> dict[str, object]:
+    return {k: v for k, v in values.items() if v is not None}

@@ -1,0 +1,93 @@
+"""The run folder: `runs/<name>/` with config.yaml, metrics.jsonl, loss.png, samples/, checkpoints/."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+from typing import Any
+
+import yaml
+
+from .checkpoint import write_text_atomic
+from .errors import TransDiffError
+
+
+class RunDir:
+    def __init__(self, root: str | Path):
+        self.root = Path(root)
+        self.checkpoints = self.root / "checkpoints"
+        self.samples = self.root / "samples"
+        self.metrics = self.root / "metrics.jsonl"
+        self.config = self.root / "config.yaml"
+        self.loss_plot = self.root / "loss.png"
+
+    def has_checkpoint(self) -> bool:
+        return (self.checkpoints / "LATEST").is_file()
+
+    def create(self) -> None:
+        for d in (self.root, self.checkpoints, self.samples):
+            d.mkdir(parents=True, exist_ok=True)
+
+    def write_config(self, doc: dict[str, Any]) -> None:
+        write_text_atomic(self.config, yaml.safe_dump(doc, sort_keys=False))
+
+    def check_config(self, doc: dict[str, Any], keys: tuple[str, ...] = ("model",)) -> None:
+        """A run folder belongs to one model: refuse to resume it with a different one."""
+        if not self.config.is_file():
+            return
+        old = yaml.safe_load(self.config.read_text()) or {}
+        for key in keys:
+            if old.get(key) != doc.get(key):
+                diff = sorted(k for k in set(old.get(key, {})) | set(doc.get(key, {}))
+                              if old.get(key, {}).get(k) != doc.get(key, {}).get(k))
+                raise TransDiffError(
+                    f"run folder {self.root} holds a run with a different {key} config "
+                    f"({', '.join(diff[:4])} differ); pass another --run-dir (or --name)")
+
+    def append_metrics(self, rows: list[dict[str, Any]]) -> None:
+        with self.metrics.open("a") as f:
+            for row in rows:
+                f.write(json.dumps(row) + "\n")
+
+    def truncate_metrics(self, step: int) -> None:
+        """On resume, drop rows logged after the checkpoint we continue from."""
+        if not self.metrics.is_file():
+            return
+        keep = [line for line in self.metrics.read_text().splitlines()
+                if line.strip() and json.loads(line).get("step", 0) <= step]
+        write_text_atomic(self.metrics, "".join(line + "\n" for line in keep))
+
+    def read_metrics(self) -> list[dict[str, Any]]:
+        if not self.metrics.is_file():
+            return []
+        return [json.loads(line) for line in self.metrics.read_text().splitlines() if line.strip()]
+
+    def plot_loss(self) -> Path | None:
+        rows = [r for r in self.read_metrics() if "loss" in r]
+        if not rows:
+            return None
+        import matplotlib
+
+        matplotlib.use("Agg")
+        import matplotlib.pyplot as plt
+
+        steps = [r["step"] for r in rows]
+        loss = [r["loss"] for r in rows]
+        fig, ax = plt.subplots(figsize=(6, 3.5), dpi=120)
+        ax.plot(steps, loss, lw=1, alpha=0.5, label="loss")
+        if len(loss) >= 5:  # a moving average makes the trend readable
+            w = max(2, len(loss) // 20)
+            smooth = [sum(loss[max(0, i - w + 1):i + 1]) / len(loss[max(0, i - w + 1):i + 1])
+                      for i in range(len(loss))]
+            ax.plot(steps, smooth, lw=2, label=f"moving average ({w})")
+        ax.set_xlabel("step")
+        ax.set_ylabel("flow-matching loss")
+        ax.set_title(self.root.name)
+        ax.grid(alpha=0.3)
+        ax.legend()
+        fig.tight_layout()
+        tmp = self.loss_plot.with_name(".loss.tmp.png")
+        fig.savefig(tmp)
+        plt.close(fig)
+        tmp.replace(self.loss_plot)
+        return self.loss_plot

@@ -1,0 +1,102 @@
+"""Training configuration and its per-size defaults (the paper's recipe for B/L/H, a CPU recipe
+for the small sizes, measured in DESIGN §7)."""
+
+from __future__ import annotations
+
+import dataclasses
+from dataclasses import dataclass
+from typing import Any
+
+from .errors import TransDiffError
+
+
+@dataclass
+class TrainConfig:
+    data: str = "digits"
+    vae: str | None = None  # tokenizer for image data: pixels | kl16:PATH | diffusers:DIR
+    image_size: int | None = None
+    batch_size: int = 128  # global batch (all ranks, before gradient accumulation is split)
+    grad_accum: int = 1
+    base_lr: float = 1e-3  # lr = base_lr * global batch / 256
+    lr: float | None = None  # absolute lr; overrides base_lr
+    schedule: str = "constant"  # constant | cosine (after warm-up)
+    warmup_steps: int = 50
+    min_lr: float = 0.0
+    weight_decay: float = 0.02
+    beta1: float = 0.9
+    beta2: float = 0.95
+    grad_clip: float = 3.0
+    ema_rate: float = 0.999
+    ema_warmup: bool = True  # rate min(ema_rate, (1 + step) / (10 + step)): useful EMA in short runs
+    max_steps: int | None = 600
+    epochs: float | None = None
+    precision: str = "auto"  # auto: bf16 autocast on GPU, fp32 on CPU
+    seed: int = 0
+    log_every: int = 10
+    ckpt_every: int = 200
+    sample_every: int | None = None  # default: with every checkpoint
+    keep_last: int = 2
+    num_workers: int = 0
+    grid_classes: int = 10
+    grid_per_class: int = 8
+    sample_steps: int | None = None  # sampling steps of the grids; default: model's
+
+    @property
+    def peak_lr(self) -> float:
+        return self.lr if self.lr is not None else self.base_lr * self.batch_size / 256
+
+    def to_dict(self) -> dict[str, Any]:
+        return dataclasses.asdict(self)
+
+    @classmethod
+    def from_dict(cls, d: dict[str, Any]) -> TrainConfig:
+        known = {f.name for f in dataclasses.fields(cls)}
+        unknown = sorted(set(d) - known)
+        if unknown:
+            raise TransDiffError(f"unknown training config keys: {', '.join(unknown)}")
+        return cls(**d)
+
+    def validate(self) -> None:
+        if self.batch_size < 1 or self.grad_accum < 1:
+            raise TransDiffError("--batch-size and --grad-accum must be positive")
+        if self.max_steps is not None and self.epochs is not None:
+            raise TransDiffError("give either --max-steps or --epochs, not both")
+        if self.max_steps is None and self.epochs is None:
+            raise TransDiffError("give --max-steps or --epochs")
+        if self.schedule not in ("constant", "cosine"):
+            raise TransDiffError(f"unknown lr schedule {self.schedule!r} (constant or cosine)")
+        if not 0.0 <= self.ema_rate < 1.0:
+            raise TransDiffError("--ema-rate must be in [0, 1)")
+
+
+# Per-size training defaults. B/L/H: the paper (AdamW 0.9/0.95, wd 0.02, lr 1e-4 x batch/256,
+# grad clip 3, EMA 0.9999) with MAR-style batch and warm-up. tiny: DESIGN §7's CPU recipe
+# (digits 8x8, batch 128, lr 5e-4, about 600 steps).
+TRAIN_PRESETS: dict[str, dict[str, Any]] = {
+    "tiny": dict(batch_size=128, base_lr=1e-3, warmup_steps=50, max_steps=600, ema_rate=0.999,
+                 ckpt_every=200),
+    "S": dict(batch_size=128, base_lr=4e-4, warmup_steps=200, max_steps=5000, ema_rate=0.999,
+              ckpt_every=1000),
+    "B": dict(batch_size=2048, base_lr=1e-4, warmup_steps=6250, max_steps=None, epochs=400,
+              ema_rate=0.9999, ckpt_every=5000, data="imagenet-latents/", grid_classes=8),
+    "L": dict(batch_size=2048, base_lr=1e-4, warmup_steps=6250, max_steps=None, epochs=400,
+              ema_rate=0.9999, ckpt_every=5000, data="imagenet-latents/", grid_classes=8),
+    "H": dict(batch_size=2048, base_lr=1e-4, warmup_steps=6250, max_steps=None, epochs=400,
+              ema_rate=0.9999, ckpt_every=5000, data="imagenet-latents/", grid_classes=8),
+}
+# MRAR fine-tuning: the paper fine-tunes 40 epochs at lr 5e-5; small sizes at half their lr.
+FINETUNE_PRESETS: dict[str, dict[str, Any]] = {
+    "tiny": dict(base_lr=5e-4, warmup_steps=20, max_steps=300, ckpt_every=100),
+    "S": dict(base_lr=2e-4, warmup_steps=50, max_steps=2000, ckpt_every=500),
+    "B": dict(lr=5e-5, warmup_steps=0, max_steps=None, epochs=40),
+    "L": dict(lr=5e-5, warmup_steps=0, max_steps=None, epochs=40),
+    "H": dict(lr=5e-5, warmup_steps=0, max_steps=None, epochs=40),
+}
+
+
+def train_defaults(size: str, finetune: bool = False) -> dict[str, Any]:
+    table = FINETUNE_PRESETS if finetune else TRAIN_PRESETS
+    base = dict(TRAIN_PRESETS.get(size, TRAIN_PRESETS["tiny"]))
+    if finetune:
+        base.update(table.get(size, table["tiny"]))
+    return base
