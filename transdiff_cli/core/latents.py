@@ -386,9 +386,8 @@ def encode_latents(data: str, tokenizer_spec: str | None, out_dir: str | Path, i
                         time.sleep(delay)
             bar.advance(task, len(batch))
     barrier(dist)
-    if dist.is_main:
+    if dist.is_main:  # no barrier after: a failure here must not leave the other ranks waiting
         _finish_manifest(out, manifest)
-    barrier(dist)
     return out
 
 
