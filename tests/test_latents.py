@@ -170,6 +170,9 @@ def test_encode_with_kl_vae_matches_tokenizer(image_folder: Path, tmp_path: Path
     data = open_training_data(str(out))
     assert data.latent_channels == tok.latent_channels and data.latent_size == 2
     assert data.dataset[0][0].shape == (tok.latent_channels, 2, 2)
+    on_the_fly = open_training_data(str(image_folder), vae=vae, image_size=32, group_size=2)
+    assert on_the_fly.tokenizer.spec() == tok.spec() and on_the_fly.latent_size == 2
+    assert on_the_fly.dataset[1][0].shape == (2, tok.latent_channels, 2, 2)
 
 
 def _one_line_error(result) -> str:

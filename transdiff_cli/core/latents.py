@@ -158,7 +158,10 @@ class EncodedImages(Dataset):
         image, label = self.images[index]
         if isinstance(self.tokenizer, PixelTokenizer):
             return image, label
-        device = getattr(self.tokenizer, "device", "cpu")
+        device = torch.device(getattr(self.tokenizer, "device", "cpu"))
+        if device.type == "cuda" and torch.utils.data.get_worker_info() is not None:
+            raise TransDiffError("encoding images with a GPU VAE inside DataLoader workers is not possible: "
+                                 "use num_workers 0, or cache the latents first with `transdiff encode-latents`")
         moments = self.tokenizer.encode_moments(image[None].to(device))
         return self.tokenizer.sample_latents(moments)[0].float().cpu(), label
 
