@@ -50,18 +50,22 @@ def em_times(steps: int) -> list[float]:
 
 def drift(v: torch.Tensor, x: torch.Tensor, t: float) -> torch.Tensor:
     """Reverse-SDE drift with diffusion coefficient w(t) = 2t: d = v - t * score,
-    score = -((1 - t) v + x) / t."""
+    score = -((1 - t) v + x) / t. Algebraically d = (2 - t) v + x, the form the samplers use."""
     score = -((1 - t) * v + x) / t
     return v - t * score
 
 
-def guided_drift(velocity: VelocityFn, x: torch.Tensor, t: float, cfg: float) -> torch.Tensor:
+def guided_velocity(velocity: VelocityFn, x: torch.Tensor, t: float, cfg: float) -> torch.Tensor:
+    """v_uncond + cfg (v_cond - v_uncond). The drift is affine in v with the same x term in both
+    branches, so guiding the velocity equals guiding the drift: d_u + cfg (d_c - d_u) = (2 - t) v_cfg + x."""
     v_cond, v_uncond = velocity(x, t)
-    d = drift(v_cond, x, t)
     if v_uncond is None or cfg == 1.0:
-        return d
-    d_uncond = drift(v_uncond, x, t)
-    return d_uncond + cfg * (d - d_uncond)
+        return v_cond
+    return torch.lerp(v_uncond, v_cond, cfg)
+
+
+def guided_drift(velocity: VelocityFn, x: torch.Tensor, t: float, cfg: float) -> torch.Tensor:
+    return drift(guided_velocity(velocity, x, t, cfg), x, t)
 
 
 @torch.no_grad()
@@ -69,19 +73,21 @@ def euler_maruyama(velocity: VelocityFn, noise: torch.Tensor, steps: int, cfg: f
                    scale_0: float = 1.0, scale_1: float = 1.0,
                    generator: torch.Generator | None = None) -> torch.Tensor:
     """The paper's Euler-Maruyama sampler with scales (appendix F): `steps` network evaluations;
-    scale_0 scales the drift, scale_1 the injected noise; the last step (0.04 -> 0) is plain Euler."""
+    scale_0 scales the drift, scale_1 the injected noise; the last step (0.04 -> 0) is plain Euler.
+    The state is updated in place (one buffer, the caller's noise untouched) with every step's
+    coefficients folded into Python floats: x <- (1 + a) x + a (2 - t) v_cfg, a = scale_0 dt."""
     ts = em_times(steps)
-    x = noise
+    x = noise.clone()
+    xi = torch.empty_like(x) if scale_1 != 0.0 else None
     for i in range(len(ts) - 1):
         t, dt = ts[i], ts[i + 1] - ts[i]
-        d = guided_drift(velocity, x, t, cfg)
-        if i < len(ts) - 2:
-            x = x + scale_0 * dt * d
-            if scale_1 != 0.0:
-                xi = torch.randn(x.shape, device=x.device, dtype=x.dtype, generator=generator)
-                x = x + scale_1 * math.sqrt(2 * t) * math.sqrt(abs(dt)) * xi
-        else:
-            x = x + dt * d
+        v = guided_velocity(velocity, x, t, cfg)
+        last = i == len(ts) - 2
+        a = dt if last else scale_0 * dt
+        x.mul_(1 + a).add_(v, alpha=a * (2 - t))
+        if not last and xi is not None:
+            torch.randn(x.shape, generator=generator, out=xi)  # same draws as a fresh randn
+            x.add_(xi, alpha=scale_1 * math.sqrt(2 * t) * math.sqrt(abs(dt)))
     return x
 
 
@@ -89,13 +95,20 @@ def euler_maruyama(velocity: VelocityFn, noise: torch.Tensor, steps: int, cfg: f
 def euler_ode(velocity: VelocityFn, noise: torch.Tensor, steps: int, cfg: float = 1.0
               ) -> torch.Tensor:
     """Deterministic Euler on the probability-flow ODE dx/dt = v, t: 1 -> 0 in uniform steps."""
-    x = noise
-    for i in range(steps):
-        t, dt = 1.0 - i / steps, -1.0 / steps
-        v_cond, v_uncond = velocity(x, t)
-        v = v_cond if v_uncond is None or cfg == 1.0 else v_uncond + cfg * (v_cond - v_uncond)
-        x = x + dt * v
+    x = noise.clone()
+    for t in ode_times(steps):
+        x.add_(guided_velocity(velocity, x, t, cfg), alpha=-1.0 / steps)
     return x
+
+
+def ode_times(steps: int) -> list[float]:
+    return [1.0 - i / steps for i in range(steps)]
+
+
+def network_times(sampler: str, steps: int) -> list[float]:
+    """The times t at which the sampler evaluates the network, in order: lets a caller precompute
+    everything that depends only on t (the time embedding) once per run."""
+    return ode_times(steps) if sampler == "ode" else em_times(steps)[:-1]
 
 
 def parse_cfg(value: float | str | Sequence[float], steps: int) -> list[float]:

@@ -116,6 +116,31 @@ class DecoderBlock(nn.Module):
         x = x + self.attn2(self.norm2(x), kv)
         return x + gate2 * self.mlp(modulate(self.norm3(x), shift2, scale2))
 
+    # Sampling fast path: every image of a sampling batch shares the time t, so the adaLN
+    # modulation is one vector per step and folds into the LayerNorm's affine parameters:
+    # LN(x)(1 + s) + h = x_hat (w (1 + s)) + (b (1 + s) + h). One fused layer_norm call replaces
+    # LayerNorm + multiply + add, and the gated residuals become in-place addcmul_.
+    def folded_modulation(self, tproj: torch.Tensor) -> torch.Tensor:
+        """tproj (S, 6, W) of S steps -> float32 (S, 6, W): LN1 weight, LN1 bias, gate1,
+        LN3 weight, LN3 bias, gate2 (computed in float32 whatever the weights' dtype)."""
+        shift1, scale1, gate1, shift2, scale2, gate2 = (self.scale_shift_table.float() + tproj.float()).unbind(1)
+        w1, b1 = self.norm1.weight.float(), self.norm1.bias.float()
+        w3, b3 = self.norm3.weight.float(), self.norm3.bias.float()
+        return torch.stack([w1 * (1 + scale1), b1 * (1 + scale1) + shift1, gate1,
+                            w3 * (1 + scale2), b3 * (1 + scale2) + shift2, gate2], dim=1)
+
+    def self_attend_(self, x: torch.Tensor, mod: torch.Tensor) -> torch.Tensor:
+        """x += gate1 * SelfAttn(modulated LN1(x)), in place (no-grad sampling only)."""
+        h = F.layer_norm(x, x.shape[-1:], mod[0], mod[1], EPS)
+        return x.addcmul_(self.attn1(h), mod[2])
+
+    def cross_attend_mlp_(self, x: torch.Tensor, mod: torch.Tensor,
+                          kv: tuple[torch.Tensor, torch.Tensor]) -> torch.Tensor:
+        """The rest of the block in place: cross-attention, then the gated MLP."""
+        x.add_(self.attn2(self.norm2(x), kv))
+        h = F.layer_norm(x, x.shape[-1:], mod[3], mod[4], EPS)
+        return x.addcmul_(self.mlp(h), mod[5])
+
 
 class FinalLayer(nn.Module):
     def __init__(self, dim: int, out_dim: int):
@@ -127,6 +152,14 @@ class FinalLayer(nn.Module):
     def forward(self, x: torch.Tensor, temb: torch.Tensor) -> torch.Tensor:
         shift, scale = (self.scale_shift_table + temb[:, None]).chunk(2, dim=1)
         return self.linear(modulate(self.norm(x), shift, scale))
+
+    def folded_modulation(self, temb: torch.Tensor) -> torch.Tensor:
+        """temb (S, W) -> float32 (S, 2, W): the LayerNorm weight (1 + scale) and bias (shift)."""
+        shift, scale = (self.scale_shift_table.float() + temb.float()[:, None]).unbind(1)
+        return torch.stack([1 + scale, shift], dim=1)
+
+    def forward_folded(self, x: torch.Tensor, mod: torch.Tensor) -> torch.Tensor:
+        return self.linear(F.layer_norm(x, x.shape[-1:], mod[0], mod[1], EPS))
 
 
 class TimeEmbed(nn.Module):
@@ -142,3 +175,14 @@ class TimeEmbed(nn.Module):
         temb = self.time_embedder(self.sinusoid(timesteps).to(dtype))
         tproj = self.time_proj(F.silu(temb)).unflatten(1, (6, -1))
         return temb, tproj
+
+    def forward_fp32(self, timesteps: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        """The same in float32 whatever the weights' dtype: for the handful of sampling times of a
+        run, computed once, so low-precision weights lose nothing here."""
+        te = self.time_embedder
+
+        def lin(m: nn.Linear, x: torch.Tensor) -> torch.Tensor:
+            return F.linear(x, m.weight.float(), m.bias.float())
+
+        temb = lin(te.linear_2, F.silu(lin(te.linear_1, self.sinusoid(timesteps).float())))
+        return temb, lin(self.time_proj, F.silu(temb)).unflatten(1, (6, -1))

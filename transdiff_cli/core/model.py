@@ -53,6 +53,30 @@ class DiffusionDecoder(nn.Module):
                 h = blk(h, tproj, blk_kv)
         return self.final_layer(h, temb)
 
+    # ------------------------------------------------------------------ sampling fast path
+    def schedule(self, timesteps: torch.Tensor, dtype: torch.dtype) -> list[list[torch.Tensor]]:
+        """Everything that depends only on the time, for the S network times of a sampling run
+        (shared by the whole batch): per step, the folded modulation of every block and of the
+        final layer. Computed once per run in float32, then cast to `dtype`."""
+        temb, tproj = self.time_embed.forward_fp32(timesteps)
+        blocks = [blk.folded_modulation(tproj).to(dtype) for blk in self.res_blocks]
+        final = self.final_layer.folded_modulation(temb).to(dtype)
+        return [[m[i] for m in blocks] + [final[i]] for i in range(timesteps.shape[0])]
+
+    def forward_step(self, x_t: torch.Tensor, mods: list[torch.Tensor],
+                     kv: list[tuple[torch.Tensor, torch.Tensor]], copies: int = 1) -> torch.Tensor:
+        """Velocity at one sampling step (no grad): `mods` is one entry of `schedule`, `kv` the
+        condition's keys/values of `copies` x batch rows. With CFG the conditional and
+        unconditional rows share x_t, so everything before the first cross-attention (input
+        projection, block 0's self-attention) runs once on the batch and is then repeated."""
+        h = self.input_proj(x_t).add_(self.diffusion_pos_embed_learned)
+        for j, (blk, blk_kv) in enumerate(zip(self.res_blocks, kv)):
+            blk.self_attend_(h, mods[j])
+            if j == 0 and copies > 1:
+                h = h.repeat(copies, 1, 1)
+            blk.cross_attend_mlp_(h, mods[j], blk_kv)
+        return self.final_layer.forward_folded(h, mods[-1])
+
 
 class TransDiff(nn.Module):
     def __init__(self, cfg: ModelConfig):
@@ -215,18 +239,6 @@ class TransDiff(nn.Module):
         return flow.flow_loss(lambda x, t: self.decoder(x, t, c=c), x0, timesteps, noise)
 
     # ------------------------------------------------------------------ sampling
-    def _velocity(self, kv: list, batch: int, guided: bool) -> flow.VelocityFn:
-        """Closure over a fixed condition; with CFG, conditional and unconditional halves run
-        as one batch."""
-
-        def velocity(x: torch.Tensor, t: float):
-            xin = torch.cat([x, x]) if guided else x
-            ts = torch.full((xin.shape[0],), 1000.0 * t, device=x.device, dtype=x.dtype)
-            v = self.decoder(xin, ts, kv=kv)
-            return (v[:batch], v[batch:]) if guided else (v, None)
-
-        return velocity
-
     def _decode(self, c: torch.Tensor, noise: torch.Tensor, cfg_scale: float, guided_c: bool,
                 steps: int, scale_0: float, scale_1: float, sampler: str,
                 generator: torch.Generator | None, cache: bool) -> torch.Tensor:
@@ -235,9 +247,12 @@ class TransDiff(nn.Module):
         guided = cfg_scale != 1.0
         if guided_c and not guided:
             c = c[:b]
+        dtype = c.dtype
         if cache:
-            kv = self.decoder.condition(c)
-            velocity = self._velocity(kv, b, guided)
+            velocity = self._fast_velocity(c, b, guided, flow.network_times(sampler, steps))
+            # the sampler state stays float32 even with low-precision weights: it accumulates
+            # small updates over many steps, where bfloat16's 8-bit mantissa would lose them
+            noise = noise.float()
         else:  # the plain path: the condition re-projected at every step, as the reference does
             def velocity(x: torch.Tensor, t: float):
                 xin = torch.cat([x, x]) if guided else x
@@ -245,8 +260,27 @@ class TransDiff(nn.Module):
                 v = self.decoder(xin, ts, c=c)
                 return (v[:b], v[b:]) if guided else (v, None)
         if sampler == "ode":
-            return flow.euler_ode(velocity, noise, steps, cfg_scale)
-        return flow.euler_maruyama(velocity, noise, steps, cfg_scale, scale_0, scale_1, generator)
+            x = flow.euler_ode(velocity, noise, steps, cfg_scale)
+        else:
+            x = flow.euler_maruyama(velocity, noise, steps, cfg_scale, scale_0, scale_1, generator)
+        return x.to(dtype)
+
+    def _fast_velocity(self, c: torch.Tensor, batch: int, guided: bool, times: list[float]) -> flow.VelocityFn:
+        """Velocity closure over a fixed condition: its cross-attention keys/values and the
+        time-dependent modulation of every step are computed here, once per run; with CFG the
+        conditional and unconditional halves run as one batch."""
+        dtype = c.dtype
+        kv = self.decoder.condition(c)
+        ts = torch.tensor([1000.0 * t for t in times], device=c.device)
+        schedule = self.decoder.schedule(ts, dtype)
+        step = {t: i for i, t in enumerate(times)}
+        copies = 2 if guided else 1
+
+        def velocity(x: torch.Tensor, t: float):
+            v = self.decoder.forward_step(x.to(dtype), schedule[step[t]], kv, copies).float()
+            return (v[:batch], v[batch:]) if guided else (v, None)
+
+        return velocity
 
     @torch.no_grad()
     def sample(self, labels: torch.Tensor, *, cfg: float | Sequence[float] | None = None,
