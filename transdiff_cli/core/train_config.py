@@ -73,7 +73,7 @@ class TrainConfig:
 # grad clip 3, EMA 0.9999) with MAR-style batch and warm-up. tiny: DESIGN §7's CPU recipe
 # (digits 8x8, batch 128, lr 5e-4, about 600 steps).
 TRAIN_PRESETS: dict[str, dict[str, Any]] = {
-    "tiny": dict(batch_size=128, base_lr=1e-3, warmup_steps=50, max_steps=600, ema_rate=0.999,
+    "tiny": dict(batch_size=128, base_lr=1e-3, warmup_steps=50, max_steps=630, ema_rate=0.999,
                  ckpt_every=200),
     "S": dict(batch_size=128, base_lr=4e-4, warmup_steps=200, max_steps=5000, ema_rate=0.999,
               ckpt_every=1000),
