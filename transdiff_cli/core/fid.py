@@ -27,6 +27,7 @@ INCEPTION_URL = f"https://github.com/toshas/torch-fidelity/releases/download/v0.
 INCEPTION_ENV = "TRANSDIFF_INCEPTION_WEIGHTS"
 IMAGE_EXTENSIONS = (".png", ".jpg", ".jpeg", ".bmp", ".webp")
 FEATURES = ("inception", "digits")
+FID_LAYER = "2048"  # Inception's pool3 features, the standard FID/PR layer
 BUILTIN_DIGITS = "digits"  # --ref digits: scikit-learn's digits, no file needed
 
 
@@ -135,6 +136,14 @@ class Extractor:
         raise NotImplementedError
 
 
+def _safe_check(path: Path) -> None:
+    """Unpickle with the weights-only loader (memory-mapped: no need to read the 95 MB twice)."""
+    try:
+        torch.load(path, map_location="cpu", weights_only=True, mmap=True)
+    except RuntimeError:  # a pre-zip (legacy) file cannot be mapped
+        torch.load(path, map_location="cpu", weights_only=True)
+
+
 class InceptionExtractor(Extractor):
     name = "inception"
 
@@ -145,8 +154,8 @@ class InceptionExtractor(Extractor):
         try:
             # torch-fidelity unpickles the file fully; read it the safe way first so a foreign
             # file cannot run code
-            torch.load(path, map_location="cpu", weights_only=True)
-            self.net = FeatureExtractorInceptionV3("inception-v3-compat", ["2048", "logits_unbiased"],
+            _safe_check(path)
+            self.net = FeatureExtractorInceptionV3("inception-v3-compat", [FID_LAYER, "logits_unbiased"],
                                                    feature_extractor_weights_path=str(path))
         except Exception as e:  # a torch.load / load_state_dict failure on a wrong or truncated file
             msg = str(e).strip().splitlines()[0][:200] if str(e).strip() else type(e).__name__

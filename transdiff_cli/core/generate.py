@@ -161,9 +161,11 @@ def generate(model: TransDiff, tokenizer: Tokenizer, labels: Sequence[int], sett
         idx = indices[start:start + batch_size]
         lab = [int(v) for v in labels[start:start + batch_size]]
         steps = sample_latents(model, lab, idx, settings, seed)
-        images = decode(tokenizer, steps[-1])
-        decoded = [decode(tokenizer, s) for s in steps[:-1]] + [images] if save_steps else None
-        yield Batch(idx, lab, images, decoded)
+        if save_steps:  # every round's latents through the tokenizer in one call
+            decoded = list(decode(tokenizer, torch.cat(steps)).split(len(idx)))
+            yield Batch(idx, lab, decoded[-1], decoded)
+        else:
+            yield Batch(idx, lab, decode(tokenizer, steps[-1]))
 
 
 def write_npz(path: str | Path, images: np.ndarray, labels: Sequence[int]) -> Path:
