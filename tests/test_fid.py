@@ -60,10 +60,10 @@ def test_inception_fid_same_and_different_folders(inception_weights, tmp_path, m
     from torch_fidelity.feature_extractor_inceptionv3 import FeatureExtractorInceptionV3
 
     # CPU budget, same code paths: the extractor's internal resize goes to 75 (Inception's smallest
-    # input) instead of 299, and FID uses the 768-dim Mixed_6e pool instead of the 2048-dim pool3,
-    # whose 2048x2048 eigen-decomposition in torch-fidelity's Frechet distance takes seconds here
+    # input) instead of 299, and FID uses the 192-dim pool after Conv2d_4a instead of the 2048-dim
+    # pool3, whose 2048x2048 eigen-decomposition in torch-fidelity's Frechet distance takes seconds here
     monkeypatch.setattr(FeatureExtractorInceptionV3, "INPUT_IMAGE_SIZE", 75)
-    monkeypatch.setattr(fid, "FID_LAYER", "768")
+    monkeypatch.setattr(fid, "FID_LAYER", "192")
     a = image_folder(tmp_path / "a", 0, 0, 256)
     b = image_folder(tmp_path / "b", 1, 0, 96)  # darker, other images
     fid_cli("--gen", a, "--ref", a, "--inception-weights", inception_weights, "--out", tmp_path / "same")
