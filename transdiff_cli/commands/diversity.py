@@ -14,6 +14,7 @@ from ..core.device import resolve_device
 from ..core.diversity import diversity as feature_diversity
 from ..core.generate import mrar_feature_diversity, open_checkpoint, sample_settings
 from ._common import console, user_errors
+from .sample import help_text
 
 HELP = """The paper's diversity measure of a checkpoint's semantic features: the mean off-diagonal
 cosine similarity of one image's features (lower = more diverse), per class and overall.
@@ -31,7 +32,7 @@ Example:
 
 
 def register(app: typer.Typer) -> None:
-    @app.command("diversity", help=HELP)
+    @app.command("diversity", help=help_text(HELP))
     @user_errors
     def diversity_cmd(
         ckpt: Path = typer.Argument(..., help="checkpoint folder, run folder or published .pth"),

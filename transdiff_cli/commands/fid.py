@@ -23,7 +23,7 @@ from ..core.generate import (
     write_shard,
 )
 from ._common import console, user_errors
-from .sample import progress_bar
+from .sample import help_text, progress_bar
 
 HELP = """FID (and with --isc / --prc the Inception Score and precision/recall) of generated images
 against a reference, through torch-fidelity, with no download.
@@ -38,14 +38,14 @@ classifier instead (CPU, offline) and also reports class fidelity. Writes OUT/me
 
 Example:
 
-    transdiff fid --gen samples/ --ref VIRTUAL_imagenet256_labeled.npz --inception-weights inception.pth
+    transdiff fid --gen samples/ --ref adm_stats.npz --inception-weights inc.pth
 
-    transdiff fid --ckpt runs/digits --ref digits --features digits --num-per-class 50
+    transdiff fid --ckpt runs/digits --ref digits --features digits
 """
 
 
 def register(app: typer.Typer) -> None:
-    @app.command("fid", help=HELP)
+    @app.command("fid", help=help_text(HELP))
     @user_errors
     def fid_cmd(
         ref: str = typer.Option(..., "--ref", help="reference: image folder, .npz of images, "

@@ -13,6 +13,7 @@ from ..core.fuse import fuse, save_figure
 from ..core.generate import decode, open_checkpoint, open_tokenizer, sample_settings
 from ..core.images import save_pngs
 from ._common import console, user_errors
+from .sample import help_text
 
 HELP = """Fuse the 1-step semantic features of two classes (paper §4.2.2) and decode the blend.
 
@@ -23,12 +24,12 @@ single images and a fuse.json of what was done. Needs a 1-step checkpoint.
 
 Example:
 
-    transdiff fuse --ckpt checkpoint-last.pth --vae kl16:kl16.ckpt --a macaw --b tiger
+    transdiff fuse --ckpt ck.pth --vae kl16:kl16.ckpt --a macaw --b tiger
 """
 
 
 def register(app: typer.Typer) -> None:
-    @app.command("fuse", help=HELP)
+    @app.command("fuse", help=help_text(HELP))
     @user_errors
     def fuse_cmd(
         a: str = typer.Option(..., "--a", help="class A (index or name)"),

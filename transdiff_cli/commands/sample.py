@@ -22,8 +22,18 @@ Example:
 
     transdiff sample --ckpt runs/digits --class 7 --num 16
 
-    transdiff sample --ckpt checkpoint-last.pth --vae kl16:kl16.ckpt --class tiger --mode mrar --cfg 1,1.3,1.3,1.3
+    transdiff sample --ckpt ck.pth --vae kl16:kl16.ckpt -c tiger --cfg 1,1.3,1.3,1.3
 """
+
+
+def help_text(text: str) -> str:
+    """Join each prose paragraph into one line (rich keeps source line breaks and would wrap them
+    twice); indented example lines stay as they are."""
+    paragraphs = []
+    for para in text.strip().split("\n\n"):
+        lines = para.splitlines()
+        paragraphs.append(para if lines[0].startswith("    ") else " ".join(ln.strip() for ln in lines))
+    return "\n\n".join(paragraphs)
 
 
 def progress_bar() -> Progress:
@@ -32,7 +42,7 @@ def progress_bar() -> Progress:
 
 
 def register(app: typer.Typer) -> None:
-    @app.command("sample", help=HELP)
+    @app.command("sample", help=help_text(HELP))
     @user_errors
     def sample(
         ckpt: Path = typer.Option(None, "--ckpt", help="checkpoint folder, run folder or published .pth "
