@@ -38,7 +38,7 @@ classifier instead (CPU, offline) and also reports class fidelity. Writes OUT/me
 
 Example:
 
-    transdiff fid --gen samples/ --ref adm_stats.npz --inception-weights inc.pth
+    transdiff fid --gen out/ --ref stats.npz --inception-weights i.pth
 
     transdiff fid --ckpt runs/digits --ref digits --features digits
 """

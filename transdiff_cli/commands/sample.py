@@ -22,7 +22,7 @@ Example:
 
     transdiff sample --ckpt runs/digits --class 7 --num 16
 
-    transdiff sample --ckpt ck.pth --vae kl16:kl16.ckpt -c tiger --cfg 1,1.3,1.3,1.3
+    transdiff sample --ckpt ck.pth --vae kl16:vae.ckpt --class tiger
 """
 
 
