@@ -22,6 +22,37 @@ def _merge(x: torch.Tensor) -> torch.Tensor:
     return x.transpose(1, 2).reshape(b, n, h * d)
 
 
+# ---------------------------------------------------------------- no-grad sampling kernels
+# oneDNN's fused linear is ~5-20% faster than ATen's addmm on CPU at the decoder's shapes (no
+# broadcast copy of the bias into the output, GELU applied in the GEMM epilogue instead of a
+# separate pass). It has no autograd formula: used only by the no-grad sampling fast path.
+_ONEDNN = torch.backends.mkldnn.is_available() and hasattr(torch.ops.mkldnn, "_linear_pointwise")
+
+
+def fast_linear(m: nn.Linear, x: torch.Tensor, gelu: bool = False) -> torch.Tensor:
+    if _ONEDNN and x.device.type == "cpu" and x.dtype in (torch.float32, torch.bfloat16):
+        # exact (erf) GELU, as nn.GELU()
+        return torch.ops.mkldnn._linear_pointwise(x, m.weight, m.bias, "gelu" if gelu else "none", [],
+                                                  "none" if gelu else "")
+    y = F.linear(x, m.weight, m.bias)
+    return F.gelu(y) if gelu else y
+
+
+def fast_attention(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor) -> torch.Tensor:
+    """Unmasked attention of (B, H, N, D) tensors. On CPU in bfloat16, torch's flash kernel
+    (small 64-query tiles at these lengths) runs at a third of the bf16 GEMM rate, while two
+    batched GEMMs around a softmax run ~1.6x faster than it. The scores are then rounded to
+    bf16 before the softmax; measured end to end, that adds ~1% to the bf16 sampler's error
+    (it is dominated by the bf16 activations everywhere else). float32 and GPUs keep SDPA."""
+    if q.device.type != "cpu" or q.dtype != torch.bfloat16:
+        return F.scaled_dot_product_attention(q, k, v)
+    b, h, n, d = q.shape
+    q3, k3, v3 = q.reshape(b * h, n, d), k.reshape(b * h, -1, d), v.reshape(b * h, -1, d)
+    # beta=0: the input is ignored, the GEMM applies the 1/sqrt(d) scale for free
+    s = torch.baddbmm(q3.new_empty(1, 1, 1), q3, k3.transpose(1, 2), beta=0, alpha=d**-0.5)
+    return torch.bmm(torch.softmax(s, dim=-1), v3).view(b, h, n, d)
+
+
 class SelfAttention(nn.Module):
     """Multi-head self-attention (SDPA). `cache` holds keys/values of earlier positions: with
     block-causal masks the earlier positions never see later ones, so reusing them is exact."""
@@ -45,6 +76,11 @@ class SelfAttention(nn.Module):
         drop = self.attn_drop if self.training else 0.0
         out = F.scaled_dot_product_attention(q, k, v, attn_mask=mask, dropout_p=drop)
         return self.proj_drop(self.proj(_merge(out)))
+
+    def forward_fast(self, x: torch.Tensor) -> torch.Tensor:
+        """Unmasked, no-grad, eval-mode forward (the decoder during sampling)."""
+        q, k, v = (_heads(t, self.heads) for t in fast_linear(self.qkv, x).chunk(3, dim=-1))
+        return fast_linear(self.proj, _merge(fast_attention(q, k, v)))
 
 
 class CrossAttention(nn.Module):
@@ -73,6 +109,11 @@ class CrossAttention(nn.Module):
         drop = self.attn_drop if self.training else 0.0
         out = F.scaled_dot_product_attention(q, k, v, dropout_p=drop)
         return self.proj_drop(self.proj(_merge(out)))
+
+    def forward_fast(self, x: torch.Tensor, kv: tuple[torch.Tensor, torch.Tensor]) -> torch.Tensor:
+        """No-grad, eval-mode forward; kv batch equals x's (the sampler builds it so)."""
+        q = _heads(fast_linear(self.wq, x), self.heads)
+        return fast_linear(self.proj, _merge(fast_attention(q, *kv)))
 
 
 class EncoderBlock(nn.Module):
@@ -132,14 +173,14 @@ class DecoderBlock(nn.Module):
     def self_attend_(self, x: torch.Tensor, mod: torch.Tensor) -> torch.Tensor:
         """x += gate1 * SelfAttn(modulated LN1(x)), in place (no-grad sampling only)."""
         h = F.layer_norm(x, x.shape[-1:], mod[0], mod[1], EPS)
-        return x.addcmul_(self.attn1(h), mod[2])
+        return x.addcmul_(self.attn1.forward_fast(h), mod[2])
 
     def cross_attend_mlp_(self, x: torch.Tensor, mod: torch.Tensor,
                           kv: tuple[torch.Tensor, torch.Tensor]) -> torch.Tensor:
         """The rest of the block in place: cross-attention, then the gated MLP."""
-        x.add_(self.attn2(self.norm2(x), kv))
+        x.add_(self.attn2.forward_fast(self.norm2(x), kv))
         h = F.layer_norm(x, x.shape[-1:], mod[3], mod[4], EPS)
-        return x.addcmul_(self.mlp(h), mod[5])
+        return x.addcmul_(fast_linear(self.mlp.fc2, fast_linear(self.mlp.fc1, h, gelu=True)), mod[5])
 
 
 class FinalLayer(nn.Module):
@@ -159,7 +200,7 @@ class FinalLayer(nn.Module):
         return torch.stack([1 + scale, shift], dim=1)
 
     def forward_folded(self, x: torch.Tensor, mod: torch.Tensor) -> torch.Tensor:
-        return self.linear(F.layer_norm(x, x.shape[-1:], mod[0], mod[1], EPS))
+        return fast_linear(self.linear, F.layer_norm(x, x.shape[-1:], mod[0], mod[1], EPS))
 
 
 class TimeEmbed(nn.Module):

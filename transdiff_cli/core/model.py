@@ -12,7 +12,7 @@ from torch.utils.checkpoint import checkpoint
 
 from . import flow
 from .config import ModelConfig
-from .layers import DecoderBlock, EncoderBlock, FinalLayer, TimeEmbed
+from .layers import DecoderBlock, EncoderBlock, FinalLayer, TimeEmbed, fast_linear
 from .tokens import patchify, unpatchify
 
 
@@ -69,7 +69,7 @@ class DiffusionDecoder(nn.Module):
         condition's keys/values of `copies` x batch rows. With CFG the conditional and
         unconditional rows share x_t, so everything before the first cross-attention (input
         projection, block 0's self-attention) runs once on the batch and is then repeated."""
-        h = self.input_proj(x_t).add_(self.diffusion_pos_embed_learned)
+        h = fast_linear(self.input_proj, x_t).add_(self.diffusion_pos_embed_learned)
         for j, (blk, blk_kv) in enumerate(zip(self.res_blocks, kv)):
             blk.self_attend_(h, mods[j])
             if j == 0 and copies > 1:
@@ -270,7 +270,8 @@ class TransDiff(nn.Module):
         time-dependent modulation of every step are computed here, once per run; with CFG the
         conditional and unconditional halves run as one batch."""
         dtype = c.dtype
-        kv = self.decoder.condition(c)
+        # contiguous per-head keys/values: the CPU bf16 attention then reads them without a copy
+        kv = [(k.contiguous(), v.contiguous()) for k, v in self.decoder.condition(c)]
         ts = torch.tensor([1000.0 * t for t in times], device=c.device)
         schedule = self.decoder.schedule(ts, dtype)
         step = {t: i for i, t in enumerate(times)}
