@@ -2,11 +2,12 @@
 
 from __future__ import annotations
 
-from typing import Annotated
+from typing import Annotated, Any
 
 import typer
 
 from ..core.distributed import check_gpus, relaunch_with_torchrun, under_torchrun
+from ..core.train_run import RunRequest
 
 Data = Annotated[str | None, typer.Option(
     "--data", help="digits | shapes | an ImageNet-style image folder | an encode-latents folder")]
@@ -54,5 +55,18 @@ def maybe_relaunch(gpus: int, nnodes: int, node_rank: int, master_addr: str, mas
     raise typer.Exit(relaunch_with_torchrun(gpus, nnodes, node_rank, master_addr, master_port))
 
 
-def train_overrides(**values: object) -> dict[str, object]:
-    return {k: v for k, v in values.items() if v is not None}
+TRAIN_KEYS = ("data", "vae", "image_size", "batch_size", "grad_accum", "lr", "base_lr", "schedule",
+              "warmup_steps", "max_steps", "epochs", "ema_rate", "precision", "seed", "ckpt_every",
+              "log_every", "num_workers")
+
+
+def run_request(options: dict[str, Any], **fields: Any) -> RunRequest:
+    """The command's options (its `locals()`) sorted into a RunRequest; unset options stay None so
+    that the size preset and the YAML file decide."""
+    o = options
+    return RunRequest(
+        config_file=o["config"], run_dir=o["run_dir"], name=o["name"], device=o["device"],
+        resume=o["resume"], progress=not o["no_progress"],
+        model_overrides={"grad_checkpointing": o["grad_checkpointing"] or None,
+                         "mrar_steps": o.get("mrar_steps")},
+        train_overrides={k: o[k] for k in TRAIN_KEYS if o[k] is not None}, **fields)

@@ -6,7 +6,7 @@ from typing import Annotated
 
 import typer
 
-from ..core.train_run import RunRequest, run_training
+from ..core.train_run import run_training
 from . import _train_options as o
 from ._common import user_errors
 from .train import report
@@ -40,15 +40,4 @@ def register(app: typer.Typer) -> None:
         no_progress: o.NoProgress = False,
     ) -> None:
         o.maybe_relaunch(gpus, nnodes, node_rank, master_addr, master_port, device)
-        req = RunRequest(
-            finetune_from=from_, config_file=config, run_dir=run_dir, name=name, device=device,
-            resume=resume, progress=not no_progress,
-            model_overrides={"grad_checkpointing": grad_checkpointing or None,
-                             "mrar_steps": mrar_steps},
-            train_overrides=o.train_overrides(
-                data=data, vae=vae, image_size=image_size, batch_size=batch_size,
-                grad_accum=grad_accum, lr=lr, base_lr=base_lr, schedule=schedule,
-                warmup_steps=warmup_steps, max_steps=max_steps, epochs=epochs, ema_rate=ema_rate,
-                precision=precision, seed=seed, ckpt_every=ckpt_every, log_every=log_every,
-                num_workers=num_workers))
-        report(run_training(req))
+        report(run_training(o.run_request(locals(), finetune_from=from_)))

@@ -7,7 +7,7 @@ from typing import Annotated
 
 import typer
 
-from ..core.train_run import RunRequest, run_training
+from ..core.train_run import run_training
 from . import _train_options as o
 from ._common import console, user_errors
 
@@ -41,18 +41,7 @@ def register(app: typer.Typer) -> None:
         no_progress: o.NoProgress = False,
     ) -> None:
         o.maybe_relaunch(gpus, nnodes, node_rank, master_addr, master_port, device)
-        req = RunRequest(
-            size=size, config_file=config, run_dir=run_dir, name=name, device=device, resume=resume,
-            progress=not no_progress,
-            model_overrides={"grad_checkpointing": grad_checkpointing or None},
-            train_overrides=o.train_overrides(
-                data=data, vae=vae, image_size=image_size, batch_size=batch_size,
-                grad_accum=grad_accum, lr=lr, base_lr=base_lr, schedule=schedule,
-                warmup_steps=warmup_steps, max_steps=max_steps, epochs=epochs, ema_rate=ema_rate,
-                precision=precision, seed=seed, ckpt_every=ckpt_every, log_every=log_every,
-                num_workers=num_workers))
-        result = run_training(req)
-        report(result)
+        report(run_training(o.run_request(locals(), size=size)))
 
 
 def report(result) -> None:

@@ -102,11 +102,18 @@ class ModelConfig:
 
     @classmethod
     def from_dict(cls, d: dict[str, Any]) -> ModelConfig:
-        known = {f.name for f in dataclasses.fields(cls)}
-        unknown = sorted(set(d) - known)
-        if unknown:
-            raise TransDiffError(f"unknown model config keys: {', '.join(unknown)}")
+        return build_dataclass(cls, d, "model")
+
+
+def build_dataclass(cls: Any, d: dict[str, Any], what: str) -> Any:
+    """cls(**d), with a one-line error naming keys a config file got wrong."""
+    unknown = sorted(set(d) - {f.name for f in dataclasses.fields(cls)})
+    if unknown:
+        raise TransDiffError(f"unknown {what} config keys: {', '.join(unknown)}")
+    try:
         return cls(**d)
+    except TypeError as e:
+        raise TransDiffError(f"bad {what} config: {e}") from e
 
 
 def auto_patch_size(channels: int, size: int) -> int:

@@ -7,6 +7,7 @@ import dataclasses
 from dataclasses import dataclass
 from typing import Any
 
+from .config import build_dataclass
 from .errors import TransDiffError
 
 
@@ -50,11 +51,7 @@ class TrainConfig:
 
     @classmethod
     def from_dict(cls, d: dict[str, Any]) -> TrainConfig:
-        known = {f.name for f in dataclasses.fields(cls)}
-        unknown = sorted(set(d) - known)
-        if unknown:
-            raise TransDiffError(f"unknown training config keys: {', '.join(unknown)}")
-        return cls(**d)
+        return build_dataclass(cls, d, "training")
 
     def validate(self) -> None:
         if self.batch_size < 1 or self.grad_accum < 1:
