@@ -1,0 +1,125 @@
+"""The optimised sampler (cache=True: per-run condition keys/values and time schedule, folded adaLN,
+in-place updates, oneDNN kernels, CFG-shared block 0) must give the plain path's result."""
+
+import pytest
+import torch
+
+from transdiff_cli.core import flow
+from transdiff_cli.core.config import preset
+from transdiff_cli.core.model import TransDiff
+
+FP32_TOL = 1e-5
+# bf16 against the float32 reference, relative to the output's scale (its max |value|). bf16 keeps
+# 8 mantissa bits (relative rounding 2^-9 = 0.2%) and every linear layer rounds its output, so a
+# ~10-layer network gives velocity errors of a few 2^-9; 25-50 sampler steps mostly average them
+# (the fast path keeps the sampler state and the time embedding in float32). Measured: the fast
+# path 0.6-0.8% of max|x| here (0.6% at the benchmark configuration, 25 steps); the plain bf16 path
+# 1.2-1.4% here and 3.4% at the benchmark configuration. 4% bounds both with margin yet catches
+# real bugs (a wrong modulation or a dropped CFG branch moves the output by tens of %).
+BF16_REL_TOL = 4e-2
+
+
+@pytest.fixture(autouse=True)
+def one_thread():
+    """Tiny models: one thread avoids OpenMP hand-offs that dominate (and, on a busy shared
+    machine, stall) every small op."""
+    n = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(n)
+
+
+def make_model(mrar: bool, dtype=torch.float32) -> TransDiff:
+    cfg = preset("tiny", width=64, heads=2, encoder_depth=1, decoder_depth=2, num_classes=5,
+                 latent_channels=4, latent_size=8, patch_size=1, buffer_size=16, mrar=mrar)
+    torch.manual_seed(0)
+    model = TransDiff(cfg).eval()
+    with torch.no_grad():  # trained-looking weights: non-zero output layer, sizeable modulation
+        for p in model.decoder.final_layer.parameters():
+            p.normal_(std=0.1)
+        for blk in model.decoder.res_blocks:
+            blk.scale_shift_table.normal_(std=0.5)
+    return model.to(dtype)
+
+
+def reference_em(model: TransDiff, c: torch.Tensor, noise: torch.Tensor, steps: int, cfg: float,
+                 scale_0: float, scale_1: float, gen: torch.Generator | None) -> torch.Tensor:
+    """The paper's Euler-Maruyama loop written out literally (score form, drift per branch)."""
+    b = noise.shape[0]
+    ts = flow.em_times(steps)
+    x = noise
+    for i in range(len(ts) - 1):
+        t, dt = ts[i], ts[i + 1] - ts[i]
+        xin = torch.cat([x, x]) if cfg != 1.0 else x
+        v = model.decoder(xin, torch.full((xin.shape[0],), 1000.0 * t), c=c if cfg != 1.0 else c[:b])
+
+        def drift(v_, x_=x, t_=t):
+            score = -((1 - t_) * v_ + x_) / t_
+            return v_ - t_ * score
+        d = drift(v[:b]) if cfg == 1.0 else drift(v[b:]) + cfg * (drift(v[:b]) - drift(v[b:]))
+        if i < len(ts) - 2:
+            x = x + scale_0 * dt * d
+            if scale_1:
+                x = x + scale_1 * (2 * t) ** 0.5 * abs(dt) ** 0.5 * torch.randn(x.shape, generator=gen)
+        else:
+            x = x + dt * d
+    return x
+
+
+@pytest.mark.parametrize("cfg", [1.0, 1.5, 3.0])
+def test_1step_fast_equals_literal_reference(cfg):
+    model = make_model(False)
+    labels = torch.tensor([0, 3, 4])
+    noise = torch.randn(3, 64, 4, generator=torch.Generator().manual_seed(1))
+    with torch.no_grad():
+        emb = model.class_embedding(labels)
+        c = model.condition(model.features(torch.cat([emb, model.class_embedding(labels, null=True)])))
+        want = model.to_latent(reference_em(model, c, noise, 7, cfg, 0.9, 0.8, torch.Generator().manual_seed(5)))
+    got = model.sample(labels, cfg=cfg, steps=7, scale_0=0.9, scale_1=0.8, noise=noise,
+                       generator=torch.Generator().manual_seed(5))
+    assert (got - want).abs().max() <= FP32_TOL
+
+
+@pytest.mark.parametrize("mrar,cfg", [(False, 1.0), (False, 2.0), (True, [1.0, 1.5, 2.0, 1.25]),
+                                      (True, 1.7)])
+@pytest.mark.parametrize("sampler", ["em", "ode"])
+def test_fast_equals_plain_path(mrar, cfg, sampler):
+    model = make_model(mrar)
+    labels = torch.tensor([1, 2])
+    noise = torch.randn(2, 64, 4, generator=torch.Generator().manual_seed(2))
+    kw = dict(cfg=cfg, steps=6, scale_0=0.87, scale_1=0.91, noise=noise, sampler=sampler, return_steps=True)
+    fast, fast_steps = model.sample(labels, cache=True, generator=torch.Generator().manual_seed(3), **kw)
+    plain, plain_steps = model.sample(labels, cache=False, generator=torch.Generator().manual_seed(3), **kw)
+    assert (fast - plain).abs().max() <= FP32_TOL
+    for a, b in zip(fast_steps, plain_steps):  # every MRAR round, not only the last
+        assert (a - b).abs().max() <= FP32_TOL
+    assert torch.equal(noise, torch.randn(2, 64, 4, generator=torch.Generator().manual_seed(2)))  # untouched
+
+
+@pytest.mark.parametrize("mrar,cfg", [(False, 1.5), (True, [1.0, 1.5, 1.5, 1.5])])
+def test_bf16_close_to_fp32(mrar, cfg):
+    model = make_model(mrar)
+    model16 = make_model(mrar, torch.bfloat16)
+    labels = torch.tensor([0, 4])
+    noise = torch.randn(2, 64, 4, generator=torch.Generator().manual_seed(4))
+    kw = dict(cfg=cfg, steps=10, scale_1=0.0, noise=noise)
+    ref = model.sample(labels, **kw)
+    got = model16.sample(labels, **kw)
+    assert got.dtype == torch.bfloat16
+    assert (got.float() - ref).abs().max() <= BF16_REL_TOL * ref.abs().max()
+
+
+def test_schedule_matches_time_embedding():
+    """The per-run folded modulation reproduces LN(x)(1 + scale) + shift of the plain block."""
+    model = make_model(False)
+    dec = model.decoder
+    ts = torch.tensor([1000.0, 520.0, 40.0])
+    sched = dec.schedule(ts, torch.float32)
+    x = torch.randn(2, 64, 64)
+    _, tproj = dec.time_embed(ts, torch.float32)
+    blk = dec.res_blocks[0]
+    for i in range(3):
+        shift1, scale1 = (blk.scale_shift_table + tproj[i:i + 1]).unbind(1)[:2]
+        want = blk.norm1(x) * (1 + scale1) + shift1
+        got = torch.nn.functional.layer_norm(x, (64,), sched[i][0][0], sched[i][0][1], 1e-6)
+        assert (got - want).abs().max() <= 1e-5
