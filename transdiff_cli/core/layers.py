@@ -30,7 +30,9 @@ _ONEDNN = torch.backends.mkldnn.is_available() and hasattr(torch.ops.mkldnn, "_l
 
 
 def fast_linear(m: nn.Linear, x: torch.Tensor, gelu: bool = False) -> torch.Tensor:
-    if _ONEDNN and x.device.type == "cpu" and x.dtype in (torch.float32, torch.bfloat16):
+    # under torch.compile inductor does its own fusion (and wants the weights as graph constants)
+    if (_ONEDNN and x.device.type == "cpu" and x.dtype in (torch.float32, torch.bfloat16)
+            and not torch.compiler.is_compiling()):
         # exact (erf) GELU, as nn.GELU()
         return torch.ops.mkldnn._linear_pointwise(x, m.weight, m.bias, "gelu" if gelu else "none", [],
                                                   "none" if gelu else "")
