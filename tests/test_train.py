@@ -202,3 +202,33 @@ def test_bad_inputs(tmp_path, fixtures, case, tiny_yaml):
     lines = [x for x in result.output.strip().splitlines() if x.strip()]
     assert len(lines) == 1 and msg in lines[0], result.output
     assert not (tmp_path / "r" / "checkpoints").exists()
+
+
+def test_finetune_mrar_from_published_checkpoint(tmp_path, fixtures, manifest):
+    """The published 1-step fixture -> MRAR on KL-VAE latents of a small image folder -> sample."""
+    import numpy as np
+    from PIL import Image
+
+    size = manifest["img_size"]
+    vae = f"kl16:{fixtures / 'vae_kl.ckpt'}"
+    rng = np.random.default_rng(0)
+    for c in ("cats", "dogs"):
+        (tmp_path / "imgs" / c).mkdir(parents=True)
+        for i in range(4):
+            arr = rng.integers(0, 255, (size, size, 3), dtype=np.uint8)
+            Image.fromarray(arr).save(tmp_path / "imgs" / c / f"{i}.png")
+    r = cli("encode-latents", "--data", str(tmp_path / "imgs"), "--vae", vae, "--out",
+            str(tmp_path / "lat"), "--device", "cpu", "--quiet")
+    assert r.returncode == 0, r.stderr
+    cheap_grid = tmp_path / "grid.yaml"  # the end-of-run sample grid: 2 images, 2 sampler steps
+    cheap_grid.write_text(yaml.safe_dump({"train": {"grid_classes": 2, "grid_per_class": 1,
+                                                    "sample_steps": 2}}))
+    r = cli("finetune-mrar", "--from", str(fixtures / "transdiff_1step.pth"), "--data",
+            str(tmp_path / "lat"), "--run-dir", str(tmp_path / "mrar"), "--max-steps", "2",
+            "--batch-size", "4", "--no-progress", "--device", "cpu", "--config", str(cheap_grid))
+    assert r.returncode == 0, r.stderr
+    r = cli("sample", "--ckpt", str(tmp_path / "mrar"), "--mode", "mrar", "--class", "1", "--num", "1",
+            "--sampling-steps", "2", "--out", str(tmp_path / "samples"), "--device", "cpu")
+    assert r.returncode == 0, r.stderr
+    pngs = [p for p in (tmp_path / "samples").glob("*.png") if p.name != "grid.png"]
+    assert len(pngs) == 1 and Image.open(pngs[0]).size == (size, size)

@@ -157,9 +157,11 @@ def prepare(req: RunRequest) -> tuple[Trainer, DistInfo]:
         init_state = init_ema = None  # the trainer resumes from the run's own checkpoint
     elif req.resume is True:
         raise TransDiffError(f"--resume: no checkpoint in {run.root} to resume from")
-    class_names = data.class_names
+    class_names = list(data.class_names)
     if req.finetune_from is not None and src.class_names and len(src.class_names) >= len(class_names):
-        class_names = src.class_names
+        class_names = list(src.class_names)
+    # a published model may know more classes than the fine-tuning data names
+    class_names += [f"class{i}" for i in range(len(class_names), model_cfg.num_classes)]
     meta = {"tokenizer": data.tokenizer.spec(), "class_names": list(class_names),
             "data": tcfg.data, **parent}
     if dist.is_main:
