@@ -206,7 +206,7 @@ def report(results: dict[str, Any], args: argparse.Namespace) -> str:
         f"1-step: the default `transdiff train` ({cfg['steps_1step']} steps); MRAR: `finetune-mrar` for "
         f"{cfg['steps_extra']} steps (groups of 4 same-class digits, batch {cfg['finetune_batch']}); control: "
         f"the 1-step model trained {cfg['steps_extra']} more steps. {cfg['per_class']} images per class "
-        f"per model, default sampler (50 Euler–Maruyama steps, cfg 1). FID uses the shipped digits "
+        f"per model, the models' default sampler ({_sampler_text(results)}). FID uses the shipped digits "
         f"classifier's features against all 1,797 real digits; ± is the standard deviation over seeds.",
         "",
         "| model | FID ↓ | class fidelity ↑ | diversity measure ↓ | s / image |",
@@ -229,6 +229,12 @@ def report(results: dict[str, Any], args: argparse.Namespace) -> str:
         "",
         "![fuse](benchmarks/quality_small/fuse.png)",
     ])
+
+
+def _sampler_text(results: dict[str, Any]) -> str:
+    st_ = results["seeds"][0]["eval"]["1step"]["settings"]
+    return (f"{st_['sampling_steps']} Euler–Maruyama steps, cfg {st_['cfg'][0]:g}, "
+            f"scale_0/scale_1 {st_['scale_0']:g}/{st_['scale_1']:g}")
 
 
 def update_readme(text: str) -> None:
