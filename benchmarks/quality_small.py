@@ -43,6 +43,7 @@ from transdiff_cli.core.tokenizers import load_tokenizer
 from transdiff_cli.core.train_run import RunRequest, run_training
 
 REPO = Path(__file__).resolve().parents[1]
+CONFIG: dict[str, Any] = {}  # the settings of this run (FULL or QUICK)
 BEGIN, END = "<!-- quality_small:begin -->", "<!-- quality_small:end -->"
 
 FULL = dict(seeds=[0, 1], steps_1step=630, steps_extra=300, per_class=50, sweep_per_class=20,
@@ -51,7 +52,7 @@ FULL = dict(seeds=[0, 1], steps_1step=630, steps_extra=300, per_class=50, sweep_
 QUICK = dict(seeds=[0], steps_1step=12, steps_extra=6, per_class=4, sweep_per_class=2,
              sweep_steps=[2, 4], sweep_scales=[(1.0, 1.0), (1.0, 0.0)], shapes_steps=6,
              model={"width": 32, "heads": 2, "encoder_depth": 1, "decoder_depth": 1},
-             finetune_batch=16)
+             finetune_batch=16, train={"grid_classes": 2, "grid_per_class": 2, "sample_steps": 4})
 
 
 def log(msg: str) -> None:
@@ -68,6 +69,7 @@ def train(out: Path, name: str, *, model: dict, **train: Any) -> Path:
         cfg_file.parent.mkdir(parents=True, exist_ok=True)
         cfg_file.write_text(yaml.safe_dump({"model": model}))
     finetune = train.pop("finetune_from", None)
+    train = {**CONFIG.get("train", {}), **train}
     req = RunRequest(size=None if finetune else "tiny", config_file=str(cfg_file) if cfg_file else None,
                      run_dir=str(run), device="cpu", progress=False, finetune_from=finetune,
                      train_overrides={k: v for k, v in train.items() if v is not None})
@@ -268,6 +270,7 @@ def main() -> None:
     if args.threads:
         torch.set_num_threads(args.threads)
     cfg = dict(QUICK if args.quick else FULL)
+    CONFIG.update(cfg)
     if args.seeds:
         cfg["seeds"] = [int(s) for s in args.seeds.split(",")]
     out = args.out or (REPO / "benchmarks" / ("quality_small_quick" if args.quick else "quality_small"))
