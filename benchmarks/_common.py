@@ -106,9 +106,20 @@ def _sdpa_cpu_bwd_flops(grad_out_shape, q_shape, k_shape, v_shape, *args, **kwar
     return 2 * _sdpa_cpu_flops(q_shape, k_shape, v_shape)  # dV, dP, dQ, dK: 4 matmuls
 
 
+def _linear_pointwise_flops(x_shape, *args, **kwargs) -> int:
+    """mkldnn::_linear_pointwise(X, W, B, attr, ...) and its .binary(X, other, W, B, attr)."""
+    w_shape = args[0] if isinstance(args[2], str) else args[1]
+    rows = 1
+    for n in x_shape[:-1]:
+        rows *= n
+    return 2 * rows * w_shape[0] * w_shape[1]  # weight (out, in)
+
+
 def flop_counter() -> FlopCounterMode:
     aten = torch.ops.aten
     mapping = {aten._scaled_dot_product_flash_attention_for_cpu: _sdpa_cpu_flops}
+    if hasattr(torch.ops.mkldnn, "_linear_pointwise"):  # the sampler's oneDNN fused linear
+        mapping[torch.ops.mkldnn._linear_pointwise] = _linear_pointwise_flops
     if hasattr(aten, "_scaled_dot_product_flash_attention_for_cpu_backward"):
         mapping[aten._scaled_dot_product_flash_attention_for_cpu_backward] = _sdpa_cpu_bwd_flops
     return FlopCounterMode(display=False, custom_mapping=mapping)  # formulas receive shapes
