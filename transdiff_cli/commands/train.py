@@ -8,6 +8,7 @@ from typing import Annotated
 import typer
 
 from ..core.train_run import run_training
+from ..core.trainer import TrainResult
 from . import _train_options as o
 from ._common import console, user_errors
 
@@ -44,8 +45,13 @@ def register(app: typer.Typer) -> None:
         report(run_training(o.run_request(locals(), size=size)))
 
 
-def report(result) -> None:
+def report(result: TrainResult) -> None:
+    """Rank 0 says what happened; every rank exits 130 when a signal stopped the run."""
     s = result.summary
+    if not result.is_main:
+        if result.stopped_early:
+            raise typer.Exit(130)
+        return
     if result.stopped_early:
         console.print(f"[yellow]stopped by {s['stopped_by']} at step {s['step']}; checkpoint saved "
                       f"to {s['checkpoint']} — run the same command again to resume[/yellow]")

@@ -45,6 +45,7 @@ class TrainResult:
     checkpoint: Path | None
     stopped_early: bool = False
     summary: dict[str, Any] = field(default_factory=dict)
+    is_main: bool = True  # rank 0: the process that reports
 
 
 class _StopFlag:
@@ -323,7 +324,7 @@ class Trainer:
                                          / max(elapsed, 1e-9), 2),
                    "checkpoint": str(last_ckpt) if last_ckpt else None,
                    "grid": str(grid) if grid else None, "stopped_by": stopped}
-        return TrainResult(self.step, last_ckpt, stopped is not None, summary)
+        return TrainResult(self.step, last_ckpt, stopped is not None, summary, self.dist.is_main)
 
     def _dump_grads(self, path: Path) -> None:
         """Debugging aid: the first step's (all-reduced) gradients, to compare process layouts."""
