@@ -127,13 +127,14 @@ def test_same_seed_same_files_other_seed_differs(tiny, tmp_path):
     assert all(first[k] != other[k] for k in first)
 
 
-def test_images_do_not_depend_on_batch_size(tiny, tmp_path):
-    # per-image seeding: with the deterministic ODE sampler the batching cannot change the images
+@pytest.mark.parametrize("kind,sampler", [("one", "ode"), ("one", "em"), ("mrar", "em")])
+def test_images_do_not_depend_on_batch_size(tiny, tmp_path, kind, sampler):
+    # per-image seeding of the initial noise and (em, scale_1 > 0) of every step's noise
     outs = []
     for bs in (1, 4):
         out = tmp_path / f"bs{bs}"
-        invoke(["sample", "--ckpt", tiny["one"], "--class", "0,1,2", "--num", 1, "--sampler", "ode",
-                "--batch-size", bs, "--out", out])
+        invoke(["sample", "--ckpt", tiny[kind], "--class", "0,1,2", "--num", 1, "--sampler", sampler,
+                "--scale-1", 0.9, "--batch-size", bs, "--out", out])
         outs.append({p.name: png(p) for p in out.glob("0*.png")})
     assert len(outs[0]) == 3 and all(np.array_equal(outs[0][k], outs[1][k]) for k in outs[0])
 

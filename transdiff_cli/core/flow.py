@@ -14,6 +14,8 @@ import torch.nn.functional as F
 
 from .errors import TransDiffError
 
+Generators = torch.Generator | Sequence[torch.Generator] | None  # one, or one per image
+
 # velocity(x, t) -> (v_cond, v_uncond or None); t is a Python float in [0, 1]
 VelocityFn = Callable[[torch.Tensor, float], tuple[torch.Tensor, torch.Tensor | None]]
 
@@ -71,11 +73,12 @@ def guided_drift(velocity: VelocityFn, x: torch.Tensor, t: float, cfg: float) ->
 @torch.no_grad()
 def euler_maruyama(velocity: VelocityFn, noise: torch.Tensor, steps: int, cfg: float = 1.0,
                    scale_0: float = 1.0, scale_1: float = 1.0,
-                   generator: torch.Generator | None = None) -> torch.Tensor:
+                   generator: Generators = None) -> torch.Tensor:
     """The paper's Euler-Maruyama sampler with scales (appendix F): `steps` network evaluations;
     scale_0 scales the drift, scale_1 the injected noise; the last step (0.04 -> 0) is plain Euler.
     The state is updated in place (one buffer, the caller's noise untouched) with every step's
-    coefficients folded into Python floats: x <- (1 + a) x + a (2 - t) v_cfg, a = scale_0 dt."""
+    coefficients folded into Python floats: x <- (1 + a) x + a (2 - t) v_cfg, a = scale_0 dt.
+    `generator` may be one generator per image, so that an image does not depend on its batch."""
     ts = em_times(steps)
     x = noise.clone()
     xi = torch.empty_like(x) if scale_1 != 0.0 else None
@@ -86,9 +89,21 @@ def euler_maruyama(velocity: VelocityFn, noise: torch.Tensor, steps: int, cfg: f
         a = dt if last else scale_0 * dt
         x.mul_(1 + a).add_(v, alpha=a * (2 - t))
         if not last and xi is not None:
-            torch.randn(x.shape, generator=generator, out=xi)  # same draws as a fresh randn
+            draw_noise(xi, generator)
             x.add_(xi, alpha=scale_1 * math.sqrt(2 * t) * math.sqrt(abs(dt)))
     return x
+
+
+def draw_noise(out: torch.Tensor, generator: Generators) -> torch.Tensor:
+    """Standard normal draws into `out` (the same draws as a fresh randn); with a list of
+    generators, row i comes from generator i."""
+    if generator is None or isinstance(generator, torch.Generator):
+        return torch.randn(out.shape, generator=generator, out=out)
+    if len(generator) != out.shape[0]:
+        raise ValueError(f"{len(generator)} generators for a batch of {out.shape[0]}")
+    for row, g in zip(out, generator):
+        torch.randn(row.shape, generator=g, out=row)
+    return out
 
 
 @torch.no_grad()

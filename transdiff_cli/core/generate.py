@@ -124,7 +124,8 @@ def sample_latents(model: TransDiff, labels: Sequence[int], indices: Sequence[in
     """Latents of each MRAR round (one entry in 1-step mode); the last is the output."""
     device, dtype = model_device_dtype(model)
     noise = initial_noise(model, indices, seed).to(device=device, dtype=dtype)
-    gen = torch.Generator(device=device).manual_seed(image_seed(seed, indices[0], 1))
+    # one noise stream per image: an image does not depend on its batch or on the torchrun split
+    gen = [torch.Generator(device=device).manual_seed(image_seed(seed, i, 1)) for i in indices]
     y = torch.as_tensor(list(labels), device=device, dtype=torch.long)
     _, steps = model.sample(y, cfg=settings.cfg, steps=settings.sampling_steps, scale_0=settings.scale_0,
                             scale_1=settings.scale_1, mrar_steps=settings.rounds, noise=noise, generator=gen,

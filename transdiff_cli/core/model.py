@@ -241,7 +241,7 @@ class TransDiff(nn.Module):
     # ------------------------------------------------------------------ sampling
     def _decode(self, c: torch.Tensor, noise: torch.Tensor, cfg_scale: float, guided_c: bool,
                 steps: int, scale_0: float, scale_1: float, sampler: str,
-                generator: torch.Generator | None, cache: bool) -> torch.Tensor:
+                generator: flow.Generators, cache: bool) -> torch.Tensor:
         """Run the sampler from `noise` given c = [cond; uncond] (guided_c) or cond only."""
         b = noise.shape[0]
         guided = cfg_scale != 1.0
@@ -287,7 +287,7 @@ class TransDiff(nn.Module):
     def sample(self, labels: torch.Tensor, *, cfg: float | Sequence[float] | None = None,
                steps: int | None = None, scale_0: float | None = None,
                scale_1: float | None = None, mrar_steps: int | None = None,
-               noise: torch.Tensor | None = None, generator: torch.Generator | None = None,
+               noise: torch.Tensor | None = None, generator: flow.Generators = None,
                sampler: str = "em", cache: bool = True,
                return_steps: bool = False) -> torch.Tensor | tuple[torch.Tensor, list[torch.Tensor]]:
         """Class-conditional latents (B, C, H, W). MRAR: `mrar_steps` rounds, each image fed back
@@ -302,8 +302,8 @@ class TransDiff(nn.Module):
         b = labels.shape[0]
         dtype = self.class_emb.weight.dtype
         if noise is None:
-            noise = torch.randn(b, mc.num_tokens, mc.token_dim, generator=generator,
-                                device=labels.device, dtype=dtype)
+            noise = flow.draw_noise(torch.empty(b, mc.num_tokens, mc.token_dim, device=labels.device,
+                                                dtype=dtype), generator)
         noise = noise.to(dtype)
         guided_any = any(s != 1.0 for s in cfgs)
         class_emb = self.class_embedding(labels)
