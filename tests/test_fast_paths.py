@@ -54,8 +54,7 @@ def reference_em(model: TransDiff, c: torch.Tensor, noise: torch.Tensor, steps: 
         v = model.decoder(xin, torch.full((xin.shape[0],), 1000.0 * t), c=c if cfg != 1.0 else c[:b])
 
         def drift(v_, x_=x, t_=t):
-            score = -((1 - t_) * v_ + x_) / t_
-            return v_ - t_ * score
+            return flow.drift(v_, x_, t_)  # the score form, per branch
         d = drift(v[:b]) if cfg == 1.0 else drift(v[b:]) + cfg * (drift(v[:b]) - drift(v[b:]))
         if i < len(ts) - 2:
             x = x + scale_0 * dt * d

@@ -66,10 +66,6 @@ def guided_velocity(velocity: VelocityFn, x: torch.Tensor, t: float, cfg: float)
     return torch.lerp(v_uncond, v_cond, cfg)
 
 
-def guided_drift(velocity: VelocityFn, x: torch.Tensor, t: float, cfg: float) -> torch.Tensor:
-    return drift(guided_velocity(velocity, x, t, cfg), x, t)
-
-
 @torch.no_grad()
 def euler_maruyama(velocity: VelocityFn, noise: torch.Tensor, steps: int, cfg: float = 1.0,
                    scale_0: float = 1.0, scale_1: float = 1.0,

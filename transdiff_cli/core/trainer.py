@@ -28,6 +28,7 @@ from torch.utils.data import DataLoader
 from . import flow
 from .checkpoint import load_checkpoint, load_train_state, mark_latest, resolve, save_checkpoint
 from .config import ModelConfig
+from .device import autocast_dtype
 from .distributed import DistInfo, all_reduce_mean, barrier
 from .errors import TransDiffError
 from .images import save_grid
@@ -160,9 +161,7 @@ class Trainer:
         amp = cfg.precision
         if amp == "auto":
             amp = "bf16" if device.type == "cuda" else "fp32"
-        self.autocast_dtype = {"fp32": None, "bf16": torch.bfloat16, "fp16": torch.float16}.get(amp)
-        if amp not in ("fp32", "bf16", "fp16"):
-            raise TransDiffError(f"unknown precision {cfg.precision!r} (auto, fp32, bf16, fp16)")
+        self.autocast_dtype = autocast_dtype(device, amp)
 
     # ------------------------------------------------------------------ state
     def _resume(self) -> None:
