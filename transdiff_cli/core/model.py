@@ -12,7 +12,7 @@ from torch.utils.checkpoint import checkpoint
 
 from . import flow
 from .config import ModelConfig
-from .layers import DecoderBlock, EncoderBlock, FinalLayer, TimeEmbed, fast_linear
+from .layers import DecoderBlock, EncoderBlock, FinalLayer, Scratch, TimeEmbed, fast_linear, split_heads_kv
 from .tokens import patchify, unpatchify
 
 
@@ -63,18 +63,19 @@ class DiffusionDecoder(nn.Module):
         final = self.final_layer.folded_modulation(temb).to(dtype)
         return [[m[i] for m in blocks] + [final[i]] for i in range(timesteps.shape[0])]
 
-    def forward_step(self, x_t: torch.Tensor, mods: list[torch.Tensor],
-                     kv: list[tuple[torch.Tensor, torch.Tensor]], copies: int = 1) -> torch.Tensor:
+    def forward_step(self, x_t: torch.Tensor, mods: list[torch.Tensor], kv: list,
+                     copies: int = 1, scratch: Scratch | None = None) -> torch.Tensor:
         """Velocity at one sampling step (no grad): `mods` is one entry of `schedule`, `kv` the
-        condition's keys/values of `copies` x batch rows. With CFG the conditional and
-        unconditional rows share x_t, so everything before the first cross-attention (input
-        projection, block 0's self-attention) runs once on the batch and is then repeated."""
+        condition's keys/values of `copies` x batch rows (per-head layout with a `scratch`).
+        With CFG the conditional and unconditional rows share x_t, so everything before the
+        first cross-attention (input projection, block 0's self-attention) runs once on the
+        batch and is then repeated."""
         h = fast_linear(self.input_proj, x_t).add_(self.diffusion_pos_embed_learned)
         for j, (blk, blk_kv) in enumerate(zip(self.res_blocks, kv)):
-            blk.self_attend_(h, mods[j])
+            blk.self_attend_(h, mods[j], scratch)
             if j == 0 and copies > 1:
                 h = h.repeat(copies, 1, 1)
-            blk.cross_attend_mlp_(h, mods[j], blk_kv)
+            blk.cross_attend_mlp_(h, mods[j], blk_kv, scratch)
         return self.final_layer.forward_folded(h, mods[-1])
 
 
@@ -270,15 +271,18 @@ class TransDiff(nn.Module):
         time-dependent modulation of every step are computed here, once per run; with CFG the
         conditional and unconditional halves run as one batch."""
         dtype = c.dtype
-        # contiguous per-head keys/values: the CPU bf16 attention then reads them without a copy
-        kv = [(k.contiguous(), v.contiguous()) for k, v in self.decoder.condition(c)]
+        dec = self.decoder
+        scratch = Scratch() if Scratch.wanted(c.device, dtype, getattr(dec, "_compiled_step", False)) else None
+        # contiguous (per-head) keys/values: the attention then reads them without a copy
+        kv = [split_heads_kv(k, v) if scratch is not None else (k.contiguous(), v.contiguous())
+              for k, v in dec.condition(c)]
         ts = torch.tensor([1000.0 * t for t in times], device=c.device)
-        schedule = self.decoder.schedule(ts, dtype)
+        schedule = dec.schedule(ts, dtype)
         step = {t: i for i, t in enumerate(times)}
         copies = 2 if guided else 1
 
         def velocity(x: torch.Tensor, t: float):
-            v = self.decoder.forward_step(x.to(dtype), schedule[step[t]], kv, copies).float()
+            v = dec.forward_step(x.to(dtype), schedule[step[t]], kv, copies, scratch).float()
             return (v[:batch], v[batch:]) if guided else (v, None)
 
         return velocity
