@@ -31,6 +31,11 @@ def _merge(x: torch.Tensor) -> torch.Tensor:
 _ONEDNN = torch.backends.mkldnn.is_available() and hasattr(torch.ops.mkldnn, "_linear_pointwise")
 
 
+def inference_mode(m: nn.Module) -> bool:
+    """Eval mode without autograd (sampling, features): the no-grad fused kernels below apply."""
+    return not m.training and not torch.is_grad_enabled()
+
+
 def fast_linear(m: nn.Linear, x: torch.Tensor, gelu: bool = False) -> torch.Tensor:
     # under torch.compile inductor does its own fusion (and wants the weights as graph constants)
     if (_ONEDNN and x.device.type == "cpu" and x.dtype in (torch.float32, torch.bfloat16)
@@ -116,12 +121,16 @@ class SelfAttention(nn.Module):
 
     def forward(self, x: torch.Tensor, mask: torch.Tensor | None = None,
                 cache: dict | None = None) -> torch.Tensor:
-        q, k, v = (_heads(t, self.heads) for t in self.qkv(x).chunk(3, dim=-1))
+        fast = inference_mode(self)
+        q, k, v = (_heads(t, self.heads) for t in (fast_linear(self.qkv, x) if fast else self.qkv(x)).chunk(3, -1))
         if cache is not None:
             if "k" in cache:
                 k = torch.cat([cache["k"], k], dim=2)
                 v = torch.cat([cache["v"], v], dim=2)
             cache["k"], cache["v"] = k, v
+        if fast:
+            out = fast_attention(q, k, v) if mask is None else F.scaled_dot_product_attention(q, k, v, mask)
+            return fast_linear(self.proj, _merge(out))
         drop = self.attn_drop if self.training else 0.0
         out = F.scaled_dot_product_attention(q, k, v, attn_mask=mask, dropout_p=drop)
         return self.proj_drop(self.proj(_merge(out)))
@@ -189,6 +198,8 @@ class EncoderBlock(nn.Module):
     def forward(self, x: torch.Tensor, mask: torch.Tensor | None = None,
                 cache: dict | None = None) -> torch.Tensor:
         x = x + self.attn(self.norm1(x), mask, cache)
+        if inference_mode(self):
+            return x + fast_linear(self.mlp.fc2, fast_linear(self.mlp.fc1, self.norm2(x), gelu=True))
         return x + self.mlp(self.norm2(x))
 
 
