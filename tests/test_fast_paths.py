@@ -1,11 +1,14 @@
 """The optimised sampler (cache=True: per-run condition keys/values and time schedule, folded adaLN,
 in-place updates, oneDNN kernels, CFG-shared block 0) must give the plain path's result."""
 
+import shutil
+
 import pytest
 import torch
 
 from transdiff_cli.core import flow
 from transdiff_cli.core.config import preset
+from transdiff_cli.core.inference import prepare
 from transdiff_cli.core.layers import Scratch, attend_heads_, split_heads_kv
 from transdiff_cli.core.model import TransDiff
 
@@ -137,6 +140,18 @@ def test_scratch_path_equals_plain_in_fp32(monkeypatch, mrar, cfg):
     fast = model.sample(labels, **kw)
     plain = model.sample(labels, cache=False, **kw)
     assert (fast - plain).abs().max() <= FP32_TOL
+
+
+@pytest.mark.skipif(not any(shutil.which(c) for c in ("c++", "g++", "clang++")), reason="no C++ compiler")
+def test_compiled_step_equals_plain_path():
+    """`--compile` (torch.compile of the decoder step, ~5 s here) gives the plain path's result."""
+    model = make_model(False)
+    labels = torch.tensor([1, 3])
+    noise = torch.randn(2, 64, 4, generator=torch.Generator().manual_seed(6))
+    kw = dict(cfg=1.5, steps=4, scale_1=0.0, noise=noise)
+    plain = model.sample(labels, cache=False, **kw)
+    prepare(model, torch.device("cpu"), "fp32", compile=True)
+    assert (model.sample(labels, **kw) - plain).abs().max() <= FP32_TOL
 
 
 def test_schedule_matches_time_embedding():
