@@ -18,6 +18,8 @@ from torch.utils.flop_counter import FlopCounterMode
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
 from transdiff_cli.core.config import IMAGENET_GEOMETRY, preset  # noqa: E402
+from transdiff_cli.core.device import resolve_device  # noqa: E402
+from transdiff_cli.core.errors import TransDiffError  # noqa: E402
 from transdiff_cli.core.model import TransDiff  # noqa: E402
 
 DTYPES = {"fp32": torch.float32, "bf16": torch.bfloat16}
@@ -33,6 +35,7 @@ def add_model_args(p: argparse.ArgumentParser) -> None:
     p.add_argument("--mrar", action="store_true", help="random-weight MRAR model (implied by --mode mrar)")
     p.add_argument("--precision", choices=list(DTYPES), default="fp32")
     p.add_argument("--threads", type=int, default=None, help="torch threads (default: every core)")
+    p.add_argument("--device", default="cpu", help="cpu, cuda, cuda:N or auto")
     p.add_argument("--seed", type=int, default=0)
 
 
@@ -42,55 +45,74 @@ def set_threads(n: int | None) -> int:
     return torch.get_num_threads()
 
 
-def random_model(args: argparse.Namespace, mrar: bool) -> TransDiff:
+def bench_device(args: argparse.Namespace) -> torch.device:
+    try:
+        return resolve_device(args.device)
+    except TransDiffError as e:
+        raise SystemExit(f"error: {e}") from None
+
+
+def random_model(args: argparse.Namespace, mrar: bool, device: torch.device | None = None) -> TransDiff:
     """Random weights at the requested size with ImageNet geometry, built directly in the target
-    dtype. The zero-initialised output layer is re-drawn so velocities (and timings of anything
-    data-dependent) are realistic."""
+    dtype on `device`. The zero-initialised output layer is re-drawn so velocities (and timings of
+    anything data-dependent) are realistic."""
     cfg = preset(args.size, width=args.width, heads=args.heads, encoder_depth=args.encoder_depth,
                  decoder_depth=args.decoder_depth, mrar=mrar, **IMAGENET_GEOMETRY)
     torch.manual_seed(args.seed)
-    model = build_in_dtype(cfg, DTYPES[args.precision])
+    model = build_in_dtype(cfg, DTYPES[args.precision], device or torch.device("cpu"))
     for p in model.decoder.final_layer.linear.parameters():
         torch.nn.init.normal_(p, std=0.02)
     return model.eval()
 
 
-def build_in_dtype(cfg, dtype: torch.dtype) -> TransDiff:
-    """Construct the model with its parameters created in `dtype` from the start, so a float32
-    copy of a large model is never materialised (peak memory ~ weight bytes in `dtype`)."""
+def build_in_dtype(cfg, dtype: torch.dtype, device: torch.device) -> TransDiff:
+    """Construct the model with its parameters created in `dtype` on `device` from the start, so a
+    float32 (or host) copy of a large model is never materialised (peak ~ weight bytes in `dtype`)."""
     old = torch.get_default_dtype()
     torch.set_default_dtype(dtype)
     try:
-        return TransDiff(cfg)
+        with device:
+            return TransDiff(cfg)
     finally:
         torch.set_default_dtype(old)
 
 
-def load_model(args: argparse.Namespace, mrar: bool) -> TransDiff:
+def load_model(args: argparse.Namespace, mrar: bool, device: torch.device) -> TransDiff:
     if args.ckpt:
         from transdiff_cli.core.checkpoint import load_checkpoint
         from transdiff_cli.core.inference import prepare
         model = load_checkpoint(args.ckpt).model
-        return prepare(model, torch.device("cpu"), args.precision)
-    return random_model(args, mrar)
+        return prepare(model, device, args.precision)
+    return random_model(args, mrar, device)
 
 
-def time_runs(fn: Callable[[], object], repeats: int, warmup: int = 1) -> list[float]:
+def synchronize(device: torch.device) -> None:
+    """Wait for queued GPU work, so wall-clock times cover it."""
+    if device.type == "cuda":
+        torch.cuda.synchronize(device)
+
+
+def time_runs(fn: Callable[[], object], repeats: int, warmup: int = 1,
+              device: torch.device = torch.device("cpu")) -> list[float]:
     for _ in range(warmup):
         fn()
     out = []
     for _ in range(repeats):
+        synchronize(device)
         t0 = time.perf_counter()
         fn()
+        synchronize(device)
         out.append(time.perf_counter() - t0)
     return out
 
 
-def matmul_peak(dtype: torch.dtype, n: int = 2048, repeats: int = 7) -> float:
-    """GFLOP/s of a plain n x n matmul in `dtype`, timed in this process (median)."""
-    a, b = torch.randn(n, n, dtype=dtype), torch.randn(n, n, dtype=dtype)
-    c = torch.empty(n, n, dtype=dtype)
-    times = time_runs(lambda: torch.mm(a, b, out=c), repeats, warmup=2)
+def matmul_peak(dtype: torch.dtype, device: torch.device = torch.device("cpu"), repeats: int = 7) -> float:
+    """GFLOP/s of a plain n x n matmul in `dtype`, timed in this process (median); n = 2048 on
+    CPUs, 8192 on GPUs (large enough to saturate the tensor cores)."""
+    n = 8192 if device.type == "cuda" else 2048
+    a, b = (torch.randn(n, n, dtype=dtype, device=device) for _ in range(2))
+    c = torch.empty(n, n, dtype=dtype, device=device)
+    times = time_runs(lambda: torch.mm(a, b, out=c), repeats, warmup=2, device=device)
     return 2 * n**3 / statistics.median(times) / 1e9
 
 
@@ -131,7 +153,7 @@ def count_flops(fn: Callable[[], object]) -> int:
     return fc.get_total_flops()
 
 
-def machine_info(threads: int) -> dict:
+def machine_info(threads: int, device: torch.device = torch.device("cpu")) -> dict:
     model = platform.processor()
     try:
         for line in Path("/proc/cpuinfo").read_text().splitlines():
@@ -140,8 +162,11 @@ def machine_info(threads: int) -> dict:
                 break
     except OSError:
         pass
-    return {"cpu": model, "cores": os.cpu_count(), "threads": threads, "torch": torch.__version__,
+    info = {"cpu": model, "cores": os.cpu_count(), "threads": threads, "torch": torch.__version__,
             "loadavg": [round(x, 2) for x in os.getloadavg()]}
+    if device.type == "cuda":
+        info["gpu"] = torch.cuda.get_device_name(device)
+    return info
 
 
 def peak_rss_bytes() -> int:

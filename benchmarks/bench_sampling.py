@@ -3,8 +3,12 @@
     python benchmarks/bench_sampling.py --width 256 --heads 4 --encoder-depth 2 --decoder-depth 4 \\
         --mode 1step --batch 4 --sampling-steps 25 --cfg 1.5 --precision bf16 --repeats 3
 
-`--measure-memory` instead reports the peak RSS of one sampling run (e.g. `--size H --batch 1`),
-against the bytes of the weights.
+`--measure-memory` instead reports the peak memory of one sampling run (e.g. `--size H --batch 1`):
+the process's peak RSS on CPU, the CUDA allocator's peak on a GPU; against the bytes of the weights.
+On a GPU (`--device cuda`), e.g. the issue's L-size measurement:
+
+    python benchmarks/bench_sampling.py --device cuda --size L --mode 1step --batch 64 \\
+        --sampling-steps 100 --cfg 1.3 --precision bf16 --repeats 3
 """
 
 from __future__ import annotations
@@ -18,12 +22,14 @@ import torch
 from _common import (
     DTYPES,
     add_model_args,
+    bench_device,
     count_flops,
     load_model,
     machine_info,
     matmul_peak,
     peak_rss_bytes,
     set_threads,
+    synchronize,
     time_runs,
 )
 
@@ -45,16 +51,18 @@ def main() -> None:
     args = p.parse_args()
     threads = set_threads(args.threads)
     mrar = args.mode == "mrar"
+    device = bench_device(args)
+    cuda = device.type == "cuda"
 
     rss_before = peak_rss_bytes()
-    model = load_model(args, mrar)
+    model = load_model(args, mrar, device)
     if model.cfg.mrar != mrar:
         p.error(f"the checkpoint is {'an MRAR' if model.cfg.mrar else 'a 1-step'} model; use --mode accordingly")
-    model = prepare(model, torch.device("cpu"), args.precision)
+    model = prepare(model, device, args.precision)
     weight_bytes = sum(t.numel() * t.element_size() for t in model.state_dict().values())
-    gen = torch.Generator().manual_seed(args.seed)
-    labels = torch.randint(0, model.cfg.num_classes, (args.batch,), generator=gen)
-    noise = torch.randn(args.batch, model.cfg.num_tokens, model.cfg.token_dim, generator=gen)
+    gen = torch.Generator(device=device).manual_seed(args.seed)
+    labels = torch.randint(0, model.cfg.num_classes, (args.batch,), generator=gen, device=device)
+    noise = torch.randn(args.batch, model.cfg.num_tokens, model.cfg.token_dim, generator=gen, device=device)
     rounds = model.cfg.mrar_steps if mrar else 1
 
     def run():
@@ -62,30 +70,37 @@ def main() -> None:
         return model.sample(labels, cfg=args.cfg, steps=args.sampling_steps, noise=noise, generator=gen,
                             cache=not args.no_cache)
 
-    result = {"mode": args.mode, "precision": args.precision, "compile": args.compile,
+    result = {"mode": args.mode, "device": str(device), "precision": args.precision, "compile": args.compile,
               "batch": args.batch, "sampling_steps": args.sampling_steps, "cfg": args.cfg,
               "config": {k: getattr(model.cfg, k) for k in
                          ("size", "width", "heads", "encoder_depth", "decoder_depth", "num_tokens",
                           "token_dim", "buffer_size", "mrar")},
               "weights": args.ckpt or "random"}
     if args.measure_memory:
+        if cuda:
+            torch.cuda.reset_peak_memory_stats(device)
         t0 = time.perf_counter()
         run()
+        synchronize(device)
         result.update(seconds=round(time.perf_counter() - t0, 2), weight_bytes=weight_bytes,
-                      rss_before_model_bytes=rss_before, peak_rss_bytes=peak_rss_bytes(),
                       limit_bytes=weight_bytes + 2 * 2**30)
-        result["peak_over_weights_gib"] = round((result["peak_rss_bytes"] - weight_bytes) / 2**30, 3)
-        result["within_limit"] = result["peak_rss_bytes"] < result["limit_bytes"]
-        result.update(machine_info(threads))
+        if cuda:  # the allocator's peak: weights + activations, without the CUDA context
+            peak = result["peak_cuda_allocated_bytes"] = torch.cuda.max_memory_allocated(device)
+        else:
+            result["rss_before_model_bytes"] = rss_before
+            peak = result["peak_rss_bytes"] = peak_rss_bytes()
+        result["peak_over_weights_gib"] = round((peak - weight_bytes) / 2**30, 3)
+        result["within_limit"] = peak < result["limit_bytes"]
+        result.update(machine_info(threads, device))
         print(json.dumps(result))
         return
 
     flops = count_flops(run)  # eager, before any compile: the counter sees every aten op
     if args.compile:
-        model = prepare(model, torch.device("cpu"), args.precision, compile=True)
-    times = time_runs(run, args.repeats, warmup=1 if not args.compile else 2)
+        model = prepare(model, device, args.precision, compile=True)
+    times = time_runs(run, args.repeats, warmup=1 if not args.compile else 2, device=device)
     s = statistics.median(times)
-    peak = matmul_peak(DTYPES[args.precision])
+    peak = matmul_peak(DTYPES[args.precision], device)
     achieved = flops / s / 1e9
     result.update(
         s_per_image=round(s / args.batch, 4),
@@ -97,7 +112,7 @@ def main() -> None:
         matmul_peak_gflops=round(peak, 1),
         ratio_to_peak=round(achieved / peak, 3),
     )
-    result.update(machine_info(threads))
+    result.update(machine_info(threads, device))
     print(json.dumps(result))
 
 

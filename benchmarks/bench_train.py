@@ -15,14 +15,19 @@ import statistics
 import time
 
 import torch
-from _common import DTYPES, add_model_args, count_flops, machine_info, matmul_peak, random_model, set_threads
+from _common import (
+    DTYPES,
+    add_model_args,
+    bench_device,
+    count_flops,
+    machine_info,
+    matmul_peak,
+    random_model,
+    set_threads,
+    synchronize,
+)
 
-
-def param_groups(model: torch.nn.Module, weight_decay: float) -> list[dict]:
-    decay, no_decay = [], []
-    for name, p in model.named_parameters():
-        (no_decay if p.ndim < 2 or name.startswith("decoder.") else decay).append(p)
-    return [{"params": decay, "weight_decay": weight_decay}, {"params": no_decay, "weight_decay": 0.0}]
+from transdiff_cli.core.optim import param_groups
 
 
 def make_optimizer(model: torch.nn.Module, kind: str, lr: float) -> torch.optim.AdamW:
@@ -39,30 +44,33 @@ def main() -> None:
     p.add_argument("--steps", type=int, default=5, help="timed steps (after 2 warm-up steps)")
     args = p.parse_args()
     threads = set_threads(args.threads)
+    device = bench_device(args)
     autocast = args.precision == "bf16"
     args.precision = "fp32"  # master weights stay float32; bf16 means autocast
-    model = random_model(args, args.mrar)
+    model = random_model(args, args.mrar, device)
     model.cfg.diffusion_batch_mul = args.diffusion_batch_mul
     model.train()
     opt = make_optimizer(model, args.optimizer, 1e-4 * args.batch / 256)
     mc = model.cfg
-    gen = torch.Generator().manual_seed(args.seed)
+    gen = torch.Generator(device=device).manual_seed(args.seed)
     shape = (args.batch, mc.mrar_steps) if mc.mrar else (args.batch,)
-    latents = torch.randn(*shape, mc.latent_channels, mc.latent_size, mc.latent_size, generator=gen)
-    labels = torch.randint(0, mc.num_classes, (args.batch,), generator=gen)
+    latents = torch.randn(*shape, mc.latent_channels, mc.latent_size, mc.latent_size, generator=gen, device=device)
+    labels = torch.randint(0, mc.num_classes, (args.batch,), generator=gen, device=device)
 
     def forward_backward():
-        with torch.autocast("cpu", dtype=torch.bfloat16, enabled=autocast):
+        with torch.autocast(device.type, dtype=torch.bfloat16, enabled=autocast):
             loss = model(latents, labels)
         loss.backward()
         return loss
 
     def step():
         forward_backward()
+        synchronize(device)
         t0 = time.perf_counter()
         torch.nn.utils.clip_grad_norm_(model.parameters(), 3.0, foreach=True)
         opt.step()
         opt.zero_grad(set_to_none=True)
+        synchronize(device)
         return time.perf_counter() - t0
 
     flops = count_flops(forward_backward)
@@ -71,14 +79,15 @@ def main() -> None:
         step()
     times, opt_times = [], []
     for _ in range(args.steps):
+        synchronize(device)
         t0 = time.perf_counter()
         opt_times.append(step())
         times.append(time.perf_counter() - t0)
     s = statistics.median(times)
-    peak = matmul_peak(DTYPES["bf16" if autocast else "fp32"])
+    peak = matmul_peak(DTYPES["bf16" if autocast else "fp32"], device)
     achieved = flops / s / 1e9
     result = {
-        "precision": "bf16-autocast" if autocast else "fp32", "optimizer": args.optimizer,
+        "device": str(device), "precision": "bf16-autocast" if autocast else "fp32", "optimizer": args.optimizer,
         "batch": args.batch, "diffusion_batch_mul": args.diffusion_batch_mul,
         "config": {k: getattr(mc, k) for k in ("size", "width", "heads", "encoder_depth", "decoder_depth",
                                                "num_tokens", "mrar")},
@@ -89,7 +98,7 @@ def main() -> None:
         "flops_per_step": flops, "achieved_gflops": round(achieved, 1),
         "matmul_peak_gflops": round(peak, 1), "ratio_to_peak": round(achieved / peak, 3),
     }
-    result.update(machine_info(threads))
+    result.update(machine_info(threads, device))
     print(json.dumps(result))
 
 

@@ -1,0 +1,49 @@
+"""Smoke runs of the performance benchmarks at a toy size: they must keep working and report
+self-consistent numbers (the timings themselves belong in benchmarks/RESULTS.md, not here)."""
+
+import json
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+BENCH = Path(__file__).resolve().parents[1] / "benchmarks"
+TOY = ["--width", "32", "--heads", "2", "--encoder-depth", "1", "--decoder-depth", "1", "--threads", "1"]
+
+
+def run(script: str, *args: str) -> dict:
+    r = subprocess.run([sys.executable, str(BENCH / script), *TOY, *args], capture_output=True, text=True,
+                       timeout=300)
+    assert r.returncode == 0, r.stderr[-2000:]
+    return json.loads(r.stdout.strip().splitlines()[-1])
+
+
+@pytest.mark.parametrize("mode,rounds", [("1step", 1), ("mrar", 4)])
+def test_bench_sampling(mode, rounds):
+    out = run("bench_sampling.py", "--mode", mode, "--batch", "2", "--sampling-steps", "3", "--repeats", "2",
+              "--precision", "bf16")
+    assert out["network_evaluations"] == 3 * rounds and out["evaluation_batch"] == 4
+    assert len(out["times_s"]) == 2 and out["s_per_image"] > 0
+    assert out["flops_per_image"] > 0 and out["matmul_peak_gflops"] > 0
+    assert out["ratio_to_peak"] == pytest.approx(out["achieved_gflops"] / out["matmul_peak_gflops"], abs=2e-3)
+
+
+def test_bench_sampling_memory():
+    out = run("bench_sampling.py", "--batch", "1", "--sampling-steps", "2", "--measure-memory")
+    assert out["peak_rss_bytes"] >= out["rss_before_model_bytes"] > 0
+    assert out["limit_bytes"] == out["weight_bytes"] + 2 * 2**30
+
+
+def test_bench_train():
+    out = run("bench_train.py", "--batch", "2", "--steps", "2", "--precision", "bf16")
+    assert out["precision"] == "bf16-autocast" and len(out["times_s"]) == 2
+    assert out["images_per_s"] == pytest.approx(2 / out["s_per_step"], rel=1e-2)
+    assert out["flops_per_step"] > 0
+
+
+def test_unavailable_device_is_one_line():
+    r = subprocess.run([sys.executable, str(BENCH / "bench_sampling.py"), *TOY, "--device", "cuda:99"],
+                       capture_output=True, text=True, timeout=300)
+    assert r.returncode != 0 and "Traceback" not in r.stderr
+    assert "cuda:99" in r.stderr
