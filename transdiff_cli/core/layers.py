@@ -48,8 +48,8 @@ def fast_linear(m: nn.Linear, x: torch.Tensor, gelu: bool = False) -> torch.Tens
 
 
 def fast_attention(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor) -> torch.Tensor:
-    """Unmasked attention of (B, H, N, D) tensors, for the paths without a `Scratch` (GPU,
-    float32, torch.compile). On CPU in bfloat16 (under compile) two batched GEMMs around a
+    """Unmasked attention of (B, H, N, D) tensors at inference, where there is no `Scratch`
+    (GPU, float32, the encoder, torch.compile). On CPU in bfloat16 two batched GEMMs around a
     softmax run ~1.6x faster than torch's flash kernel, whose bf16 tiles are slow here."""
     if q.device.type != "cpu" or q.dtype != torch.bfloat16:
         return F.scaled_dot_product_attention(q, k, v)
