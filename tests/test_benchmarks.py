@@ -12,9 +12,9 @@ BENCH = Path(__file__).resolve().parents[1] / "benchmarks"
 TOY = ["--width", "32", "--heads", "2", "--encoder-depth", "1", "--decoder-depth", "1", "--threads", "1"]
 
 
-def run(script: str, *args: str) -> dict:
-    r = subprocess.run([sys.executable, str(BENCH / script), *TOY, *args], capture_output=True, text=True,
-                       timeout=300)
+def run(script: str, *args: str, toy: bool = True) -> dict:
+    r = subprocess.run([sys.executable, str(BENCH / script), *(TOY if toy else ["--threads", "1"]), *args],
+                       capture_output=True, text=True, timeout=300)
     assert r.returncode == 0, r.stderr[-2000:]
     return json.loads(r.stdout.strip().splitlines()[-1])
 
@@ -27,6 +27,13 @@ def test_bench_sampling(mode, rounds):
     assert len(out["times_s"]) == 2 and out["s_per_image"] > 0
     assert out["flops_per_image"] > 0 and out["matmul_peak_gflops"] > 0
     assert out["ratio_to_peak"] == pytest.approx(out["achieved_gflops"] / out["matmul_peak_gflops"], abs=2e-3)
+
+
+def test_bench_sampling_published_checkpoint(fixtures, manifest):
+    out = run("bench_sampling.py", "--ckpt", str(fixtures / "transdiff_mrar.pth"), "--mode", "mrar", "--batch", "2",
+              "--sampling-steps", "2", "--repeats", "1", "--precision", "bf16", toy=False)
+    assert out["config"]["mrar"] and out["config"]["width"] == manifest["width"]
+    assert out["network_evaluations"] == 2 * 4 and out["weights"].endswith("transdiff_mrar.pth")
 
 
 def test_bench_sampling_memory():
