@@ -18,6 +18,7 @@ from torch.utils.flop_counter import FlopCounterMode
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
 from transdiff_cli.core.config import IMAGENET_GEOMETRY, preset  # noqa: E402
+from transdiff_cli.core.cpu_kernels import fused_linear_supported, native_bf16  # noqa: E402
 from transdiff_cli.core.device import resolve_device  # noqa: E402
 from transdiff_cli.core.errors import TransDiffError  # noqa: E402
 from transdiff_cli.core.model import TransDiff  # noqa: E402
@@ -37,6 +38,8 @@ def add_model_args(p: argparse.ArgumentParser) -> None:
     p.add_argument("--threads", type=int, default=None, help="torch threads (default: every core)")
     p.add_argument("--device", default="cpu", help="cpu, cuda, cuda:N or auto")
     p.add_argument("--seed", type=int, default=0)
+    p.add_argument("--peak-size", type=int, default=None,
+                   help="n of the n x n matmul timed for the peak (default 2048 on CPU, 8192 on GPU)")
 
 
 def set_threads(n: int | None) -> int:
@@ -106,10 +109,11 @@ def time_runs(fn: Callable[[], object], repeats: int, warmup: int = 1,
     return out
 
 
-def matmul_peak(dtype: torch.dtype, device: torch.device = torch.device("cpu"), repeats: int = 7) -> float:
+def matmul_peak(dtype: torch.dtype, device: torch.device = torch.device("cpu"), repeats: int = 7,
+                n: int | None = None) -> float:
     """GFLOP/s of a plain n x n matmul in `dtype`, timed in this process (median); n = 2048 on
-    CPUs, 8192 on GPUs (large enough to saturate the tensor cores)."""
-    n = 8192 if device.type == "cuda" else 2048
+    CPUs, 8192 on GPUs (large enough to saturate the tensor cores) unless given."""
+    n = n or (8192 if device.type == "cuda" else 2048)
     a, b = (torch.randn(n, n, dtype=dtype, device=device) for _ in range(2))
     c = torch.empty(n, n, dtype=dtype, device=device)
     times = time_runs(lambda: torch.mm(a, b, out=c), repeats, warmup=2, device=device)
@@ -163,10 +167,23 @@ def machine_info(threads: int, device: torch.device = torch.device("cpu")) -> di
     except OSError:
         pass
     info = {"cpu": model, "cores": os.cpu_count(), "threads": threads, "torch": torch.__version__,
-            "loadavg": [round(x, 2) for x in os.getloadavg()]}
+            "loadavg": [round(x, 2) for x in os.getloadavg()], **cpu_flags()}
     if device.type == "cuda":
         info["gpu"] = torch.cuda.get_device_name(device)
     return info
+
+
+def cpu_flags() -> dict:
+    """What decides the CPU kernels: torch's ISA level, native bf16, and the relevant /proc flags."""
+    wanted = ("avx2", "avx512f", "avx512_bf16", "amx_bf16", "amx_tile")
+    try:
+        flags = next((line.split(":", 1)[1].split() for line in Path("/proc/cpuinfo").read_text().splitlines()
+                      if line.startswith(("flags", "Features"))), [])
+    except OSError:
+        flags = []
+    return {"cpu_capability": torch.backends.cpu.get_cpu_capability(), "native_bf16": native_bf16(),
+            "fused_linear": {n: fused_linear_supported(d) for n, d in DTYPES.items()},
+            "cpu_flags": [f for f in wanted if f in flags]}
 
 
 def peak_rss_bytes() -> int:

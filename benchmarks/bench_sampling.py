@@ -100,7 +100,7 @@ def main() -> None:
         model = prepare(model, device, args.precision, compile=True)
     times = time_runs(run, args.repeats, warmup=1 if not args.compile else 2, device=device)
     s = statistics.median(times)
-    peak = matmul_peak(DTYPES[args.precision], device)
+    peak = matmul_peak(DTYPES[args.precision], device, n=args.peak_size)
     achieved = flops / s / 1e9
     result.update(
         s_per_image=round(s / args.batch, 4),
@@ -108,8 +108,8 @@ def main() -> None:
         network_evaluations=args.sampling_steps * rounds,
         evaluation_batch=args.batch * (2 if args.cfg != 1.0 else 1),
         flops_per_image=flops // args.batch,
-        achieved_gflops=round(achieved, 1),
-        matmul_peak_gflops=round(peak, 1),
+        achieved_gflops=float(f"{achieved:.4g}"),
+        matmul_peak_gflops=float(f"{peak:.4g}"),
         ratio_to_peak=round(achieved / peak, 3),
     )
     result.update(machine_info(threads, device))

@@ -84,7 +84,7 @@ def main() -> None:
         opt_times.append(step())
         times.append(time.perf_counter() - t0)
     s = statistics.median(times)
-    peak = matmul_peak(DTYPES["bf16" if autocast else "fp32"], device)
+    peak = matmul_peak(DTYPES["bf16" if autocast else "fp32"], device, n=args.peak_size)
     achieved = flops / s / 1e9
     result = {
         "device": str(device), "precision": "bf16-autocast" if autocast else "fp32", "optimizer": args.optimizer,
@@ -95,8 +95,8 @@ def main() -> None:
         "s_per_step": round(s, 4), "images_per_s": round(args.batch / s, 2),
         "optimizer_s_per_step": round(statistics.median(opt_times), 4),
         "times_s": [round(t, 3) for t in times],
-        "flops_per_step": flops, "achieved_gflops": round(achieved, 1),
-        "matmul_peak_gflops": round(peak, 1), "ratio_to_peak": round(achieved / peak, 3),
+        "flops_per_step": flops, "achieved_gflops": float(f"{achieved:.4g}"),
+        "matmul_peak_gflops": float(f"{peak:.4g}"), "ratio_to_peak": round(achieved / peak, 3),
     }
     result.update(machine_info(threads, device))
     print(json.dumps(result))

@@ -9,12 +9,14 @@ from pathlib import Path
 import pytest
 
 BENCH = Path(__file__).resolve().parents[1] / "benchmarks"
-TOY = ["--width", "32", "--heads", "2", "--encoder-depth", "1", "--decoder-depth", "1", "--threads", "1"]
+# a small matmul for the peak: at the default n = 2048 an emulated-bf16 CPU (no avx512_bf16) needs minutes
+TOY = ["--width", "32", "--heads", "2", "--encoder-depth", "1", "--decoder-depth", "1", "--threads", "1",
+       "--peak-size", "256"]
 
 
 def run(script: str, *args: str, toy: bool = True) -> dict:
-    r = subprocess.run([sys.executable, str(BENCH / script), *(TOY if toy else ["--threads", "1"]), *args],
-                       capture_output=True, text=True, timeout=300)
+    base = TOY if toy else ["--threads", "1", "--peak-size", "256"]
+    r = subprocess.run([sys.executable, str(BENCH / script), *base, *args], capture_output=True, text=True, timeout=300)
     assert r.returncode == 0, r.stderr[-2000:]
     return json.loads(r.stdout.strip().splitlines()[-1])
 
@@ -26,7 +28,7 @@ def test_bench_sampling(mode, rounds):
     assert out["network_evaluations"] == 3 * rounds and out["evaluation_batch"] == 4
     assert len(out["times_s"]) == 2 and out["s_per_image"] > 0
     assert out["flops_per_image"] > 0 and out["matmul_peak_gflops"] > 0
-    assert out["ratio_to_peak"] == pytest.approx(out["achieved_gflops"] / out["matmul_peak_gflops"], abs=2e-3)
+    assert out["ratio_to_peak"] == pytest.approx(out["achieved_gflops"] / out["matmul_peak_gflops"], rel=5e-3)
 
 
 def test_bench_sampling_published_checkpoint(fixtures, manifest):
@@ -42,10 +44,13 @@ def test_bench_sampling_memory():
     assert out["limit_bytes"] == out["weight_bytes"] + 2 * 2**30
 
 
-def test_bench_train():
-    out = run("bench_train.py", "--batch", "2", "--steps", "2", "--precision", "bf16")
-    assert out["precision"] == "bf16-autocast" and len(out["times_s"]) == 2
-    assert out["images_per_s"] == pytest.approx(2 / out["s_per_step"], rel=1e-2)
+@pytest.mark.parametrize("precision", ["fp32", "bf16"])
+def test_bench_train(precision):
+    # two steps at batch 1: bf16 autocast training is emulated (slow) on CPUs without native bf16
+    out = run("bench_train.py", "--batch", "1", "--steps", "2", "--diffusion-batch-mul", "1", "--precision", precision)
+    assert out["precision"] == ("bf16-autocast" if precision == "bf16" else "fp32") and len(out["times_s"]) == 2
+    assert out["images_per_s"] == pytest.approx(1 / out["s_per_step"], rel=1e-2)
+    assert out["cpu_capability"] and isinstance(out["native_bf16"], bool)
     assert out["flops_per_step"] > 0
 
 

@@ -5,9 +5,12 @@ import subprocess
 import sys
 from pathlib import Path
 
+import pytest
+
 REPO = Path(__file__).resolve().parents[1]
 
 
+@pytest.mark.slow
 def test_quality_small_quick(tmp_path):
     r = subprocess.run([sys.executable, str(REPO / "benchmarks" / "quality_small.py"), "--quick",
                         "--out", str(tmp_path)], capture_output=True, text=True, timeout=900)

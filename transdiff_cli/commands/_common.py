@@ -3,15 +3,27 @@
 from __future__ import annotations
 
 import functools
+import warnings
 from collections.abc import Callable
-from typing import Any
+from typing import Annotated, Any
 
 import typer
 from rich.console import Console
+from rich.markup import escape
 
 from ..core.errors import TransDiffError
 
 console = Console(stderr=True)
+
+# the weights' dtype for sampling (sample, fid --ckpt, fuse)
+SamplingPrecision = Annotated[str, typer.Option(
+    "--precision", help="auto (bf16 where it is native: GPU, or a CPU with avx512_bf16/AMX; else fp32), "
+    "fp32, bf16 (emulated, slower, on other CPUs) or fp16 (GPU)")]
+
+
+def _show_warning(message: Warning | str, category: type[Warning], *args: Any, **kwargs: Any) -> None:
+    """Warnings from the core as one yellow line, without Python's source-location prefix."""
+    console.print(f"[yellow]warning:[/] {escape(str(message))}")
 
 
 def user_errors(fn: Callable[..., Any]) -> Callable[..., Any]:
@@ -20,7 +32,9 @@ def user_errors(fn: Callable[..., Any]) -> Callable[..., Any]:
     @functools.wraps(fn)
     def wrapper(*args: Any, **kwargs: Any) -> Any:
         try:
-            return fn(*args, **kwargs)
+            with warnings.catch_warnings():
+                warnings.showwarning = _show_warning
+                return fn(*args, **kwargs)
         except TransDiffError as e:
             typer.secho(f"error: {e}", fg="red", err=True)
             raise typer.Exit(e.exit_code) from None

@@ -51,7 +51,7 @@ def register(app: typer.Typer) -> None:
         size: str = typer.Option(None, "--size", help="check the checkpoint is this size (B, L, H, ...)"),
     ) -> None:
         dev = resolve_device(device)
-        ck = open_checkpoint(ckpt, weights=weights, size=size, device=dev)
+        ck = open_checkpoint(ckpt, weights=weights, size=size, device=dev, precision="fp32")  # a measurement
         mc, model = ck.config, ck.model
         settings = sample_settings(mc, mode=mode, sampling_steps=sampling_steps, cfg=cfg)
         labels = resolve_classes(classes, mc.num_classes, ck.class_names)

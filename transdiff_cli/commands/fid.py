@@ -22,7 +22,7 @@ from ..core.generate import (
     write_npz,
     write_shard,
 )
-from ._common import console, user_errors
+from ._common import SamplingPrecision, console, user_errors
 from .sample import help_text, progress_bar
 
 HELP = """FID (and with --isc / --prc the Inception Score and precision/recall) of generated images
@@ -70,7 +70,7 @@ def register(app: typer.Typer) -> None:
         seed: int = typer.Option(0, "--seed"),
         batch_size: int = typer.Option(64, "--batch-size", min=1),
         out: Path = typer.Option(Path("fid"), "--out", "-o", help="folder for metrics.json (and generated.npz)"),
-        precision: str = typer.Option("fp32", "--precision", help="--ckpt: fp32, bf16 or fp16"),
+        precision: SamplingPrecision = "auto",
         compile: bool = typer.Option(False, "--compile"),
         device: str = typer.Option(None, "--device"),
         weights: str = typer.Option("ema", "--weights", help="--ckpt: ema or model"),

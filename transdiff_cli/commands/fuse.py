@@ -12,7 +12,7 @@ from ..core.device import resolve_device
 from ..core.fuse import fuse, save_figure
 from ..core.generate import decode, open_checkpoint, open_tokenizer, sample_settings
 from ..core.images import save_pngs
-from ._common import console, user_errors
+from ._common import SamplingPrecision, console, user_errors
 from .sample import help_text
 
 HELP = """Fuse the 1-step semantic features of two classes (paper §4.2.2) and decode the blend.
@@ -45,7 +45,7 @@ def register(app: typer.Typer) -> None:
         sampler: str = typer.Option("em", "--sampler", help="em or ode"),
         seed: int = typer.Option(0, "--seed", help="noise (and the random pattern)"),
         out: Path = typer.Option(Path("fuse"), "--out", "-o", help="output folder"),
-        precision: str = typer.Option("fp32", "--precision"),
+        precision: SamplingPrecision = "auto",
         compile: bool = typer.Option(False, "--compile"),
         device: str = typer.Option(None, "--device"),
         weights: str = typer.Option("ema", "--weights", help="ema or model"),

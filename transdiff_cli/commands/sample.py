@@ -10,7 +10,7 @@ from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, T
 from ..core.classes import class_label, resolve_classes
 from ..core.device import resolve_device
 from ..core.generate import generate_to_folder, grid_rows, open_checkpoint, open_tokenizer, sample_settings
-from ._common import console, user_errors
+from ._common import SamplingPrecision, console, user_errors
 
 HELP = """Generate class-conditional images (1-step or MRAR) into PNG files and a grid.
 
@@ -63,7 +63,7 @@ def register(app: typer.Typer) -> None:
         batch_size: int = typer.Option(16, "--batch-size", min=1),
         save_steps: bool = typer.Option(False, "--save-steps", help="also write a strip of each MRAR step"),
         npz: Path = typer.Option(None, "--npz", help="also write all images as an .npz (arr_0 uint8 NHWC)"),
-        precision: str = typer.Option("fp32", "--precision", help="fp32, bf16 or fp16 (GPU)"),
+        precision: SamplingPrecision = "auto",
         compile: bool = typer.Option(False, "--compile", help="torch.compile the decoder"),
         device: str = typer.Option(None, "--device", help="cpu, cuda, cuda:N, mps (default: best available)"),
         weights: str = typer.Option("ema", "--weights", help="ema or model"),

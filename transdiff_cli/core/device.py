@@ -6,6 +6,7 @@ import os
 
 import torch
 
+from .cpu_kernels import inference_dtype, warn_if_emulated_bf16
 from .errors import TransDiffError
 
 
@@ -33,14 +34,30 @@ def resolve_device(requested: str | None = None) -> torch.device:
     return dev
 
 
+PRECISIONS = {"fp32": torch.float32, "bf16": torch.bfloat16, "fp16": torch.float16}
+_ALIASES = {"float32": "fp32", "bfloat16": "bf16", "float16": "fp16"}
+
+
+def _check_precision(precision: str, device: torch.device) -> str:
+    name = _ALIASES.get(precision, precision)
+    if name != "auto" and name not in PRECISIONS:
+        raise TransDiffError(f"unknown precision {precision!r} (auto, fp32, bf16 or fp16)")
+    if name == "fp16" and device.type == "cpu":
+        raise TransDiffError("--precision fp16 needs a GPU; use bf16 or auto on CPU")
+    if name == "bf16" and device.type == "cpu":
+        warn_if_emulated_bf16()
+    return name
+
+
+def weights_dtype(device: torch.device, precision: str) -> torch.dtype:
+    """The dtype sampling holds the weights in; auto = the fastest correct one for the device."""
+    name = _check_precision(precision, device)
+    return inference_dtype(device) if name == "auto" else PRECISIONS[name]
+
+
 def autocast_dtype(device: torch.device, precision: str) -> torch.dtype | None:
-    """The autocast dtype for `precision` (fp32 -> None)."""
-    if precision in ("fp32", "float32"):
-        return None
-    if precision in ("bf16", "bfloat16"):
-        return torch.bfloat16
-    if precision in ("fp16", "float16"):
-        if device.type == "cpu":
-            raise TransDiffError("--precision fp16 needs a GPU; use bf16 on CPU")
-        return torch.float16
-    raise TransDiffError(f"unknown precision {precision!r} (fp32, bf16 or fp16)")
+    """The training autocast dtype for `precision` (fp32 -> None; auto: bf16 on GPU, else fp32)."""
+    name = _check_precision(precision, device)
+    if name == "auto":
+        return torch.bfloat16 if device.type == "cuda" else None
+    return None if name == "fp32" else PRECISIONS[name]

@@ -276,7 +276,7 @@ def generate_to_folder(model: TransDiff, tokenizer: Tokenizer, labels: Sequence[
 
 # --------------------------------------------------------------------------- loading for generation
 def open_checkpoint(ckpt: str | Path | None, *, weights: str = "ema", size: str | None = None,
-                    device: torch.device, precision: str = "fp32", compile: bool = False) -> Checkpoint:
+                    device: torch.device, precision: str = "auto", compile: bool = False) -> Checkpoint:
     """Load `ckpt` (default: the newest run under runs/) and ready its model for generation."""
     path = newest_run_checkpoint("runs") if ckpt is None else ckpt
     ck = load_checkpoint(path, weights=weights, size=size, device="cpu")

@@ -6,20 +6,16 @@ import shutil
 
 import torch
 
+from .device import weights_dtype
 from .errors import TransDiffError
 from .model import TransDiff
 
-PRECISIONS = {"fp32": torch.float32, "bf16": torch.bfloat16, "fp16": torch.float16}
 
-
-def prepare(model: TransDiff, device: torch.device, precision: str = "fp32",
+def prepare(model: TransDiff, device: torch.device, precision: str = "auto",
             compile: bool = False) -> TransDiff:
-    """Eval mode on `device`, weights held in the requested dtype (cast once, not per call)."""
-    if precision not in PRECISIONS:
-        raise TransDiffError(f"unknown precision {precision!r}; choose fp32, bf16 or fp16")
-    if precision == "fp16" and device.type == "cpu":
-        raise TransDiffError("--precision fp16 needs a GPU; use bf16 on CPU")
-    model = model.to(device=device, dtype=PRECISIONS[precision]).eval()
+    """Eval mode on `device`, weights held in the requested dtype (cast once, not per call);
+    `auto` picks the fastest correct dtype for the device."""
+    model = model.to(device=device, dtype=weights_dtype(device, precision)).eval()
     if compile:
         compile_decoder(model, device)
     return model

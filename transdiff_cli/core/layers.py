@@ -11,6 +11,8 @@ import torch.nn.functional as F
 from diffusers.models.embeddings import TimestepEmbedding, Timesteps
 from timm.layers import Mlp
 
+from . import cpu_kernels
+
 EPS = 1e-6
 
 
@@ -27,8 +29,11 @@ def _merge(x: torch.Tensor) -> torch.Tensor:
 # ---------------------------------------------------------------- no-grad sampling kernels
 # oneDNN's fused linear is ~5-20% faster than ATen's addmm on CPU at the decoder's shapes (no
 # broadcast copy of the bias into the output, GELU applied in the GEMM epilogue instead of a
-# separate pass). It has no autograd formula: used only by the no-grad sampling fast path.
-_ONEDNN = torch.backends.mkldnn.is_available() and hasattr(torch.ops.mkldnn, "_linear_pointwise")
+# separate pass). It has no autograd formula: used only by the no-grad sampling fast path, and
+# only in the dtypes this CPU runs it in (no bf16 primitive without native bf16). Without native
+# bf16, ATen's bf16 GEMMs are emulated and ~7x slower than float32 (measured on an AVX2 EPYC), so
+# bf16 weights are multiplied in float32 and the product rounded to bf16 once: the same result
+# within bf16 rounding, at float32 speed, with the weights still held in bf16.
 
 
 def inference_mode(m: nn.Module) -> bool:
@@ -38,12 +43,21 @@ def inference_mode(m: nn.Module) -> bool:
 
 def fast_linear(m: nn.Linear, x: torch.Tensor, gelu: bool = False) -> torch.Tensor:
     # under torch.compile inductor does its own fusion (and wants the weights as graph constants)
-    if (_ONEDNN and x.device.type == "cpu" and x.dtype in (torch.float32, torch.bfloat16)
-            and not torch.compiler.is_compiling()):
-        # exact (erf) GELU, as nn.GELU()
-        return torch.ops.mkldnn._linear_pointwise(x, m.weight, m.bias, "gelu" if gelu else "none", [],
-                                                  "none" if gelu else "")
+    if x.device.type == "cpu" and not torch.compiler.is_compiling():
+        if cpu_kernels.fused_linear_supported(x.dtype):
+            return cpu_kernels.fused_linear(x, m.weight, m.bias, gelu)
+        if x.dtype == torch.bfloat16 and not cpu_kernels.native_bf16():
+            return fast_linear_fp32(m, x, gelu).to(x.dtype)
     y = F.linear(x, m.weight, m.bias)
+    return F.gelu(y) if gelu else y
+
+
+def fast_linear_fp32(m: nn.Linear, x: torch.Tensor, gelu: bool = False) -> torch.Tensor:
+    """The linear layer computed in float32 whatever the weights' dtype."""
+    x, w, b = x.float(), m.weight.float(), None if m.bias is None else m.bias.float()
+    if cpu_kernels.fused_linear_supported(torch.float32):
+        return cpu_kernels.fused_linear(x, w, b, gelu)
+    y = F.linear(x, w, b)
     return F.gelu(y) if gelu else y
 
 
@@ -51,8 +65,8 @@ def fast_attention(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor) -> torch.T
     """Unmasked attention of (B, H, N, D) tensors at inference, where there is no `Scratch`
     (GPU, float32, the encoder, torch.compile). On CPU in bfloat16 two batched GEMMs around a
     softmax run ~1.6x faster than torch's flash kernel, whose bf16 tiles are slow here."""
-    if q.device.type != "cpu" or q.dtype != torch.bfloat16:
-        return F.scaled_dot_product_attention(q, k, v)
+    if q.device.type != "cpu" or q.dtype != torch.bfloat16 or not cpu_kernels.native_bf16():
+        return F.scaled_dot_product_attention(q, k, v)  # emulated bf16 bmm is slow; SDPA is not
     b, h, n, d = q.shape
     q3, k3, v3 = q.reshape(b * h, n, d), k.reshape(b * h, -1, d), v.reshape(b * h, -1, d)
     # beta=0: the input is ignored, the GEMM applies the 1/sqrt(d) scale for free
@@ -70,8 +84,9 @@ class Scratch:
 
     @staticmethod
     def wanted(device: torch.device, dtype: torch.dtype, compiled: bool) -> bool:
-        """float32 and GPUs keep SDPA (faster there); torch.compile plans its own buffers."""
-        return device.type == "cpu" and dtype == torch.bfloat16 and not compiled
+        """float32, GPUs and CPUs without native bf16 (whose bf16 bmm is emulated) keep SDPA;
+        torch.compile plans its own buffers."""
+        return device.type == "cpu" and dtype == torch.bfloat16 and not compiled and cpu_kernels.native_bf16()
 
     def get(self, name: str, shape: tuple[int, ...], like: torch.Tensor) -> torch.Tensor:
         n = math.prod(shape)

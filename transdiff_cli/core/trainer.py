@@ -158,10 +158,7 @@ class Trainer:
         self._resume()
         self.ddp = DDP(self.model, device_ids=[device.index] if device.type == "cuda" else None) \
             if dist.enabled else None
-        amp = cfg.precision
-        if amp == "auto":
-            amp = "bf16" if device.type == "cuda" else "fp32"
-        self.autocast_dtype = autocast_dtype(device, amp)
+        self.autocast_dtype = autocast_dtype(device, cfg.precision)
 
     # ------------------------------------------------------------------ state
     def _resume(self) -> None:
