@@ -226,15 +226,6 @@ def test_a_batch_that_cannot_fit_is_refused_with_a_suggestion(ck, tmp_path, monk
     ok(["sample", "--ckpt", ck, "--class", 1, "--num", 3, "--batch-size", 2, "--out", out])
 
 
-def test_grid_keeps_at_most_grid_max_images(ck, tmp_path, monkeypatch):
-    monkeypatch.setattr(generate_mod, "GRID_MAX", 3)
-    grids = []
-    real = generate_mod.make_grid
-    monkeypatch.setattr(generate_mod, "make_grid", lambda images, **k: grids.append(len(images)) or real(images, **k))
-    ok(["sample", "--ckpt", ck, "--class", 1, "--num", 7, "--batch-size", 2, "--out", tmp_path / "s"])
-    assert grids == [3] and len(list((tmp_path / "s").glob("*_class1.png"))) == 7
-
-
 # --------------------------------------------------------------------------- 4. numbers
 @pytest.mark.parametrize("flag,value", [("--cfg", "nan"), ("--cfg", "inf"), ("--cfg", "1e308"), ("--cfg", "-1"),
                                         ("--scale-0", "nan"), ("--scale-1", "inf"), ("--scale-0", "-0.5"),
