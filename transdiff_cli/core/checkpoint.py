@@ -137,8 +137,11 @@ def recover(checkpoints_dir: Path) -> None:
         if not (checkpoints_dir / name).exists():
             os.replace(d, checkpoints_dir / name)
     for d in checkpoints_dir.glob(".*"):
-        if d.is_dir() and (".old-" in d.name or ".tmp-" in d.name):
-            shutil.rmtree(d, ignore_errors=True)
+        if ".old-" in d.name or ".tmp-" in d.name:
+            if d.is_dir():
+                shutil.rmtree(d, ignore_errors=True)
+            else:
+                d.unlink(missing_ok=True)  # a LATEST being written when the run was killed
 
 
 # ----------------------------------------------------------------------------- finding
