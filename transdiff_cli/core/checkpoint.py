@@ -197,8 +197,11 @@ def _load_safetensors(path: Path) -> dict[str, torch.Tensor]:
 
 
 def _first_line(e: Exception) -> str:
-    text = str(e).strip()
-    return text.splitlines()[0][:200] if text else type(e).__name__
+    """The line that says what went wrong (torch's weights_only errors open with boilerplate)."""
+    boiler = ("Weights only load failed", "Please file an issue", "Check the documentation")
+    lines = [ln.strip() for ln in str(e).splitlines() if ln.strip()]
+    useful = [ln for ln in lines if not ln.startswith(boiler)] or lines
+    return useful[0][:200] if useful else type(e).__name__
 
 
 def _torch_load_published(path: Path) -> dict[str, Any]:
@@ -206,7 +209,7 @@ def _torch_load_published(path: Path) -> dict[str, Any]:
         with torch.serialization.safe_globals([argparse.Namespace]):
             ck = torch.load(path, map_location="cpu", weights_only=True)
     except pickle.UnpicklingError as e:
-        if "weights only" in str(e).lower() or "weights_only" in str(e):
+        if "unsupported global" in str(e).lower():  # a class or function: what a payload needs
             raise TransDiffError(f"{path} holds code or objects that are not allowed in a checkpoint "
                                  "(only tensors and plain data are); it was not loaded for that "
                                  "reason") from None
