@@ -12,6 +12,7 @@ from rich.console import Console
 from rich.markup import escape
 
 from ..core.errors import TransDiffError
+from ..core.fs import cause
 
 console = Console(stderr=True)
 
@@ -27,7 +28,7 @@ def _show_warning(message: Warning | str, category: type[Warning], *args: Any, *
 
 
 def user_errors(fn: Callable[..., Any]) -> Callable[..., Any]:
-    """Turn TransDiffError (and Ctrl-C) into one line on stderr and an exit code."""
+    """Turn TransDiffError, OSError (and Ctrl-C) into one line on stderr and an exit code."""
 
     @functools.wraps(fn)
     def wrapper(*args: Any, **kwargs: Any) -> Any:
@@ -38,6 +39,10 @@ def user_errors(fn: Callable[..., Any]) -> Callable[..., Any]:
         except TransDiffError as e:
             typer.secho(f"error: {e}", fg="red", err=True)
             raise typer.Exit(e.exit_code) from None
+        except OSError as e:  # a full or read-only disk, a file where a folder should be
+            where = f"{e.filename}: " if e.filename else ""
+            typer.secho(f"error: {where}{cause(e)}", fg="red", err=True)
+            raise typer.Exit(TransDiffError.exit_code) from None
         except KeyboardInterrupt:
             typer.secho("interrupted", fg="yellow", err=True)
             raise typer.Exit(130) from None

@@ -5,6 +5,7 @@ from __future__ import annotations
 from pathlib import Path
 
 import typer
+from rich.markup import escape
 
 from ..core.device import resolve_device
 from ..core.distributed import cleanup, init_distributed
@@ -61,6 +62,6 @@ def register(app: typer.Typer) -> None:
             console.print(f"[yellow]skipped {m['num_skipped']} unreadable image(s)[/] "
                           f"(listed in {folder}/manifest.json):")
             for s in m["skipped"][:10]:
-                console.print(f"  {s['file']}: {s['reason']}")
+                console.print(f"  {escape(str(s['file']))}: {escape(str(s['reason']))}")
             if m["num_skipped"] > 10:
                 console.print(f"  ... and {m['num_skipped'] - 10} more")

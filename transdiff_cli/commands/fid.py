@@ -13,6 +13,7 @@ from ..core.device import resolve_device
 from ..core.distributed import DistInfo, barrier, cleanup, init_distributed
 from ..core.errors import TransDiffError
 from ..core.fid import compute_metrics, inception_weights_path, load_input, make_extractor
+from ..core.fs import ensure_dir
 from ..core.generate import (
     generate_arrays,
     merge_shards,
@@ -77,6 +78,7 @@ def register(app: typer.Typer) -> None:
     ) -> None:
         if (gen is None) == (ckpt is None):
             raise TransDiffError("give exactly one of --gen DIR|NPZ and --ckpt PATH")
+        ensure_dir(out, "--out")  # a bad --out fails now, not after minutes of generation
         dev = resolve_device(device)
         info = init_distributed(dev)
         try:

@@ -5,18 +5,43 @@ from __future__ import annotations
 from pathlib import Path
 
 import typer
-from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeRemainingColumn
+from rich.markup import escape
+from rich.progress import (
+    BarColumn,
+    MofNCompleteColumn,
+    Progress,
+    ProgressColumn,
+    TaskProgressColumn,
+    TextColumn,
+    TimeElapsedColumn,
+    TimeRemainingColumn,
+)
+from rich.text import Text
 
 from ..core.classes import class_label, resolve_classes
 from ..core.device import resolve_device
-from ..core.generate import generate_to_folder, grid_rows, open_checkpoint, open_tokenizer, sample_settings
+from ..core.generate import (
+    check_batch_fits,
+    check_outputs,
+    generate_to_folder,
+    grid_rows,
+    open_checkpoint,
+    open_tokenizer,
+    sample_settings,
+)
+from ..core.validate import check_seed
 from ._common import SamplingPrecision, console, user_errors
 
 HELP = """Generate class-conditional images (1-step or MRAR) into PNG files and a grid.
 
 Classes are indices, the checkpoint's own class names, or ImageNet names ("golden retriever",
 "tiger"); --num images are drawn per class. Defaults (cfg, scales, sampling steps) come from the
-checkpoint. The same --seed and --batch-size give identical files.
+checkpoint. The same --seed and --batch-size give identical files. A numeric --class is an index
+unless only a class of that name exists; say which with index:10 or name:10.
+
+Output: everything is written into a fresh folder beside --out that replaces it when done, so a
+rerun never mixes old and new images and an interrupted run leaves the old outputs untouched. A
+non-empty --out that holds no earlier `sample` output is refused unless --overwrite is given.
 
 Example:
 
@@ -36,9 +61,21 @@ def help_text(text: str) -> str:
     return "\n\n".join(paragraphs)
 
 
+class _Rate(ProgressColumn):
+    """Images per second (or seconds per image for slow runs), from the batches done so far."""
+
+    def render(self, task) -> Text:
+        speed = task.finished_speed or task.speed
+        if not speed:
+            return Text("-- img/s")
+        return Text(f"{speed:.1f} img/s" if speed >= 1 else f"{1 / speed:.1f} s/img")
+
+
 def progress_bar() -> Progress:
+    """Advances after every batch, with the elapsed time and the rate so far."""
     return Progress(TextColumn("[bold]{task.description}"), BarColumn(), MofNCompleteColumn(),
-                    TimeRemainingColumn(), console=console, transient=True)
+                    TaskProgressColumn(), _Rate(), TimeElapsedColumn(), TimeRemainingColumn(),
+                    console=console, transient=True)
 
 
 def register(app: typer.Typer) -> None:
@@ -68,6 +105,8 @@ def register(app: typer.Typer) -> None:
         device: str = typer.Option(None, "--device", help="cpu, cuda, cuda:N, mps (default: best available)"),
         weights: str = typer.Option("ema", "--weights", help="ema or model"),
         size: str = typer.Option(None, "--size", help="check the checkpoint is this size (B, L, H, ...)"),
+        overwrite: bool = typer.Option(False, "--overwrite", help="replace a non-empty --out that holds "
+                                       "other files (an earlier `sample` output is always replaced)"),
     ) -> None:
         dev = resolve_device(device)
         ck = open_checkpoint(ckpt, weights=weights, size=size, device=dev, precision=precision, compile=compile)
@@ -77,12 +116,15 @@ def register(app: typer.Typer) -> None:
                                    scale_0=scale_0, scale_1=scale_1, sampler=sampler, warnings=notes)
         if save_steps and settings.rounds == 1:
             notes.append("--save-steps: 1-step sampling has a single step; each strip holds one image")
+        picked = resolve_classes(classes, mc.num_classes, ck.class_names, warnings=notes)
         for note in notes:
-            console.print(f"[yellow]warning:[/] {note}")
-        picked = resolve_classes(classes, mc.num_classes, ck.class_names)
+            console.print(f"[yellow]warning:[/] {escape(note)}")
         labels = [y for y in picked for _ in range(num)]
         tokenizer = open_tokenizer(ck, vae, dev)
-        names = ", ".join(f"{y} ({class_label(y, mc.num_classes, ck.class_names)})" for y in picked[:8])
+        check_seed(seed)  # fail before the work starts, not after minutes of sampling
+        check_outputs(out, npz, overwrite)
+        check_batch_fits(ck.model, tokenizer, min(batch_size, len(labels)), settings)
+        names = ", ".join(f"{y} ({escape(class_label(y, mc.num_classes, ck.class_names))})" for y in picked[:8])
         console.print(f"sampling {len(labels)} image(s) of {names}{' ...' if len(picked) > 8 else ''}: "
                       f"{settings.mode}, cfg {settings.cfg}, {settings.sampling_steps} {settings.sampler} steps, "
                       f"scales {settings.scale_0}/{settings.scale_1}, seed {seed}")
@@ -92,8 +134,8 @@ def register(app: typer.Typer) -> None:
                 ck.model, tokenizer, labels, settings, out, seed=seed, batch_size=batch_size,
                 save_steps=save_steps, npz=npz, nrow=grid_rows(num) if len(picked) > 1 else None,
                 class_names=ck.class_names, info={"checkpoint": str(ck.path)},
-                on_batch=lambda n: bar.advance(task, n))
-        console.print(f"wrote {len(written.pngs)} PNG(s) to {written.out}/, grid {written.grid}")
+                on_batch=lambda n: bar.advance(task, n), overwrite=overwrite)
+        console.print(f"wrote {len(written.pngs)} PNG(s) to {escape(str(written.out))}/, grid {written.grid}")
         if written.strips:
             console.print(f"wrote {len(written.strips)} step strip(s) to {written.out / 'steps'}/")
         if written.npz:

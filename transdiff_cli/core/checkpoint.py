@@ -26,6 +26,7 @@ from safetensors.torch import load_file, save_file
 from .config import ModelConfig, preset
 from .convert import config_from_published, from_published_keys
 from .errors import TransDiffError
+from .fs import os_error
 from .model import TransDiff
 
 CONFIG = "config.json"
@@ -63,6 +64,8 @@ def _atomic_dir(final: Path) -> Path:
 
 
 def _commit_dir(tmp: Path, final: Path) -> None:
+    """Swap `tmp` in as `final`. Between the two renames only the `.old` copy holds the previous
+    checkpoint: `resolve` finds it there, and `recover` puts it back after a kill."""
     if final.exists():
         old = final.with_name(f".{final.name}.old-{uuid.uuid4().hex[:8]}")
         os.replace(final, old)
@@ -89,7 +92,10 @@ def save_checkpoint(folder: str | Path, model_state: dict[str, torch.Tensor], co
     """Write a checkpoint folder atomically; returns its path."""
     final = Path(folder)
     final.parent.mkdir(parents=True, exist_ok=True)
-    tmp = _atomic_dir(final)
+    try:
+        tmp = _atomic_dir(final)
+    except OSError as e:
+        raise os_error(e, final.parent) from None
     try:
         save_file(_contiguous(model_state), str(tmp / MODEL))
         if ema_state is not None:
@@ -97,8 +103,14 @@ def save_checkpoint(folder: str | Path, model_state: dict[str, torch.Tensor], co
         if train_state is not None:
             torch.save(train_state, tmp / TRAIN_STATE)
         doc = {"format": "transdiff-cli/1", "model": config.to_dict(), **(meta or {})}
-        (tmp / CONFIG).write_text(json.dumps(doc, indent=1))
+        (tmp / CONFIG).write_text(json.dumps(doc, indent=1))  # last: a folder with it is complete
         _commit_dir(tmp, final)
+    except OSError as e:
+        raise os_error(e, final) from None
+    except (RuntimeError, SafetensorError) as e:  # torch / safetensors hide ENOSPC in their text
+        full = shutil.disk_usage(final.parent).free < 1 << 20
+        why = "no space left on the device" if full else str(e).strip().splitlines()[0][:200]
+        raise TransDiffError(f"cannot write {final}: {why}") from None
     finally:
         shutil.rmtree(tmp, ignore_errors=True)
     return final
@@ -106,6 +118,30 @@ def save_checkpoint(folder: str | Path, model_state: dict[str, torch.Tensor], co
 
 def mark_latest(checkpoints_dir: Path, name: str) -> None:
     write_text_atomic(checkpoints_dir / LATEST, name + "\n")
+
+
+def _hidden_copies(ckdir: Path, name: str = "*") -> list[Path]:
+    """Complete checkpoint folders left by an interrupted commit: `.NAME.old-*` (the previous
+    version) first, then `.NAME.tmp-*` (the new one, complete once its config is written)."""
+    found = [d for kind in ("old", "tmp") for d in sorted(ckdir.glob(f".{name}.{kind}-*"))]
+    return [d for d in found if d.is_dir() and (d / CONFIG).is_file() and (d / MODEL).is_file()]
+
+
+def recover(checkpoints_dir: Path) -> None:
+    """After a kill between the renames of a commit: put the hidden copy back under its name, then
+    drop the other leftovers (each a full checkpoint). Only the run folder's lock holder calls it."""
+    if not checkpoints_dir.is_dir():
+        return
+    for d in _hidden_copies(checkpoints_dir):
+        name = d.name[1:].rsplit(".", 1)[0]
+        if not (checkpoints_dir / name).exists():
+            os.replace(d, checkpoints_dir / name)
+    for d in checkpoints_dir.glob(".*"):
+        if ".old-" in d.name or ".tmp-" in d.name:
+            if d.is_dir():
+                shutil.rmtree(d, ignore_errors=True)
+            else:
+                d.unlink(missing_ok=True)  # a LATEST being written when the run was killed
 
 
 # ----------------------------------------------------------------------------- finding
@@ -122,12 +158,19 @@ def resolve(path: str | Path) -> Path:
     for ckdir in (p / "checkpoints", p):
         latest = ckdir / LATEST
         if latest.is_file():
-            target = ckdir / latest.read_text().strip()
+            name = latest.read_text().strip()
+            target = ckdir / name
             if (target / CONFIG).is_file():
                 return target
+            hidden = _hidden_copies(ckdir, name)  # a commit of this step was interrupted
+            if hidden:
+                return hidden[0]
         steps = sorted(d for d in ckdir.glob("step_*") if (d / CONFIG).is_file())
         if steps:
             return steps[-1]
+        hidden = _hidden_copies(ckdir, "step_*")
+        if hidden:
+            return max(hidden, key=lambda d: d.name.split(".")[1])
     raise TransDiffError(f"no checkpoint in {p} (expected {CONFIG} or a checkpoints/ folder)")
 
 
@@ -153,14 +196,28 @@ def _load_safetensors(path: Path) -> dict[str, torch.Tensor]:
         raise TransDiffError(f"cannot read {path}: {e} (file corrupt or truncated?)") from e
 
 
+def _first_line(e: Exception) -> str:
+    """The line that says what went wrong (torch's weights_only errors open with boilerplate)."""
+    boiler = ("Weights only load failed", "Please file an issue", "Check the documentation")
+    lines = [ln.strip() for ln in str(e).splitlines() if ln.strip()]
+    useful = [ln for ln in lines if not ln.startswith(boiler)] or lines
+    return useful[0][:200] if useful else type(e).__name__
+
+
 def _torch_load_published(path: Path) -> dict[str, Any]:
     try:
         with torch.serialization.safe_globals([argparse.Namespace]):
             ck = torch.load(path, map_location="cpu", weights_only=True)
-    except LOAD_ERRORS as e:
-        msg = str(e).strip().splitlines()[0] if str(e).strip() else type(e).__name__
+    except pickle.UnpicklingError as e:
+        if "unsupported global" in str(e).lower():  # a class or function: what a payload needs
+            raise TransDiffError(f"{path} holds code or objects that are not allowed in a checkpoint "
+                                 "(only tensors and plain data are); it was not loaded for that "
+                                 "reason") from None
         raise TransDiffError(f"{path} is not a readable checkpoint (truncated or not a "
-                             f"PyTorch file?): {msg[:200]}") from e
+                             f"PyTorch file?): {_first_line(e)}") from e
+    except LOAD_ERRORS as e:
+        raise TransDiffError(f"{path} is not a readable checkpoint (truncated or not a "
+                             f"PyTorch file?): {_first_line(e)}") from e
     if not isinstance(ck, dict) or not ({"model", "model_ema"} & set(ck)):
         raise TransDiffError(f"{path} is not a TransDiff checkpoint (no 'model'/'model_ema' entry)")
     return ck

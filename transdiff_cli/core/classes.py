@@ -53,17 +53,49 @@ def _describe(indices: Iterable[int], names: Sequence[str], limit: int = 6) -> s
     return shown + (f", ... ({len(idx)} in all)" if len(idx) > limit else "")
 
 
-def resolve_class(value: str | int, num_classes: int, class_names: Sequence[str] | None = None) -> int:
-    """One class value -> its index, checked against the checkpoint's class count."""
+def _index(text: str, num_classes: int) -> int:
+    try:
+        index = int(text)
+    except ValueError:
+        raise TransDiffError(f"--class index:{text}: not an integer") from None
+    if not 0 <= index < num_classes:
+        raise TransDiffError(f"class index {index} is out of range: the checkpoint has {num_classes} "
+                             f"classes (0-{num_classes - 1})")
+    return index
+
+
+def resolve_class(value: str | int, num_classes: int, class_names: Sequence[str] | None = None,
+                  warnings: list[str] | None = None) -> int:
+    """One class value -> its index, checked against the checkpoint's class count. `index:N` and
+    `name:X` force one reading; a bare number is an index unless only a class of that name exists,
+    and `warnings` is told when the two readings differ."""
     text = str(value).strip()
     if not text:
         raise TransDiffError("empty --class value")
+    kind, sep, rest = text.partition(":")
+    if sep and kind in ("index", "name"):
+        if kind == "index":
+            return _index(rest.strip(), num_classes)
+        return _by_name(rest.strip(), num_classes, class_names)
     if text.lstrip("-").isdigit():
-        index = int(text)
-        if not 0 <= index < num_classes:
-            raise TransDiffError(f"class index {index} is out of range: the checkpoint has {num_classes} "
-                                 f"classes (0-{num_classes - 1})")
+        named = [i for i, n in enumerate(class_names or []) if str(n).strip() == text and i < num_classes]
+        if named and not 0 <= int(text) < num_classes:
+            if warnings is not None:
+                warnings.append(f"--class {text} is read as the class named {text!r} (index {named[0]}): "
+                                f"there is no index {text}")
+            return named[0]
+        index = _index(text, num_classes)
+        if named and named[0] != index and warnings is not None:
+            warnings.append(f"--class {text} is read as index {index} ({class_names[index]!r}), but class "
+                            f"{named[0]} is named {text!r}: pass --class name:{text} for that one, or "
+                            f"index:{text} to keep this reading")
         return index
+    return _by_name(text, num_classes, class_names)
+
+
+def _by_name(text: str, num_classes: int, class_names: Sequence[str] | None) -> int:
+    if not text:
+        raise TransDiffError("empty --class name")
     # the checkpoint's own names first (digits, shapes, ...): they are what it was trained on
     tables: list[tuple[str, Sequence[str], bool]] = []
     if class_names:
@@ -87,7 +119,7 @@ def resolve_class(value: str | int, num_classes: int, class_names: Sequence[str]
 
 
 def resolve_classes(values: Sequence[str | int] | None, num_classes: int,
-                    class_names: Sequence[str] | None = None) -> list[int]:
+                    class_names: Sequence[str] | None = None, warnings: list[str] | None = None) -> list[int]:
     """Several `--class` values, each possibly a comma list ("207,tiger"). A value that is itself a
     whole name with commas ("tiger, Panthera tigris") is tried whole first. None/empty -> every class."""
     if not values:
@@ -97,13 +129,14 @@ def resolve_classes(values: Sequence[str | int] | None, num_classes: int,
         text = str(value)
         if "," in text:
             try:
-                out.append(resolve_class(text, num_classes, class_names))
+                out.append(resolve_class(text, num_classes, class_names, warnings))
                 continue
             except TransDiffError:
                 pass
-            out.extend(resolve_class(part, num_classes, class_names) for part in text.split(",") if part.strip())
+            out.extend(resolve_class(part, num_classes, class_names, warnings)
+                       for part in text.split(",") if part.strip())
         else:
-            out.append(resolve_class(text, num_classes, class_names))
+            out.append(resolve_class(text, num_classes, class_names, warnings))
     return out
 
 

@@ -11,6 +11,9 @@ are independent of the batching altogether.
 from __future__ import annotations
 
 import json
+import os
+import shutil
+import uuid
 from collections.abc import Iterator, Sequence
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
@@ -25,10 +28,12 @@ from .classes import class_label
 from .config import ModelConfig
 from .diversity import cosine_measure
 from .errors import TransDiffError
+from .fs import check_file_target, ensure_dir, os_error
 from .images import make_grid, save_pngs, to_uint8
 from .inference import prepare
 from .model import TransDiff
 from .tokenizers import Tokenizer, load_tokenizer
+from .validate import check_scale, check_seed
 
 MODES = ("1step", "mrar")
 SAMPLERS = ("em", "ode")
@@ -80,9 +85,11 @@ def sample_settings(config: ModelConfig, *, mode: str | None = None, steps: int 
     s = config.sampling_steps if sampling_steps is None else sampling_steps
     if s < 1:
         raise TransDiffError(f"--sampling-steps must be at least 1, not {s}")
-    return SampleSettings(mode, rounds, scales, s,
-                          config.scale_0 if scale_0 is None else float(scale_0),
-                          config.scale_1 if scale_1 is None else float(scale_1), sampler)
+    for v in scales:  # nan / inf would give black images, 1e308 overflows float32
+        check_scale(v, "--cfg" if cfg not in (None, "") else "the checkpoint's cfg")
+    s0 = check_scale(config.scale_0 if scale_0 is None else scale_0, "--scale-0")
+    s1 = check_scale(config.scale_1 if scale_1 is None else scale_1, "--scale-1")
+    return SampleSettings(mode, rounds, scales, s, s0, s1, sampler)
 
 
 def _parse_cfg(cfg: str | float | Sequence[float], rounds: int, mode: str) -> list[float]:
@@ -100,8 +107,13 @@ def _parse_cfg(cfg: str | float | Sequence[float], rounds: int, mode: str) -> li
 
 
 def image_seed(seed: int, *key: int) -> int:
-    """A 63-bit seed for (seed, key...): independent streams per image, no overlap across seeds."""
-    return int(np.random.SeedSequence([seed & 0xFFFFFFFF, *key]).generate_state(2, np.uint64)[0] >> 1)
+    """A 63-bit seed for (seed, key...): independent streams per image, no overlap across seeds.
+    Every bit of a seed up to 2**63-1 counts: the high word goes in as the spawn key (absent below
+    2**32, so those seeds give the images they always gave)."""
+    check_seed(seed)
+    high = seed >> 32
+    seq = np.random.SeedSequence([seed & 0xFFFFFFFF, *key], spawn_key=(high,) if high else ())
+    return int(seq.generate_state(2, np.uint64)[0] >> 1)
 
 
 def initial_noise(model: TransDiff, indices: Sequence[int], seed: int) -> torch.Tensor:
@@ -139,6 +151,58 @@ def decode(tokenizer: Tokenizer, latents: torch.Tensor) -> torch.Tensor:
     return tokenizer.decode(latents.float()).float().clamp(-1, 1).cpu()
 
 
+def available_memory(device: torch.device) -> int | None:
+    """Bytes free for a batch on `device`: the GPU's free memory, the host's MemAvailable (or free
+    pages) for the CPU; None when unknown."""
+    if device.type == "cuda":
+        return int(torch.cuda.mem_get_info(device)[0])
+    if device.type != "cpu":
+        return None
+    try:
+        with open("/proc/meminfo") as f:
+            for line in f:
+                if line.startswith("MemAvailable:"):
+                    return int(line.split()[1]) * 1024
+    except OSError:
+        pass
+    try:
+        return os.sysconf("SC_AVPHYS_PAGES") * os.sysconf("SC_PAGE_SIZE")
+    except (ValueError, OSError, AttributeError):
+        return None
+
+
+def batch_bytes(model: TransDiff, tokenizer: Tokenizer, batch_size: int, settings: SampleSettings) -> int:
+    """A rough lower bound of the activation memory of one batch: the transformer's token states
+    and attention scores (doubled under guidance) with the per-round latents kept, plus the
+    decoded images and the tokenizer's widest feature map (128 channels for a VAE)."""
+    mc = model.cfg
+    rows = batch_size * (2 if any(c != 1.0 for c in settings.cfg) else 1)
+    tokens = mc.buffer_size + mc.num_tokens * (mc.mrar_steps if mc.mrar else 1)
+    depth = mc.encoder_depth + mc.decoder_depth
+    per_row = 4 * (tokens * mc.width * (8 + 2 * depth) + mc.heads * tokens * tokens)
+    latents = 4 * batch_size * mc.num_tokens * mc.token_dim * (settings.rounds + 2)
+    side = int(getattr(tokenizer, "image_size", None) or mc.latent_size)
+    feature = 3 if tokenizer.kind == "pixels" else 128
+    pixels = 4 * batch_size * side * side * (3 + feature)
+    return rows * per_row + latents + pixels
+
+
+def check_batch_fits(model: TransDiff, tokenizer: Tokenizer, batch_size: int, settings: SampleSettings) -> None:
+    """Refuse a batch that cannot fit in memory before it is allocated, with a batch size that can."""
+    device, _ = model_device_dtype(model)
+    free = available_memory(device)
+    need = batch_bytes(model, tokenizer, batch_size, settings)
+    if free is None or need <= free * 0.8:
+        return
+    fits = max(1, int(batch_size * free * 0.5 / need))
+    raise TransDiffError(f"--batch-size {batch_size} needs about {_size(need)} for activations but only "
+                         f"{_size(free)} is available on {device}: try --batch-size {fits}")
+
+
+def _size(n: int) -> str:
+    return f"{n / 2**30:.1f} GiB" if n >= 2**30 else f"{n / 2**20:.0f} MiB"
+
+
 @dataclass
 class Batch:
     indices: list[int]
@@ -155,6 +219,8 @@ def generate(model: TransDiff, tokenizer: Tokenizer, labels: Sequence[int], sett
     slice of them draws exactly the images a single process would."""
     if batch_size < 1:
         raise TransDiffError(f"--batch-size must be at least 1, not {batch_size}")
+    check_seed(seed)
+    check_batch_fits(model, tokenizer, min(batch_size, max(1, len(labels))), settings)
     indices = list(range(len(labels))) if indices is None else list(indices)
     if len(indices) != len(labels):
         raise ValueError("indices and labels differ in length")
@@ -228,16 +294,94 @@ def file_name(index: int, label: int) -> str:
     return f"{index:05d}_class{label}.png"
 
 
+SAMPLES_JSON = "samples.json"
+
+
+def check_outputs(out: str | Path, npz: str | Path | None = None, overwrite: bool = False) -> None:
+    """Everything about `--out` / `--npz` that can fail, checked before any work (writes nothing
+    but the folder above `--out`)."""
+    if npz is not None:
+        check_file_target(npz, "--npz")
+    _check_out(Path(out), overwrite)
+    ensure_dir(Path(out).resolve().parent, "--out")
+
+
+def _check_out(out: Path, overwrite: bool) -> None:
+    if out.exists() and not out.is_dir():
+        raise TransDiffError(f"--out {out} is a file, not a folder")
+    if out.is_dir() and not overwrite and not (out / SAMPLES_JSON).is_file() and any(out.iterdir()):
+        raise TransDiffError(f"--out {out} is not empty and holds no earlier `sample` output: choose a new or "
+                             "empty folder, or pass --overwrite to replace it")
+    full = out.resolve()
+    if out.is_dir() and any(out.iterdir()) and full in (Path.cwd(), *Path.cwd().parents):
+        raise TransDiffError(f"--out {out} is the current folder (or holds it) and is not empty: "
+                             "choose a new or empty folder")
+
+
+def prepare_out(out: Path, overwrite: bool = False) -> Path:
+    """Check `--out` before any work and return a fresh staging folder beside it. A folder holding
+    anything but an earlier `sample` output (a samples.json) is refused unless `overwrite`."""
+    _check_out(out, overwrite)
+    full = out.resolve()
+    ensure_dir(full.parent, "--out")
+    for stale in full.parent.glob(f".{full.name}.tmp-*"):  # left by a killed run
+        shutil.rmtree(stale, ignore_errors=True)
+    return ensure_dir(full.parent / f".{full.name}.tmp-{uuid.uuid4().hex[:8]}", "--out")
+
+
+def swap_in(staging: Path, out: Path) -> None:
+    """Replace `out` by `staging` with renames: the old outputs stay whole until the new are."""
+    try:
+        if out.is_dir() and any(out.iterdir()):
+            full = out.resolve()
+            old = full.parent / f".{full.name}.old-{uuid.uuid4().hex[:8]}"
+            os.replace(out, old)
+            os.replace(staging, out)
+            shutil.rmtree(old, ignore_errors=True)
+        else:
+            if out.is_dir():
+                out.rmdir()
+            os.replace(staging, out)
+    except OSError as e:
+        raise os_error(e, out, "--out") from None
+
+
 def generate_to_folder(model: TransDiff, tokenizer: Tokenizer, labels: Sequence[int], settings: SampleSettings,
                        out: str | Path, *, seed: int = 0, batch_size: int = 16, save_steps: bool = False,
                        npz: str | Path | None = None, nrow: int | None = None,
                        class_names: Sequence[str] | None = None, info: dict[str, Any] | None = None,
-                       on_batch: Any = None) -> Written:
+                       on_batch: Any = None, overwrite: bool = False) -> Written:
     """One PNG per image, `grid.png` (the first GRID_MAX images), with `save_steps` a strip of each
     MRAR round per image under `steps/`, optional `.npz`, and `samples.json` (what was done).
-    `on_batch(n)` is called after every batch with its size (a progress bar)."""
+    `on_batch(n)` is called after every batch with its size (a progress bar).
+    Everything is written into a fresh folder beside `out` that replaces it at the end, so a rerun
+    never mixes old and new images and a killed run leaves the old outputs as they were."""
     out = Path(out)
-    out.mkdir(parents=True, exist_ok=True)
+    check_seed(seed)
+    if npz is not None:
+        npz = check_file_target(npz, "--npz")
+    staging = prepare_out(out, overwrite)
+    npz_at = None
+    if npz is not None:
+        inside = npz.resolve().is_relative_to(out.resolve())
+        npz_at = staging / npz.resolve().relative_to(out.resolve()) if inside else npz
+    try:
+        w = _write_samples(model, tokenizer, labels, settings, staging, seed=seed, batch_size=batch_size,
+                           save_steps=save_steps, npz=npz_at, nrow=nrow, class_names=class_names, info=info,
+                           on_batch=on_batch)
+    except BaseException:
+        shutil.rmtree(staging, ignore_errors=True)
+        raise
+    swap_in(staging, out)
+    moved = lambda p: None if p is None else out / p.relative_to(staging)  # noqa: E731
+    return Written(out, [moved(p) for p in w.pngs], moved(w.grid), [moved(p) for p in w.strips],
+                   npz, moved(w.info))
+
+
+def _write_samples(model: TransDiff, tokenizer: Tokenizer, labels: Sequence[int], settings: SampleSettings,
+                   out: Path, *, seed: int, batch_size: int, save_steps: bool, npz: Path | None,
+                   nrow: int | None, class_names: Sequence[str] | None, info: dict[str, Any] | None,
+                   on_batch: Any) -> Written:
     w = Written(out)
     shown: list[torch.Tensor] = []
     arrays: list[np.ndarray] = []
@@ -269,7 +413,7 @@ def generate_to_folder(model: TransDiff, tokenizer: Tokenizer, labels: Sequence[
            "images": [{"file": p.name, "class": int(y), "name": class_label(int(y), n_classes, class_names)}
                       for p, y in zip(w.pngs, labels)],
            **(info or {})}
-    w.info = out / "samples.json"
+    w.info = out / SAMPLES_JSON
     w.info.write_text(json.dumps(doc, indent=1))
     return w
 

@@ -25,6 +25,8 @@ from torch.utils.data import DataLoader, Dataset
 from .datasets import BUILTIN, ImageDataset, UnreadableImage, open_image_dataset
 from .distributed import DistInfo, barrier
 from .errors import TransDiffError
+from .fs import ensure_dir
+from .run_lock import LOCK, FolderLock
 from .tokenizers import PixelTokenizer, Tokenizer, load_tokenizer, posterior_sampler, same_tokenizer
 
 MANIFEST = "manifest.json"
@@ -86,8 +88,12 @@ class LatentDataset(Dataset):
                 raise TransDiffError(f"checksum mismatch in {path}: the file changed or is corrupt; "
                                      "delete it and re-run encode-latents to rewrite it")
             tensors = load_safetensors(raw)
+            if len(tensors["labels"]) != shard.get("count"):
+                raise TransDiffError(f"{path} holds {len(tensors['labels'])} images but {self.folder / MANIFEST} "
+                                     f"says {shard.get('count')}: re-run encode-latents into a new folder")
             for key in parts:
                 parts[key].append(tensors[key])
+        self._check_counts(parts["labels"])
         self.moments = torch.cat(parts["moments"])
         self.moments_flip = torch.cat(parts["moments_flip"])
         self.targets: list[int] = torch.cat(parts["labels"]).tolist()
@@ -97,6 +103,27 @@ class LatentDataset(Dataset):
         self.class_names: list[str] = self.manifest["class_names"]
         self.latent_channels = self.moments.shape[1] // 2
         self.latent_size = self.moments.shape[-1]
+
+    def _check_counts(self, labels: list[torch.Tensor]) -> None:
+        """A manifest that lies (a cut shard list, too few class names) is caught here, not as a
+        silently smaller dataset or an IndexError at the first step."""
+        m, where = self.manifest, self.folder / MANIFEST
+        shards = m.get("shards") or []
+        if len(shards) != m.get("num_shards"):
+            raise TransDiffError(f"{where} lists {len(shards)} shards but says there are {m.get('num_shards')}: "
+                                 "the manifest was changed; re-run encode-latents into a new folder")
+        covered = sum(int(sh.get("stop", 0)) - int(sh.get("start", 0)) for sh in shards)
+        encoded = sum(len(t) for t in labels)
+        if covered != m.get("num_images") or encoded != m.get("num_encoded"):
+            raise TransDiffError(f"{where} says {m.get('num_images')} images ({m.get('num_encoded')} encoded) but "
+                                 f"its shards cover {covered} ({encoded} encoded): the manifest was changed; "
+                                 "re-run encode-latents into a new folder")
+        top = max((int(t.max()) for t in labels if len(t)), default=-1)
+        names = m.get("class_names")
+        if not isinstance(names, list) or top >= len(names):
+            count = len(names) if isinstance(names, list) else 0
+            raise TransDiffError(f"{where} names {count} classes but the shards use class {top}: "
+                                 "the manifest was changed; re-run encode-latents into a new folder")
 
     def __len__(self) -> int:
         return len(self.targets)
@@ -233,7 +260,7 @@ def _check_out_dir(out: Path, identity: dict[str, Any]) -> dict[str, Any] | None
     if not out.is_dir():
         raise TransDiffError(f"--out {out} is a file, not a folder")
     if not (out / MANIFEST).is_file():
-        if any(out.iterdir()):
+        if any(p.name != LOCK for p in out.iterdir()):
             raise TransDiffError(f"--out {out} is not empty and holds no encode-latents manifest: "
                                  "choose an empty or new folder")
         return None
@@ -337,61 +364,69 @@ def encode_latents(data: str, tokenizer_spec: str | None, out_dir: str | Path, i
     tokenizer = _tokenizer_for(tokenizer_spec, dataset, device)
     identity = _job_identity(data, tokenizer, dataset)
     previous = _check_out_dir(out, identity)
-    if previous is not None:
-        shard_size = previous["shard_size"]  # resuming keeps the layout of the first run
-    n = len(dataset)
-    num_shards = (n + shard_size - 1) // shard_size
-    latent_shape = [tokenizer.latent_channels, tokenizer.latent_size, tokenizer.latent_size]
-    manifest: dict[str, Any] = {
-        "format": FORMAT, "status": "incomplete", "job": identity,
-        "tokenizer": tokenizer.spec(), "scale_factor": tokenizer.scale_factor,
-        "image_size": dataset.image_size, "image_channels": dataset.image_channels,
-        "latent_shape": latent_shape, "moments_shape": [2 * latent_shape[0], *latent_shape[1:]],
-        "class_names": dataset.class_names, "flip_default": dataset.default_flip,
-        "num_images": n, "shard_size": shard_size, "num_shards": num_shards,
-    }
-    if dist.is_main:
-        out.mkdir(parents=True, exist_ok=True)
-        for stale in out.glob(".shard-*.tmp*"):  # left by a killed run
-            stale.unlink()
-        _write_json(out / MANIFEST, manifest)
-    barrier(dist)
+    lock = FolderLock(out, "--out") if dist.is_main else None  # one writer per folder
+    if lock is not None:
+        ensure_dir(out, "--out")
+        lock.acquire()
+    try:
+        if previous is not None:
+            shard_size = previous["shard_size"]  # resuming keeps the layout of the first run
+        n = len(dataset)
+        num_shards = (n + shard_size - 1) // shard_size
+        latent_shape = [tokenizer.latent_channels, tokenizer.latent_size, tokenizer.latent_size]
+        manifest: dict[str, Any] = {
+            "format": FORMAT, "status": "incomplete", "job": identity,
+            "tokenizer": tokenizer.spec(), "scale_factor": tokenizer.scale_factor,
+            "image_size": dataset.image_size, "image_channels": dataset.image_channels,
+            "latent_shape": latent_shape, "moments_shape": [2 * latent_shape[0], *latent_shape[1:]],
+            "class_names": dataset.class_names, "flip_default": dataset.default_flip,
+            "num_images": n, "shard_size": shard_size, "num_shards": num_shards,
+        }
+        if dist.is_main:
+            out.mkdir(parents=True, exist_ok=True)
+            for stale in out.glob(".shard-*.tmp*"):  # left by a killed run
+                stale.unlink()
+            _write_json(out / MANIFEST, manifest)
+        barrier(dist)
 
-    mine = [k for k in range(dist.rank, num_shards, dist.world_size)]
-    todo = [k for k in mine if _shard_done(out, k) is None]
-    indices = [i for k in todo for i in range(k * shard_size, min(n, (k + 1) * shard_size))]
-    if num_workers is None:
-        num_workers = 0 if data in BUILTIN else min(8, os.cpu_count() or 1)
-    loader = DataLoader(_SafeReader(dataset), batch_size=batch_size, sampler=indices, num_workers=num_workers,
-                        collate_fn=list)
-    rows: dict[int, list] = {k: [] for k in todo}
-    skipped: dict[int, list] = {k: [] for k in todo}
-    seen = dict.fromkeys(todo, 0)
-    delay = float(os.environ.get(DELAY_ENV, "0") or 0)
-    with _progress(progress and dist.is_main) as bar, torch.no_grad():
-        task = bar.add_task("encode", total=len(indices))
-        for batch in loader:
-            good = [b for b in batch if b[1] is not None]
-            if good:
-                x = torch.stack([b[1] for b in good]).to(device)
-                moments = tokenizer.encode_moments(torch.cat([x, x.flip(-1)])).float().cpu()
-                for j, (i, _, label, _) in enumerate(good):
-                    rows[i // shard_size].append((i, label, moments[j], moments[j + len(good)]))
-            for i, image, _, reason in batch:
-                k = i // shard_size
-                if image is None:
-                    skipped[k].append({"index": i, "file": dataset.source(i), "reason": reason})
-                seen[k] += 1
-                if seen[k] == min(n, (k + 1) * shard_size) - k * shard_size:
-                    _write_shard(out, k, k * shard_size, min(n, (k + 1) * shard_size), rows.pop(k), skipped.pop(k),
-                                 tuple(manifest["moments_shape"]))
-                    if delay:
-                        time.sleep(delay)
-            bar.advance(task, len(batch))
-    barrier(dist)
-    if dist.is_main:  # no barrier after: a failure here must not leave the other ranks waiting
-        _finish_manifest(out, manifest)
-    return out
+        mine = [k for k in range(dist.rank, num_shards, dist.world_size)]
+        todo = [k for k in mine if _shard_done(out, k) is None]
+        indices = [i for k in todo for i in range(k * shard_size, min(n, (k + 1) * shard_size))]
+        if num_workers is None:
+            num_workers = 0 if data in BUILTIN else min(8, os.cpu_count() or 1)
+        loader = DataLoader(_SafeReader(dataset), batch_size=batch_size, sampler=indices, num_workers=num_workers,
+                            collate_fn=list)
+        rows: dict[int, list] = {k: [] for k in todo}
+        skipped: dict[int, list] = {k: [] for k in todo}
+        seen = dict.fromkeys(todo, 0)
+        delay = float(os.environ.get(DELAY_ENV, "0") or 0)
+        with _progress(progress and dist.is_main) as bar, torch.no_grad():
+            task = bar.add_task("encode", total=len(indices))
+            for batch in loader:
+                good = [b for b in batch if b[1] is not None]
+                if good:
+                    x = torch.stack([b[1] for b in good]).to(device)
+                    moments = tokenizer.encode_moments(torch.cat([x, x.flip(-1)])).float().cpu()
+                    for j, (i, _, label, _) in enumerate(good):
+                        rows[i // shard_size].append((i, label, moments[j], moments[j + len(good)]))
+                for i, image, _, reason in batch:
+                    k = i // shard_size
+                    if image is None:
+                        skipped[k].append({"index": i, "file": dataset.source(i), "reason": reason})
+                    seen[k] += 1
+                    if seen[k] == min(n, (k + 1) * shard_size) - k * shard_size:
+                        _write_shard(out, k, k * shard_size, min(n, (k + 1) * shard_size), rows.pop(k), skipped.pop(k),
+                                     tuple(manifest["moments_shape"]))
+                        if delay:
+                            time.sleep(delay)
+                bar.advance(task, len(batch))
+        barrier(dist)
+        if dist.is_main:  # no barrier after: a failure here must not leave the other ranks waiting
+            _finish_manifest(out, manifest)
+        return out
+    finally:
+        if lock is not None:
+            lock.release()
 
 
 def _finish_manifest(out: Path, manifest: dict[str, Any]) -> None:

@@ -35,7 +35,16 @@ class RunDir:
         """A run folder belongs to one model: refuse to resume it with a different one."""
         if not self.config.is_file():
             return
-        old = yaml.safe_load(self.config.read_text()) or {}
+        try:
+            old = yaml.safe_load(self.config.read_text()) or {}
+        except yaml.YAMLError as e:
+            where = getattr(e, "problem_mark", None)
+            at = f" (line {where.line + 1})" if where is not None else ""
+            raise TransDiffError(f"{self.config} is not a valid run config{at}: "
+                                 f"{getattr(e, 'problem', None) or e}; fix or delete it") from None
+        if not isinstance(old, dict):
+            raise TransDiffError(f"{self.config} is not a valid run config (not a mapping); "
+                                 "fix or delete it")
         for key in keys:
             if old.get(key) != doc.get(key):
                 diff = sorted(k for k in set(old.get(key, {})) | set(doc.get(key, {}))
@@ -49,18 +58,31 @@ class RunDir:
             for row in rows:
                 f.write(json.dumps(row) + "\n")
 
+    def _lines(self) -> list[tuple[str, dict[str, Any]]]:
+        """Each complete row with its text; a torn line (a crash or a full disk mid-write) is
+        skipped."""
+        if not self.metrics.is_file():
+            return []
+        rows = []
+        for line in self.metrics.read_text(errors="replace").splitlines():
+            try:
+                row = json.loads(line)
+            except ValueError:
+                continue
+            if isinstance(row, dict):
+                rows.append((line, row))
+        return rows
+
     def truncate_metrics(self, step: int) -> None:
-        """On resume, drop rows logged after the checkpoint we continue from."""
+        """On resume, drop rows logged after the checkpoint we continue from (all of them for a
+        run killed before its first checkpoint), and any torn line."""
         if not self.metrics.is_file():
             return
-        keep = [line for line in self.metrics.read_text().splitlines()
-                if line.strip() and json.loads(line).get("step", 0) <= step]
+        keep = [line for line, row in self._lines() if row.get("step", 0) <= step]
         write_text_atomic(self.metrics, "".join(line + "\n" for line in keep))
 
     def read_metrics(self) -> list[dict[str, Any]]:
-        if not self.metrics.is_file():
-            return []
-        return [json.loads(line) for line in self.metrics.read_text().splitlines() if line.strip()]
+        return [row for _, row in self._lines()]
 
     def plot_loss(self) -> Path | None:
         rows = [r for r in self.read_metrics() if "loss" in r]

@@ -9,6 +9,7 @@ from typing import Any
 
 from .config import build_dataclass
 from .errors import TransDiffError
+from .validate import check_seed
 
 
 @dataclass
@@ -64,6 +65,7 @@ class TrainConfig:
             raise TransDiffError(f"unknown lr schedule {self.schedule!r} (constant or cosine)")
         if not 0.0 <= self.ema_rate < 1.0:
             raise TransDiffError("--ema-rate must be in [0, 1)")
+        check_seed(self.seed)
 
 
 # Per-size training defaults. B/L/H: the paper (AdamW 0.9/0.95, wd 0.02, lr 1e-4 x batch/256,

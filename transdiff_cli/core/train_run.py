@@ -4,6 +4,7 @@ folder, and the initial weights (fresh, resumed, or converted from a 1-step chec
 
 from __future__ import annotations
 
+import contextlib
 import sys
 from dataclasses import dataclass
 from pathlib import Path
@@ -17,7 +18,9 @@ from .convert import init_mrar_from_1step, mrar_config
 from .device import resolve_device
 from .distributed import DistInfo, cleanup, init_distributed
 from .errors import TransDiffError
+from .fs import ensure_dir
 from .run_dir import RunDir
+from .run_lock import FolderLock
 from .train_config import TrainConfig, train_defaults
 from .trainer import Trainer, TrainResult
 
@@ -85,7 +88,8 @@ def _open_data(cfg: TrainConfig, group_size: int | None, device: torch.device) -
                               group_size=group_size, device=device)
 
 
-def prepare(req: RunRequest) -> tuple[Trainer, DistInfo]:
+def prepare(req: RunRequest, locks: contextlib.ExitStack | None = None) -> tuple[Trainer, DistInfo]:
+    """`locks` (rank 0) receives the run folder's lock, held until the caller closes it."""
     device = resolve_device(req.device)
     dist = init_distributed(device)
     if device.type == "cuda" and dist.enabled:
@@ -149,6 +153,9 @@ def prepare(req: RunRequest) -> tuple[Trainer, DistInfo]:
         default_name = f"{_data_name(tcfg.data)}-{model_cfg.size}-mrar"
 
     run = RunDir(req.run_dir or Path("runs") / (req.name or default_name))
+    if dist.is_main and locks is not None:  # one writer per run folder (rank 0 speaks for all)
+        ensure_dir(run.root, "--run-dir")
+        locks.enter_context(FolderLock(run.root, "--run-dir"))
     if run.has_checkpoint():
         if req.resume is False:
             raise TransDiffError(f"run folder {run.root} already holds checkpoints; pass another "
@@ -174,8 +181,9 @@ def prepare(req: RunRequest) -> tuple[Trainer, DistInfo]:
 
 
 def run_training(req: RunRequest) -> TrainResult:
-    trainer, dist = prepare(req)
-    try:
-        return trainer.train()
-    finally:
-        cleanup(dist)
+    with contextlib.ExitStack() as locks:
+        trainer, dist = prepare(req, locks)
+        try:
+            return trainer.train()
+        finally:
+            cleanup(dist)

@@ -26,7 +26,7 @@ from torch.nn.parallel import DistributedDataParallel as DDP
 from torch.utils.data import DataLoader
 
 from . import flow
-from .checkpoint import load_checkpoint, load_train_state, mark_latest, resolve, save_checkpoint
+from .checkpoint import load_checkpoint, load_train_state, mark_latest, recover, resolve, save_checkpoint
 from .config import ModelConfig
 from .device import autocast_dtype
 from .distributed import DistInfo, all_reduce_mean, barrier
@@ -102,7 +102,7 @@ def epoch_indices(n: int, seed: int, epoch: int, per_step: int, micro_batch: int
                   rank: int) -> list[int]:
     """This rank's sample indices for one epoch: a seeded permutation cut into global steps of
     `per_step` samples; inside each micro-batch rank r takes the r-th contiguous slice."""
-    g = torch.Generator().manual_seed(seed * 7919 + epoch)
+    g = torch.Generator().manual_seed((seed * 7919 + epoch) % (2**63))
     perm = torch.randperm(n, generator=g).tolist()
     local = micro_batch // world
     out: list[int] = []
@@ -155,6 +155,7 @@ class Trainer:
             self.ema.load({k: v.to(device) for k, v in init_ema.items()})
         self.opt = make_optimizer(self.model, cfg, device)
         self.step, self.epoch, self.batch_pos = 0, 0, 0
+        self.resumed_from: Path | None = None
         self._resume()
         self.ddp = DDP(self.model, device_ids=[device.index] if device.type == "cuda" else None) \
             if dist.enabled else None
@@ -162,7 +163,12 @@ class Trainer:
 
     # ------------------------------------------------------------------ state
     def _resume(self) -> None:
+        if self.dist.is_main:  # rank 0 holds the run folder's lock
+            recover(self.run.checkpoints)
+        barrier(self.dist)
         if not self.run.has_checkpoint():
+            if self.dist.is_main:  # rows of a run killed before its first checkpoint
+                self.run.truncate_metrics(0)
             return
         folder = resolve(self.run.root)
         ck = load_checkpoint(folder, weights="model", keep_raw=True)
@@ -176,6 +182,7 @@ class Trainer:
         self.ema.load({k: v.to(self.device) for k, v in (ck.raw_ema or ck.raw_model).items()})
         self.opt.load_state_dict(state["optimizer"])
         self.step, self.epoch, self.batch_pos = state["step"], state["epoch"], state["batch_pos"]
+        self.resumed_from = folder
         torch.set_rng_state(state["rng_cpu"])
         if self.device.type == "cuda" and state.get("rng_cuda") is not None:
             torch.cuda.set_rng_state(state["rng_cuda"], self.device)
@@ -200,6 +207,7 @@ class Trainer:
                                    self.model_cfg, meta, ema_state=self.ema.state_dict(self.model),
                                    train_state=train_state)
             mark_latest(self.run.checkpoints, name)
+            recover(self.run.checkpoints)  # drops hidden leftovers of interrupted commits
             self._prune()
         barrier(self.dist)
         return path
@@ -309,7 +317,9 @@ class Trainer:
                 if self.batch_pos >= self.steps_per_epoch:
                     self.epoch += 1
                     self.batch_pos = 0
-        if self.step != start_step or last_ckpt is None:
+        if self.step == start_step and self.resumed_from is not None:
+            last_ckpt = self.resumed_from  # a finished run: its final checkpoint stays untouched
+        elif self.step != start_step or last_ckpt is None:
             last_ckpt = self.save()
         grid = self.sample_grid()
         if self.dist.is_main:
