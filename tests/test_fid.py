@@ -301,3 +301,22 @@ def test_sweep_two_values_and_unknown_axis(tmp_path):
     assert (tmp_path / "o" / "sweep.md").read_text().count("\n") == 4  # header, rule, 2 rows
     r = runner.invoke(app, ["fid", *map(str, job), "--sweep", "temperature=1,2"])
     assert r.exit_code == 2 and "unknown axis 'temperature'" in r.output
+
+
+def test_sweep_grid_of_two_axes_table_and_plot(tmp_path):
+    from transdiff_cli.core.sweep import parse_sweeps, point_name, sweep_points, write_sweep
+
+    axes = parse_sweeps(["cfg=1.1,1.3", "scale-0=0.9,1"])
+    points = sweep_points(axes)
+    assert points == [{"cfg": 1.1, "scale_0": 0.9}, {"cfg": 1.1, "scale_0": 1.0},
+                      {"cfg": 1.3, "scale_0": 0.9}, {"cfg": 1.3, "scale_0": 1.0}]
+    assert point_name(points[1]) == "cfg=1.1,scale_0=1.0"
+    rows = [{**p, "frechet_distance": 10 - i, "inception_score_mean": 2.0 + i} for i, p in enumerate(points)]
+    written = write_sweep(tmp_path, axes, rows, "frechet_distance")
+    table = written["table"].read_text().splitlines()
+    assert table[0] == "| cfg | scale_0 | FID | IS |" and table[4] == "| 1.3 | 0.9 | 8.0000 | 4.0000 |"
+    assert written["plot"].stat().st_size > 0
+    for bad, msg in [(["steps=1,2"], "unknown axis"), (["cfg"], "AXIS=V1"), (["sampling_steps=1.5"], "integers"),
+                     (["cfg=1", "cfg=2"], "twice"), (["cfg=1", "scale_0=1", "scale_1=1"], "at most two")]:
+        with pytest.raises(TransDiffError, match=msg):
+            parse_sweeps(bad)

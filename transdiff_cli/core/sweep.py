@@ -58,7 +58,8 @@ def write_sweep(out: Path, axes: list[tuple[str, list[float | int]]], rows: list
     doc = {"axes": {a: v for a, v in axes}, "fid_key": fid_key, "points": rows}
     (out / "sweep.json").write_text(json.dumps(doc, indent=1))
     extra = [k for k in (IS_KEY, "class_fidelity", "precision", "recall") if any(k in r for r in rows)]
-    head = [*names, "FID", *extra]
+    labels = {IS_KEY: "IS", "class_fidelity": "class fidelity"}
+    head = [*names, "FID", *(labels.get(k, k) for k in extra)]
     lines = ["| " + " | ".join(head) + " |", "|" + " --- |" * len(head)]
     for r in rows:
         cells = [str(r[a]) for a in names] + [f"{r[fid_key]:.4f}"] + \
