@@ -24,7 +24,7 @@ from ..core.fid import (
 )
 from ..core.fid_reference import save_reference_stats
 from ..core.generate import open_checkpoint, open_tokenizer, sample_settings
-from ..core.generate_npz import generate_npz, generation_identity, shard_size_for
+from ..core.generate_npz import generate_npz, generation_identity, parts_dir, shard_size_for
 from ..core.sweep import parse_sweeps, point_name, sweep_points, write_sweep
 from ._common import console, user_errors
 from .sample import help_text, progress_bar
@@ -200,8 +200,14 @@ class _Generation:
             n, s, w = len(self.labels), self.shard_size, self.info.world_size
             mine = sum(min(n, (k + 1) * s) - k * s for k in range(self.info.rank, -(-n // s), w))
             task = bar.add_task(f"rank {self.info.rank}", total=mine)
-            generate_npz(self.ck.model, self.tokenizer, self.labels, settings, path, identity, seed=self.seed,
-                         batch_size=self.batch_size, info=self.info, on_batch=lambda n: bar.advance(task, n))
+            try:
+                generate_npz(self.ck.model, self.tokenizer, self.labels, settings, path, identity, seed=self.seed,
+                             batch_size=self.batch_size, info=self.info, on_batch=lambda n: bar.advance(task, n))
+            except KeyboardInterrupt:
+                if self.info.is_main:
+                    console.print(f"[yellow]finished shards are kept in {parts_dir(path)}: run the same "
+                                  "command again to continue[/yellow]")
+                raise
         if self.info.is_main:
             console.print(f"wrote {path}")
         return path

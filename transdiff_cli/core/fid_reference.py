@@ -10,6 +10,7 @@ cached, keyed by the file's checksum and the extractor's identity (network, weig
 
 from __future__ import annotations
 
+import json
 import os
 import uuid
 from pathlib import Path
@@ -36,7 +37,7 @@ def cached_reference_features(npz: Path, extractor: Extractor, cache_dir: str | 
                               batch_size: int = 64) -> torch.Tensor:
     """Features of `npz`'s arr_0: read from the cache, or extracted (streaming) and cached."""
     cache = Path(cache_dir).expanduser() if cache_dir else default_cache_dir()
-    path = cache / "reference-features" / f"{file_sha256(npz)[:32]}-{extractor.identity()}.npy"
+    path = cache / "reference-features" / f"{_checksum(npz, cache)[:32]}-{extractor.identity()}.npy"
     if path.is_file():
         try:
             return torch.from_numpy(np.load(path)).double()
@@ -55,6 +56,29 @@ def cached_reference_features(npz: Path, extractor: Extractor, cache_dir: str | 
         raise TransDiffError(f"cannot write the feature cache {path.parent}: {e.strerror}; "
                              "choose another --cache-dir") from None
     return feats
+
+
+def _checksum(npz: Path, cache: Path) -> str:
+    """The file's sha256, remembered per (path, size, modification time): ADM's 512 file is 8 GB."""
+    memo_path = cache / "checksums.json"
+    st = npz.stat()
+    key, stamp = str(npz.resolve()), [st.st_size, st.st_mtime_ns]
+    try:
+        memo = json.loads(memo_path.read_text())
+    except (OSError, ValueError):
+        memo = {}
+    if isinstance(memo.get(key), dict) and memo[key].get("stamp") == stamp:
+        return memo[key]["sha256"]
+    digest = file_sha256(npz)
+    memo[key] = {"stamp": stamp, "sha256": digest}
+    try:
+        cache.mkdir(parents=True, exist_ok=True)
+        tmp = memo_path.with_name(f".{memo_path.name}.tmp-{uuid.uuid4().hex[:8]}")
+        tmp.write_text(json.dumps(memo, indent=1))
+        os.replace(tmp, memo_path)
+    except OSError:
+        pass  # the memo only saves time
+    return digest
 
 
 @torch.no_grad()
