@@ -116,7 +116,7 @@ def plot_fid(run: RunDir, path: Path) -> Path | None:
         ax2 = ax.twinx()
         ax2.plot(steps, [r[second] for r in rows], marker="s", color="C1", label=second.replace("_", " "))
         ax2.set_ylabel(second.replace("_", " "))
-        fig.legend(loc="upper right")
+        ax.legend(ax.get_lines() + ax2.get_lines(), ["FID", second.replace("_", " ")], loc="best")
     ax.set_title(f"{run.root.name}: EMA model quality")
     fig.tight_layout()
     tmp = path.with_name(".fid.tmp.png")
