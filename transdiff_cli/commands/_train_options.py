@@ -43,6 +43,16 @@ Nnodes = Annotated[int, typer.Option("--nnodes")]
 NodeRank = Annotated[int, typer.Option("--node-rank")]
 MasterAddr = Annotated[str, typer.Option("--master-addr")]
 MasterPort = Annotated[int, typer.Option("--master-port")]
+EvalEvery = Annotated[int | None, typer.Option(
+    "--eval-every", help="FID of the EMA model every N steps into metrics.jsonl and fid.png (0: off)")]
+EvalImages = Annotated[int | None, typer.Option("--eval-images", help="images per evaluation (class-balanced)")]
+EvalRef = Annotated[str | None, typer.Option(
+    "--eval-ref", help="FID reference: image folder, .npz (ADM's), encode-latents folder or 'digits'")]
+EvalFeatures = Annotated[str | None, typer.Option("--eval-features", help="inception | digits")]
+EvalInception = Annotated[str | None, typer.Option(
+    "--eval-inception-weights", help="torch-fidelity's InceptionV3 weights file (local)")]
+Tensorboard = Annotated[bool, typer.Option(
+    "--tensorboard", help="also log to runs/<name>/tensorboard (pip install -e \".[tensorboard]\")")]
 NoProgress = Annotated[bool, typer.Option("--no-progress", help="no progress bar (logs only)")]
 
 
@@ -57,7 +67,8 @@ def maybe_relaunch(gpus: int, nnodes: int, node_rank: int, master_addr: str, mas
 
 TRAIN_KEYS = ("data", "vae", "image_size", "batch_size", "grad_accum", "lr", "base_lr", "schedule",
               "warmup_steps", "max_steps", "epochs", "ema_rate", "precision", "seed", "ckpt_every",
-              "log_every", "num_workers")
+              "log_every", "num_workers", "eval_every", "eval_images", "eval_ref", "eval_features",
+              "eval_inception_weights")
 
 
 def run_request(options: dict[str, Any], **fields: Any) -> RunRequest:
@@ -69,4 +80,5 @@ def run_request(options: dict[str, Any], **fields: Any) -> RunRequest:
         resume=o["resume"], progress=not o["no_progress"],
         model_overrides={"grad_checkpointing": o["grad_checkpointing"] or None,
                          "mrar_steps": o.get("mrar_steps")},
-        train_overrides={k: o[k] for k in TRAIN_KEYS if o[k] is not None}, **fields)
+        train_overrides={**{k: o[k] for k in TRAIN_KEYS if o[k] is not None},
+                         **({"tensorboard": True} if o["tensorboard"] else {})}, **fields)

@@ -1,4 +1,5 @@
-"""`transdiff fid`: FID / IS / precision-recall of generated images against a reference, offline."""
+"""`transdiff fid`: FID / IS / precision-recall of generated images against a reference, offline;
+reference statistics for any dataset (--save-stats); resumable generation and sampler sweeps."""
 
 from __future__ import annotations
 
@@ -10,38 +11,51 @@ from rich.table import Table
 
 from ..core.classes import resolve_classes
 from ..core.device import resolve_device
-from ..core.distributed import DistInfo, barrier, cleanup, init_distributed
+from ..core.distributed import DistInfo, cleanup, init_distributed
 from ..core.errors import TransDiffError
-from ..core.fid import compute_metrics, inception_weights_path, load_input, make_extractor
-from ..core.fs import ensure_dir
-from ..core.generate import (
-    generate_arrays,
-    merge_shards,
-    open_checkpoint,
-    open_tokenizer,
-    sample_settings,
-    write_npz,
-    write_shard,
+from ..core.fid import (
+    BUILTIN_DIGITS,
+    fid_key,
+    generated_metrics,
+    inception_weights_path,
+    load_input,
+    make_extractor,
+    prepare_reference,
 )
+from ..core.fid_reference import save_reference_stats
+from ..core.fs import ensure_dir
+from ..core.generate import open_checkpoint, open_tokenizer, sample_settings
+from ..core.generate_npz import generate_npz, generation_identity, parts_dir, shard_size_for
+from ..core.sweep import parse_sweeps, point_name, sweep_points, write_sweep
 from ._common import SamplingPrecision, console, user_errors
 from .sample import help_text, progress_bar
 
-HELP = """FID (and with --isc / --prc the Inception Score and precision/recall) of generated images
-against a reference, through torch-fidelity, with no download.
+HELP = """FID, Inception Score (off with --no-isc) and with --prc precision/recall of generated
+images against a reference, through torch-fidelity, with no download.
 
 --gen is a folder of images or an .npz (arr_0 uint8 NHWC); or --ckpt generates --num-per-class
 images of every class first (50, as the paper: 50,000 for ImageNet), split across the processes
-under torchrun and saved as OUT/generated.npz. --ref is a folder, an .npz of images, ADM statistics
-(an .npz with mu and sigma, e.g. VIRTUAL_imagenet256_labeled.npz), or "digits" (the built-in data).
-Inception weights are read from a local file in torch-fidelity's format
-(weights-inception-2015-12-05-6726825d.pth). --features digits uses the small built-in digit
-classifier instead (CPU, offline) and also reports class fidelity. Writes OUT/metrics.json.
+under torchrun, into OUT/generated.npz. Finished shards are kept as it goes: rerunning the same
+command continues an interrupted generation (shards of another checkpoint or other settings are
+refused). --ref is a folder, an encode-latents folder, an .npz of images, ADM's reference file
+(mu, sigma and arr_0, e.g. VIRTUAL_imagenet256_labeled.npz: FID from mu/sigma, precision/recall
+from arr_0's features, cached in --cache-dir), or "digits" (the built-in data). Inception weights
+are read from a local file in torch-fidelity's format (weights-inception-2015-12-05-6726825d.pth).
+--features digits uses the small built-in digit classifier instead (CPU, offline) and also reports
+class fidelity. Writes OUT/metrics.json.
+
+--save-stats OUT.npz writes the reference's mu and sigma (and with --with-images N a batch of N
+of its images as arr_0): ADM's layout, for any dataset. --sweep AXIS=V1,V2 (cfg, scale_0,
+scale_1, sampling_steps; twice for a grid) evaluates every setting and writes OUT/sweep.json,
+sweep.md and sweep.png.
 
 Example:
 
-    transdiff fid --gen out/ --ref stats.npz --inception-weights i.pth
+    transdiff fid --gen out/ --ref VIRTUAL_imagenet256_labeled.npz --inception-weights i.pth --prc
 
-    transdiff fid --ckpt runs/digits --ref digits --features digits
+    transdiff fid --ckpt runs/digits-tiny --ref digits --features digits --sweep cfg=1,2,3
+
+    transdiff fid --save-stats digits_stats.npz --ref digits --features digits --with-images 500
 """
 
 
@@ -49,15 +63,23 @@ def register(app: typer.Typer) -> None:
     @app.command("fid", help=help_text(HELP))
     @user_errors
     def fid_cmd(
-        ref: str = typer.Option(..., "--ref", help="reference: image folder, .npz of images, "
-                                "stats .npz (mu, sigma), or 'digits'"),
+        ref: str = typer.Option(..., "--ref", help="reference: image folder, encode-latents folder, .npz of "
+                                "images, ADM .npz (mu, sigma, arr_0), or 'digits'"),
         gen: Path = typer.Option(None, "--gen", help="generated images: a folder or an .npz"),
         ckpt: Path = typer.Option(None, "--ckpt", help="generate the images from this checkpoint first"),
         inception_weights: Path = typer.Option(None, "--inception-weights",
                                                help="torch-fidelity's InceptionV3 weights file (local)"),
-        isc: bool = typer.Option(False, "--isc", help="also the Inception Score"),
+        isc: bool = typer.Option(True, "--isc/--no-isc", help="the Inception Score (same forward pass)"),
         prc: bool = typer.Option(False, "--prc", help="also precision / recall (needs reference images)"),
         features: str = typer.Option("inception", "--features", help="inception or digits"),
+        cache_dir: Path = typer.Option(None, "--cache-dir", help="cache of reference features "
+                                       "(default $TRANSDIFF_CACHE_DIR or ~/.cache/transdiff)"),
+        save_stats: Path = typer.Option(None, "--save-stats", help="write --ref's mu/sigma to this .npz "
+                                        "(ADM's layout) and stop"),
+        with_images: int = typer.Option(None, "--with-images", min=1,
+                                        help="--save-stats: also store N reference images as arr_0"),
+        sweep: list[str] = typer.Option(None, "--sweep", help="--ckpt: AXIS=V1,V2,... over cfg, scale_0, "
+                                        "scale_1 or sampling_steps; give twice for a grid"),
         num_per_class: int = typer.Option(50, "--num-per-class", min=1, help="--ckpt: images per class"),
         classes: list[str] = typer.Option(None, "--class", "-c", help="--ckpt: classes (default: all)"),
         vae: str = typer.Option(None, "--vae", help="--ckpt: tokenizer, e.g. kl16:PATH"),
@@ -70,72 +92,135 @@ def register(app: typer.Typer) -> None:
         sampler: str = typer.Option("em", "--sampler", help="em or ode"),
         seed: int = typer.Option(0, "--seed"),
         batch_size: int = typer.Option(64, "--batch-size", min=1),
+        shard_size: int = typer.Option(None, "--shard-size", min=1, help="--ckpt: images per resumable "
+                                       "shard (rounded up to whole batches; default about 1024)"),
         out: Path = typer.Option(Path("fid"), "--out", "-o", help="folder for metrics.json (and generated.npz)"),
         precision: SamplingPrecision = "auto",
         compile: bool = typer.Option(False, "--compile"),
         device: str = typer.Option(None, "--device"),
         weights: str = typer.Option("ema", "--weights", help="--ckpt: ema or model"),
     ) -> None:
-        if (gen is None) == (ckpt is None):
-            raise TransDiffError("give exactly one of --gen DIR|NPZ and --ckpt PATH")
-        ensure_dir(out, "--out")  # a bad --out fails now, not after minutes of generation
+        if save_stats is None and (gen is None) == (ckpt is None):
+            raise TransDiffError("give exactly one of --gen DIR|NPZ and --ckpt PATH (or --save-stats OUT.npz)")
+        if save_stats is not None and (gen is not None or ckpt is not None or sweep):
+            raise TransDiffError("--save-stats writes the statistics of --ref alone: drop --gen/--ckpt/--sweep")
+        if with_images is not None and save_stats is None:
+            raise TransDiffError("--with-images goes with --save-stats")
+        axes = parse_sweeps(sweep)
+        if axes and ckpt is None:
+            raise TransDiffError("--sweep needs --ckpt (it generates images for every setting)")
+        if ref != BUILTIN_DIGITS and not Path(ref).exists():
+            raise TransDiffError(f"--ref not found: {ref}")
+        if save_stats is None:
+            ensure_dir(out, "--out")  # a bad --out fails now, not after minutes of generation
         dev = resolve_device(device)
         info = init_distributed(dev)
         try:
             if features == "inception":  # fail before minutes of generation, on every rank
                 inception_weights_path(inception_weights)
             extractor = make_extractor(features, inception_weights, dev) if info.is_main else None
-            if ckpt is not None:
-                gen = _generate(ckpt, info, dev, out, vae=vae, classes=classes, num_per_class=num_per_class,
-                                mode=mode, steps=steps, sampling_steps=sampling_steps, cfg=cfg, scale_0=scale_0,
-                                scale_1=scale_1, sampler=sampler, seed=seed, batch_size=batch_size,
-                                precision=precision, compile=compile, weights=weights)
-            if not info.is_main:
+            if save_stats is not None:
+                if info.is_main:
+                    done = save_reference_stats(load_input(ref), extractor, save_stats, with_images=with_images,
+                                                batch_size=batch_size)
+                    console.print(f"wrote {save_stats}: mu, sigma ({done['feature_dim']} {features} features of "
+                                  f"{done['num_reference']} images)"
+                                  + (f", arr_0 ({done['num_images_saved']} images)" if with_images else ""))
                 return
-            generated = load_input(gen)
-            reference = load_input(ref, allow_stats=True)
-            metrics = compute_metrics(generated, reference, extractor, isc=isc, prc=prc, batch_size=batch_size)
-            if features == "inception":
-                metrics["inception_weights"] = str(extractor.path)
-            out.mkdir(parents=True, exist_ok=True)
-            (out / "metrics.json").write_text(json.dumps(metrics, indent=1))
-            _print(metrics)
-            console.print(f"wrote {out / 'metrics.json'}")
+            reference = None
+
+            def metrics_of(images: Path) -> dict:
+                nonlocal reference
+                if reference is None:  # once, reused across a sweep
+                    reference = prepare_reference(load_input(ref, allow_stats=True), extractor, prc=prc,
+                                                  batch_size=batch_size, cache_dir=cache_dir)
+                m = generated_metrics(load_input(images), reference, extractor, isc=isc, prc=prc,
+                                      batch_size=batch_size)
+                if features == "inception":
+                    m["inception_weights"] = str(extractor.path)
+                return m
+
+            if ckpt is None:
+                if info.is_main:
+                    _finish(metrics_of(gen), out)
+                return
+            job = _Generation(ckpt, info, dev, vae=vae, classes=classes, num_per_class=num_per_class, mode=mode,
+                              steps=steps, seed=seed, batch_size=batch_size, shard_size=shard_size,
+                              precision=precision, compile=compile, weights=weights)
+            base = dict(sampling_steps=sampling_steps, cfg=cfg, scale_0=scale_0, scale_1=scale_1)
+            if not axes:
+                path = job.run(out / "generated.npz", sampler=sampler, **base)
+                if info.is_main:
+                    _finish({**metrics_of(path), "settings": job.last_settings}, out)
+                return
+            rows = []
+            for point in sweep_points(axes):
+                folder = out / point_name(point)
+                if info.is_main:
+                    console.print(f"[bold]{point_name(point)}[/]")
+                path = job.run(folder / "generated.npz", sampler=sampler, **{**base, **point})
+                if info.is_main:
+                    m = {**metrics_of(path), "settings": job.last_settings}
+                    (folder / "metrics.json").write_text(json.dumps(m, indent=1))
+                    rows.append({**point, **{k: v for k, v in m.items() if isinstance(v, float | int)}})
+            if info.is_main:
+                written = write_sweep(out, axes, rows, fid_key(features))
+                console.print(Path(written["table"]).read_text())
+                console.print(f"wrote {written['json']}, {written['table']}, {written['plot']}")
         finally:
             cleanup(info)
 
 
-def _generate(ckpt: Path, info: DistInfo, dev, out: Path, *, vae, classes, num_per_class, mode, steps,
-              sampling_steps, cfg, scale_0, scale_1, sampler, seed, batch_size, precision, compile,
-              weights) -> Path:
-    """Every rank draws images rank, rank + W, ...; rank 0 merges them into OUT/generated.npz."""
-    ck = open_checkpoint(ckpt, weights=weights, device=dev, precision=precision, compile=compile)
-    mc = ck.config
-    settings = sample_settings(mc, mode=mode, steps=steps, sampling_steps=sampling_steps, cfg=cfg,
-                               scale_0=scale_0, scale_1=scale_1, sampler=sampler)
-    picked = resolve_classes(classes, mc.num_classes, ck.class_names)
-    labels = [y for y in picked for _ in range(num_per_class)]
-    tokenizer = open_tokenizer(ck, vae, dev)
-    mine = list(range(info.rank, len(labels), info.world_size))
-    path = out / "generated.npz"
-    if info.is_main:
-        console.print(f"generating {len(labels)} images ({num_per_class} per class, {len(picked)} classes) "
-                      f"on {info.world_size} process(es): {settings.mode}, cfg {settings.cfg}, "
-                      f"{settings.sampling_steps} {settings.sampler} steps")
-    with progress_bar() as bar:
-        task = bar.add_task(f"rank {info.rank}", total=len(mine))
-        images = generate_arrays(ck.model, tokenizer, [labels[i] for i in mine], settings, seed=seed,
-                                 batch_size=batch_size, indices=mine, on_batch=lambda n: bar.advance(task, n))
-    if info.enabled:
-        write_shard(path, info.rank, images, mine)
-        barrier(info)
-        if info.is_main:
-            merge_shards(path, info.world_size, labels)
-    else:
-        write_npz(path, images, labels)
-    if info.is_main:
-        console.print(f"wrote {path}")
-    return path
+class _Generation:
+    """The checkpoint opened once; `run` draws one setting's images (resumably) into an .npz."""
+
+    def __init__(self, ckpt: Path, info: DistInfo, dev, *, vae, classes, num_per_class, mode, steps, seed,
+                 batch_size, shard_size, precision, compile, weights):
+        self.ck = open_checkpoint(ckpt, weights=weights, device=dev, precision=precision, compile=compile)
+        picked = resolve_classes(classes, self.ck.config.num_classes, self.ck.class_names)
+        self.labels = [y for y in picked for _ in range(num_per_class)]
+        self.num_classes, self.num_per_class = len(picked), num_per_class
+        self.tokenizer = open_tokenizer(self.ck, vae, dev)
+        self.info, self.dev, self.mode, self.steps, self.seed = info, dev, mode, steps, seed
+        self.batch_size, self.precision, self.compile, self.weights = batch_size, precision, compile, weights
+        self.shard_size = shard_size_for(batch_size, shard_size) if shard_size else shard_size_for(batch_size)
+        self.last_settings: dict = {}
+
+    def run(self, path: Path, *, sampler: str, sampling_steps, cfg, scale_0, scale_1) -> Path:
+        settings = sample_settings(self.ck.config, mode=self.mode, steps=self.steps, sampling_steps=sampling_steps,
+                                   cfg=cfg, scale_0=scale_0, scale_1=scale_1, sampler=sampler)
+        self.last_settings = settings.to_dict()
+        identity = generation_identity(self.ck, weights=self.weights, settings=settings, seed=self.seed,
+                                       labels=self.labels, batch_size=self.batch_size, shard_size=self.shard_size,
+                                       tokenizer=self.tokenizer, precision=self.precision, compile=self.compile,
+                                       device=self.dev)
+        if self.info.is_main:
+            console.print(f"generating {len(self.labels)} images ({self.num_per_class} per class, "
+                          f"{self.num_classes} classes) on {self.info.world_size} process(es): {settings.mode}, "
+                          f"cfg {settings.cfg}, scales {settings.scale_0}/{settings.scale_1}, "
+                          f"{settings.sampling_steps} {settings.sampler} steps, seed {self.seed}")
+        with progress_bar() as bar:
+            n, s, w = len(self.labels), self.shard_size, self.info.world_size
+            mine = sum(min(n, (k + 1) * s) - k * s for k in range(self.info.rank, -(-n // s), w))
+            task = bar.add_task(f"rank {self.info.rank}", total=mine)
+            try:
+                generate_npz(self.ck.model, self.tokenizer, self.labels, settings, path, identity, seed=self.seed,
+                             batch_size=self.batch_size, info=self.info, on_batch=lambda n: bar.advance(task, n))
+            except KeyboardInterrupt:
+                if self.info.is_main:
+                    console.print(f"[yellow]finished shards are kept in {parts_dir(path)}: run the same "
+                                  "command again to continue[/yellow]")
+                raise
+        if self.info.is_main:
+            console.print(f"wrote {path}")
+        return path
+
+
+def _finish(metrics: dict, out: Path) -> None:
+    out.mkdir(parents=True, exist_ok=True)
+    (out / "metrics.json").write_text(json.dumps(metrics, indent=1))
+    _print(metrics)
+    console.print(f"wrote {out / 'metrics.json'}")
 
 
 def _print(metrics: dict) -> None:

@@ -39,7 +39,9 @@ def register(app: typer.Typer) -> None:
         run_dir: o.RunDirOpt = None, name: o.Name = None, resume: o.Resume = None,
         device: o.Device = None, gpus: o.Gpus = 1, nnodes: o.Nnodes = 1, node_rank: o.NodeRank = 0,
         master_addr: o.MasterAddr = "127.0.0.1", master_port: o.MasterPort = 29500,
-        no_progress: o.NoProgress = False,
+        no_progress: o.NoProgress = False, eval_every: o.EvalEvery = None, eval_images: o.EvalImages = None,
+        eval_ref: o.EvalRef = None, eval_features: o.EvalFeatures = None,
+        eval_inception_weights: o.EvalInception = None, tensorboard: o.Tensorboard = False,
     ) -> None:
         o.maybe_relaunch(gpus, nnodes, node_rank, master_addr, master_port, device)
         report(run_training(o.run_request(locals(), size=size)))

@@ -10,6 +10,7 @@ straight into its Fréchet distance.
 
 from __future__ import annotations
 
+import hashlib
 import os
 import re
 from dataclasses import dataclass
@@ -63,6 +64,8 @@ class Stats:
     mu: np.ndarray
     sigma: np.ndarray
     source: str
+    images_path: Path | None = None  # the same .npz also holds reference images (ADM's arr_0)
+    features: str | None = None  # the extractor's identity, in files written by --save-stats
 
 
 def _label_from_name(name: str) -> int | None:
@@ -98,14 +101,21 @@ def builtin_digits() -> ImageSet:
 
 
 def load_input(path: str | Path, allow_stats: bool = False) -> ImageSet | Stats:
-    """A folder of images, an `.npz` of images (`arr_0` uint8 NHWC, optional `labels`), (with
-    `allow_stats`) an `.npz` of statistics (`mu`, `sigma`), or "digits" (the built-in digits)."""
+    """A folder of images, an encode-latents folder (decoded), an `.npz` of images (`arr_0` uint8
+    NHWC, optional `labels`), (with `allow_stats`) an `.npz` of statistics (`mu`, `sigma`, and in
+    ADM's files also `arr_0`), or "digits" (the built-in digits)."""
     p = Path(path)
     if str(path) == BUILTIN_DIGITS and not p.exists():
         return builtin_digits()
     if not p.exists():
         raise TransDiffError(f"not found: {p}")
     if p.is_dir():
+        from .latents import is_latent_folder
+
+        if is_latent_folder(p):
+            from .fid_reference import latent_folder_images
+
+            return latent_folder_images(p)
         return load_image_folder(p)
     try:
         data = np.load(p)
@@ -113,10 +123,12 @@ def load_input(path: str | Path, allow_stats: bool = False) -> ImageSet | Stats:
         raise TransDiffError(f"{p} is neither an image folder nor a readable .npz: {e}") from e
     with data:
         keys = set(data.files)
-        if {"mu", "sigma"} <= keys:
+        if {"mu", "sigma"} <= keys and (allow_stats or "arr_0" not in keys):
             if not allow_stats:
                 raise TransDiffError(f"{p} holds statistics (mu, sigma), not images: use it as --ref")
-            return Stats(data["mu"].astype(np.float64), data["sigma"].astype(np.float64), str(p))
+            # ADM's files also carry their reference images (arr_0): read later, only for PR
+            return Stats(data["mu"].astype(np.float64), data["sigma"].astype(np.float64), str(p),
+                         p if "arr_0" in keys else None, str(data["features"]) if "features" in keys else None)
         if "arr_0" not in keys:
             raise TransDiffError(f"{p} has neither images (arr_0) nor statistics (mu, sigma): keys {sorted(keys)}")
         images = data["arr_0"]
@@ -126,11 +138,23 @@ def load_input(path: str | Path, allow_stats: bool = False) -> ImageSet | Stats:
     return ImageSet(images, labels, str(p))
 
 
+def file_sha256(path: str | Path) -> str:
+    h = hashlib.sha256()
+    with open(path, "rb") as f:
+        for block in iter(lambda: f.read(1 << 22), b""):
+            h.update(block)
+    return h.hexdigest()
+
+
 # --------------------------------------------------------------------------- feature extractors
 class Extractor:
     """Images -> (pooled features for FID / PR, logits for IS)."""
 
     name = ""
+
+    def identity(self) -> str:
+        """Names the features exactly (network, weights, layer): the key of cached features."""
+        raise NotImplementedError
 
     def __call__(self, images: np.ndarray, batch_size: int = 64) -> tuple[torch.Tensor, torch.Tensor]:
         raise NotImplementedError
@@ -164,6 +188,10 @@ class InceptionExtractor(Extractor):
         self.net.to(self.device)
         self.path = path
 
+    def identity(self) -> str:
+        size = type(self.net).INPUT_IMAGE_SIZE
+        return f"inception-{file_sha256(self.path)[:16]}-{FID_LAYER}-{size}"
+
     @torch.no_grad()
     def __call__(self, images: np.ndarray, batch_size: int = 64) -> tuple[torch.Tensor, torch.Tensor]:
         pools, logits = [], []
@@ -184,6 +212,11 @@ class DigitsExtractor(Extractor):
         from .classifier import load_digits_classifier
 
         self.clf = load_digits_classifier(device=device)
+
+    def identity(self) -> str:
+        from .classifier import WEIGHTS
+
+        return f"digits-{file_sha256(WEIGHTS)[:16]}"
 
     def __call__(self, images: np.ndarray, batch_size: int = 512) -> tuple[torch.Tensor, torch.Tensor]:
         return self.clf.features(images).double(), self.clf.logits(images).double()
@@ -219,34 +252,73 @@ def frechet_distance(a: Stats, b: Stats) -> float:
     return float(fid_statistics_to_metric(one, two, False)[KEY_METRIC_FID])
 
 
-def compute_metrics(gen: ImageSet, ref: ImageSet | Stats, extractor: Extractor, *, isc: bool = False,
-                    prc: bool = False, batch_size: int = 64) -> dict[str, Any]:
-    """FID of `gen` against `ref` (+ IS of `gen`, precision/recall, and with the digits features and
-    known labels the class fidelity). Keys follow torch-fidelity's names."""
+@dataclass
+class Reference:
+    """The reference side of the metrics, computed once and reused (sweeps, training evaluation):
+    its statistics, and its features when precision/recall need them."""
+
+    stats: Stats
+    features: torch.Tensor | None
+    source: str
+    num_images: int | None = None
+
+
+def prepare_reference(ref: ImageSet | Stats, extractor: Extractor, *, prc: bool = False, batch_size: int = 64,
+                      cache_dir: str | Path | None = None) -> Reference:
+    """Statistics come from the file when it has them (ADM's mu/sigma); precision/recall need
+    features of reference images: of the images given, or of ADM's arr_0 (cached in `cache_dir`)."""
+    if isinstance(ref, Stats):
+        if ref.features is not None and ref.features != extractor.identity():
+            raise TransDiffError(f"{ref.source} holds statistics of other features ({ref.features}) than "
+                                 f"these ({extractor.identity()}): use the same --features and weights")
+        feats = None
+        if prc:
+            if ref.images_path is None:
+                raise TransDiffError(f"--prc needs reference images, not statistics (mu, sigma) alone: "
+                                     f"{ref.source} has no arr_0")
+            from .fid_reference import cached_reference_features
+
+            feats = cached_reference_features(ref.images_path, extractor, cache_dir, batch_size)
+        return Reference(ref, feats, ref.source, None if feats is None else len(feats))
+    feats, _ = extractor(ref.images, batch_size)
+    stats = statistics(feats)
+    stats.source = ref.source
+    return Reference(stats, feats, ref.source, len(ref.images))
+
+
+def generated_metrics(gen: ImageSet, ref: Reference, extractor: Extractor, *, isc: bool = True,
+                      prc: bool = False, batch_size: int = 64) -> dict[str, Any]:
+    """FID of `gen` against a prepared reference; IS from the same forward pass; precision/recall;
+    with the digits features and known labels the class fidelity. Keys follow torch-fidelity's."""
     from torch_fidelity.metric_isc import isc_features_to_metric
     from torch_fidelity.metric_prc import prc_features_to_metric
 
     feats, logits = extractor(gen.images, batch_size)
     out: dict[str, Any] = {"features": extractor.name, "generated": gen.source, "num_generated": len(gen.images),
                            "reference": ref.source}
-    ref_feats = None
-    if isinstance(ref, Stats):
-        ref_stats = ref
-        if prc:
-            raise TransDiffError("--prc needs reference images, not statistics (mu, sigma)")
-    else:
-        ref_feats, _ = extractor(ref.images, batch_size)
-        ref_stats = statistics(ref_feats)
-        ref_stats.source = ref.source
-        out["num_reference"] = len(ref.images)
-    out["frechet_inception_distance" if extractor.name == "inception" else "frechet_distance"] = \
-        frechet_distance(statistics(feats), ref_stats)
+    if ref.num_images is not None:
+        out["num_reference"] = ref.num_images
+    out[fid_key(extractor.name)] = frechet_distance(statistics(feats), ref.stats)
     if isc:
         out.update(isc_features_to_metric(logits, splits=min(10, len(logits))))
     if prc:
-        out.update(prc_features_to_metric(feats.float(), ref_feats.float(), prc_neighborhood=3,
+        if ref.features is None:
+            raise TransDiffError("--prc needs reference images, not statistics (mu, sigma)")
+        out.update(prc_features_to_metric(feats.float(), ref.features.float(), prc_neighborhood=3,
                                           prc_batch_size=10000, save_cpu_ram=False, verbose=False))
     if extractor.name == "digits" and gen.labels is not None:
         pred = logits.argmax(dim=1).numpy()
         out["class_fidelity"] = float((pred == gen.labels).mean())
     return out
+
+
+def fid_key(features: str) -> str:
+    return "frechet_inception_distance" if features == "inception" else "frechet_distance"
+
+
+def compute_metrics(gen: ImageSet, ref: ImageSet | Stats, extractor: Extractor, *, isc: bool = False,
+                    prc: bool = False, batch_size: int = 64, cache_dir: str | Path | None = None) -> dict[str, Any]:
+    """FID of `gen` against `ref` (+ IS of `gen`, precision/recall, and with the digits features and
+    known labels the class fidelity). Keys follow torch-fidelity's names."""
+    reference = prepare_reference(ref, extractor, prc=prc, batch_size=batch_size, cache_dir=cache_dir)
+    return generated_metrics(gen, reference, extractor, isc=isc, prc=prc, batch_size=batch_size)

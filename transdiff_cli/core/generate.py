@@ -256,30 +256,6 @@ def generate_arrays(model: TransDiff, tokenizer: Tokenizer, labels: Sequence[int
     return np.concatenate(arrays)
 
 
-def shard_path(path: str | Path, rank: int) -> Path:
-    path = Path(path)
-    return path.with_name(f"{path.stem}.rank{rank}.npz")
-
-
-def write_shard(path: str | Path, rank: int, images: np.ndarray, indices: Sequence[int]) -> Path:
-    """One rank's share of a distributed generation run, with the global index of each image."""
-    out = shard_path(path, rank)
-    out.parent.mkdir(parents=True, exist_ok=True)
-    np.savez(out, arr_0=images, indices=np.asarray(indices, dtype=np.int64))
-    return out
-
-
-def merge_shards(path: str | Path, world_size: int, labels: Sequence[int]) -> Path:
-    """Rank 0, after a barrier: the shards in global image order as one `.npz`; shards removed."""
-    parts = [np.load(shard_path(path, r)) for r in range(world_size)]
-    images = np.concatenate([p["arr_0"] for p in parts])
-    order = np.argsort(np.concatenate([p["indices"] for p in parts]), kind="stable")
-    for r, p in enumerate(parts):
-        p.close()
-        shard_path(path, r).unlink()
-    return write_npz(path, images[order], labels)
-
-
 @dataclass
 class Written:
     out: Path

@@ -21,7 +21,7 @@ from .errors import TransDiffError
 from .fs import ensure_dir
 from .run_dir import RunDir
 from .run_lock import FolderLock
-from .train_config import TrainConfig, train_defaults
+from .train_config import DIGITS_EVAL, TrainConfig, train_defaults
 from .trainer import Trainer, TrainResult
 
 GEOMETRY_KEYS = ("latent_channels", "latent_size", "num_classes")
@@ -104,7 +104,10 @@ def prepare(req: RunRequest, locks: contextlib.ExitStack | None = None) -> tuple
     if req.finetune_from is None:
         size = req.size or yaml_model.get("size") or "tiny"
         base = train_defaults(preset(size).size)
-        tcfg = TrainConfig.from_dict(_merge_train(base, yaml_train, cli_train))
+        merged = _merge_train(base, yaml_train, cli_train)
+        if merged.get("data", TrainConfig.data) == "digits" and preset(size).size == "tiny":
+            merged = {**DIGITS_EVAL, **merged}  # the user's eval settings win; --eval-every 0 turns it off
+        tcfg = TrainConfig.from_dict(merged)
         tcfg.validate()
         data = _open_data(tcfg, None, device)
         model_over = {**yaml_model, **cli_model}

@@ -160,6 +160,16 @@ class Trainer:
         self.ddp = DDP(self.model, device_ids=[device.index] if device.type == "cuda" else None) \
             if dist.enabled else None
         self.autocast_dtype = autocast_dtype(device, cfg.precision)
+        self.evaluator = None
+        if cfg.eval_every:  # quality during training (FID of the EMA model)
+            from .train_eval import TrainingEvaluator
+
+            self.evaluator = TrainingEvaluator(cfg, model_cfg, data.tokenizer, dist, device, run)
+        self.tb = None
+        if cfg.tensorboard and dist.is_main:
+            from .tensorboard_log import TensorBoardLog
+
+            self.tb = TensorBoardLog(run.root / "tensorboard")
 
     # ------------------------------------------------------------------ state
     def _resume(self) -> None:
@@ -234,7 +244,20 @@ class Trainer:
         path = save_grid(images, self.run.samples / f"step_{self.step:07d}.png",
                          nrow=self.cfg.grid_per_class)
         save_grid(images, self.run.samples / "latest.png", nrow=self.cfg.grid_per_class)
+        if self.tb is not None:
+            self.tb.image("samples", path, self.step)
         return path
+
+    def evaluate(self) -> None:
+        """FID (+ IS or class fidelity) of the EMA model: every rank draws its share."""
+        row = self.evaluator(self.ema.state_dict(self.model), self.step)
+        if row is not None:
+            extra = f", class fidelity {row['class_fidelity']:.3f}" if "class_fidelity" in row else \
+                (f", IS {row['inception_score']:.2f}" if row.get("inception_score") is not None else "")
+            self.console.print(f"step {self.step}: FID {row['fid']:.3f}{extra} ({row['eval_images']} EMA "
+                               f"images, {row['eval_seconds']} s)")
+            if self.tb is not None:
+                self.tb.scalars(row, "eval/")
 
     # ------------------------------------------------------------------ loop
     def _loader(self) -> DataLoader:
@@ -314,6 +337,8 @@ class Trainer:
                             self.sample_grid()
                     if cfg.sample_every and self.step % cfg.sample_every == 0:
                         self.sample_grid()
+                    if self.evaluator is not None and self.step % cfg.eval_every == 0:
+                        self.evaluate()
                 if self.batch_pos >= self.steps_per_epoch:
                     self.epoch += 1
                     self.batch_pos = 0
@@ -324,6 +349,8 @@ class Trainer:
         grid = self.sample_grid()
         if self.dist.is_main:
             self.run.plot_loss()
+        if self.tb is not None:
+            self.tb.close()
         elapsed = time.time() - t0
         summary = {"step": self.step, "total_steps": self.total, "seconds": round(elapsed, 1),
                    "images_per_s": round((self.step - start_step) * cfg.batch_size
@@ -360,6 +387,9 @@ class Trainer:
                      "lr": lr, "images_per_s": round(ips, 2), "epoch": self.epoch}
                     for i, v in enumerate(vals)]
             self.run.append_metrics(rows)
+            if self.tb is not None:
+                for row in rows:
+                    self.tb.scalars(row, "train/")
             if progress is not None:
                 progress.update(task, completed=self.step, loss=float(vals[:, 0].mean()), lr=lr,
                                 ips=ips)
