@@ -272,7 +272,7 @@ def test_fid_checks_its_output_before_generating(ck, tmp_path, monkeypatch):
     f.write_text("mine")
     from transdiff_cli.commands import fid as fid_cmd
 
-    monkeypatch.setattr(fid_cmd, "_generate", lambda *a, **k: pytest.fail("generated before checking --out"))
+    monkeypatch.setattr(fid_cmd, "_Generation", lambda *a, **k: pytest.fail("generated before checking --out"))
     fails(["fid", "--ckpt", ck, "--ref", "digits", "--features", "digits", "--out", f], str(f), "is a file")
 
 
