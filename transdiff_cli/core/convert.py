@@ -57,6 +57,8 @@ def config_from_published(state: dict[str, torch.Tensor], args: argparse.Namespa
         proj_dropout=a.get("proj_dropout", 0.1),
         diffusion_batch_mul=a.get("diffusion_batch_mul", 4),
     )
+    if not mrar and slots != dec_tokens:  # e.g. the 512 model: 256 slots, 1024 decoder tokens
+        geometry["condition_slots"] = slots
     if mrar:
         ref_dim = state["z_proj.weight"].shape[1]
         geometry.update(ref_patch_size=int(round((ref_dim / channels) ** 0.5)),
