@@ -113,6 +113,10 @@ def init_mrar_from_1step(state: dict[str, torch.Tensor], one: ModelConfig, mrar:
 def mrar_config(one: ModelConfig, **overrides: Any) -> ModelConfig:
     if one.mrar:
         raise TransDiffError("the checkpoint is already an MRAR model; start from a 1-step one")
+    if one.num_slots != one.num_tokens:  # e.g. the 512 model: 256 slots, 1024 decoder tokens
+        raise TransDiffError(f"MRAR is not supported for this model: its {one.num_slots} condition "
+                             f"slots differ from its {one.num_tokens} decoder tokens (the 512 "
+                             "geometry), and MRAR needs one slot per reference token")
     values = dict(one.to_dict(), mrar=True, **overrides)
     if one.size in MRAR_SAMPLING and "cfg" not in overrides:
         values.update(MRAR_SAMPLING[one.size])
