@@ -73,7 +73,7 @@ def figure(rows: list[torch.Tensor], names: list[str], classes: list[str], path:
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("--out", type=Path, default=Path("benchmarks/miniature_512"))
-    ap.add_argument("--work", type=Path, default=None, help="run folders (default: OUT/runs)")
+    ap.add_argument("--work", type=Path, default=Path("runs/miniature_512"), help="run folders")
     ap.add_argument("--steps", type=int, default=120, help="training steps at 8x8")
     ap.add_argument("--finetune-steps", type=int, default=60, help="decoder steps at 16x16")
     ap.add_argument("--batch-size", type=int, default=32)
@@ -83,7 +83,7 @@ def main() -> None:
     ap.add_argument("--sampling-steps", type=int, default=25)
     ap.add_argument("--seed", type=int, default=0)
     args = ap.parse_args()
-    work = args.work or args.out / "runs"
+    work = args.work
     work.mkdir(parents=True, exist_ok=True)
     cfg = work / "model.yaml"
     cfg.write_text(yaml.safe_dump({
