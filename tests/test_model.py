@@ -112,3 +112,24 @@ def test_gradient_checkpointing_gives_the_same_gradients():
     for (name, a), b in zip(plain.named_parameters(), ckpt.parameters()):
         if a.grad is not None:
             assert torch.allclose(a.grad, b.grad, atol=1e-6), name
+
+
+def test_condition_slots_separate_from_decoder_tokens(tmp_path):
+    """The 512 geometry: fewer encoder slots than decoder tokens; the decoder cross-attends to
+    all of them. The field round-trips through config.json; configs without it still load."""
+    cfg = tiny_cfg(latent_size=16, patch_size=2, condition_slots=16, buffer_size=4)
+    assert cfg.num_tokens == 64 and cfg.num_slots == 16
+    model = TransDiff(cfg).eval()
+    assert model.encoder_pos_embed_learned.shape[1] == 4 + 16
+    assert model.diffusion_pos_embed_learned.shape[1] == 16
+    assert model.decoder.diffusion_pos_embed_learned.shape[1] == 64
+    assert model.features(model.class_emb(torch.tensor([0, 1]))).shape == (2, 16, 32)
+    assert model.sample(torch.tensor([0, 1]), steps=2).shape == (2, 1, 16, 16)
+    assert model(torch.randn(2, 1, 16, 16), torch.tensor([0, 2])).ndim == 0
+    save_checkpoint(tmp_path / "ck", model.state_dict(), cfg)
+    assert load_checkpoint(tmp_path / "ck").config == cfg
+    old = tiny_cfg().to_dict()
+    del old["condition_slots"]
+    assert ModelConfig.from_dict(old).num_slots == tiny_cfg().num_tokens
+    with pytest.raises(TransDiffError, match="1-step"):
+        tiny_cfg(mrar=True, condition_slots=16)

@@ -21,6 +21,8 @@ Example:
 
     transdiff train --size L --data latents/imagenet --gpus 8 --nnodes 4 --node-rank 0 \\
         --master-addr node0 --master-port 29500
+
+    transdiff train --init-from runs/in256-L --data latents/in512 --only-train-diff --gpus 8
 """
 
 
@@ -42,9 +44,18 @@ def register(app: typer.Typer) -> None:
         no_progress: o.NoProgress = False, eval_every: o.EvalEvery = None, eval_images: o.EvalImages = None,
         eval_ref: o.EvalRef = None, eval_features: o.EvalFeatures = None,
         eval_inception_weights: o.EvalInception = None, tensorboard: o.Tensorboard = False,
+        init_from: Annotated[str | None, typer.Option(
+            "--init-from", help="start from this checkpoint (folder, run or .pth), at the data's "
+            "resolution: the decoder position embedding is resized to the new token grid")] = None,
+        only_train_diff: Annotated[bool, typer.Option(
+            "--only-train-diff", help="with --init-from: train only the diffusion decoder "
+            "(encoder, class and condition embeddings frozen), the paper's 512 recipe")] = False,
     ) -> None:
         o.maybe_relaunch(gpus, nnodes, node_rank, master_addr, master_port, device)
-        report(run_training(o.run_request(locals(), size=size)))
+        req = o.run_request(locals(), size=size, init_from=init_from)
+        if only_train_diff:
+            req.train_overrides["only_train_diff"] = True
+        report(run_training(req))
 
 
 def report(result: TrainResult) -> None:

@@ -30,6 +30,9 @@ class ModelConfig:
     latent_channels: int = 16
     latent_size: int = 16
     patch_size: int | None = None  # decoder tokens; None: chosen from the latent shape
+    # 1-step encoder condition slots; None: one per decoder token. The published 512 model keeps
+    # the 256 slots of its 256 parent while its decoder has 1024 tokens (DESIGN §8).
+    condition_slots: int | None = None
     mrar: bool = False
     mrar_steps: int = 4  # K
     ref_patch_size: int | None = None  # patch of the reference images; None: 2 x patch_size
@@ -53,7 +56,7 @@ class ModelConfig:
         if self.decoder_width is None:
             self.decoder_width = self.width
         if self.buffer_size is None:
-            self.buffer_size = min(64, self.num_tokens)
+            self.buffer_size = min(64, self.num_tokens if self.mrar else self.num_slots)
         self.validate()
 
     def validate(self) -> None:
@@ -65,6 +68,12 @@ class ModelConfig:
                     f"{what} {p} does not divide the latent size {self.latent_size} "
                     f"(latents are {self.latent_channels}x{self.latent_size}x{self.latent_size})"
                 )
+        if self.condition_slots is not None:
+            if self.mrar:
+                raise TransDiffError("condition_slots applies to 1-step models; an MRAR model's "
+                                     "slots follow its reference patches (mrar_steps x ref_tokens)")
+            if self.condition_slots < 1:
+                raise TransDiffError(f"condition_slots must be positive, not {self.condition_slots}")
 
     # token geometry -------------------------------------------------------------------------
     @property
@@ -88,7 +97,9 @@ class ModelConfig:
     @property
     def num_slots(self) -> int:
         """N: condition slots after the buffer."""
-        return self.mrar_steps * self.ref_tokens if self.mrar else self.num_tokens
+        if self.mrar:
+            return self.mrar_steps * self.ref_tokens
+        return self.num_tokens if self.condition_slots is None else self.condition_slots
 
     @property
     def encoder_blocks(self) -> int:

@@ -57,6 +57,8 @@ def config_from_published(state: dict[str, torch.Tensor], args: argparse.Namespa
         proj_dropout=a.get("proj_dropout", 0.1),
         diffusion_batch_mul=a.get("diffusion_batch_mul", 4),
     )
+    if not mrar and slots != dec_tokens:  # e.g. the 512 model: 256 slots, 1024 decoder tokens
+        geometry["condition_slots"] = slots
     if mrar:
         ref_dim = state["z_proj.weight"].shape[1]
         geometry.update(ref_patch_size=int(round((ref_dim / channels) ** 0.5)),
@@ -111,6 +113,10 @@ def init_mrar_from_1step(state: dict[str, torch.Tensor], one: ModelConfig, mrar:
 def mrar_config(one: ModelConfig, **overrides: Any) -> ModelConfig:
     if one.mrar:
         raise TransDiffError("the checkpoint is already an MRAR model; start from a 1-step one")
+    if one.num_slots != one.num_tokens:  # e.g. the 512 model: 256 slots, 1024 decoder tokens
+        raise TransDiffError(f"MRAR is not supported for this model: its {one.num_slots} condition "
+                             f"slots differ from its {one.num_tokens} decoder tokens (the 512 "
+                             "geometry), and MRAR needs one slot per reference token")
     values = dict(one.to_dict(), mrar=True, **overrides)
     if one.size in MRAR_SAMPLING and "cfg" not in overrides:
         values.update(MRAR_SAMPLING[one.size])

@@ -40,6 +40,7 @@ class RunRequest:
     device: str | None = None
     resume: bool | None = None  # None: resume when the run folder has a checkpoint
     finetune_from: str | None = None
+    init_from: str | None = None  # start from this checkpoint's weights (train --init-from)
     progress: bool = True
 
 
@@ -101,7 +102,12 @@ def prepare(req: RunRequest, locks: contextlib.ExitStack | None = None) -> tuple
 
     init_state = init_ema = None
     parent: dict[str, Any] = {}
-    if req.finetune_from is None:
+    if req.finetune_from is None and req.init_from is not None:
+        tcfg, data, model_cfg, init_state, init_ema = _init_from(
+            req, yaml_model, yaml_train, cli_train, cli_model, device, dist.is_main)
+        parent = {"parent": req.init_from}
+        default_name = f"{_data_name(tcfg.data)}-{model_cfg.size}-{data.tokenizer.image_size}"
+    elif req.finetune_from is None:
         size = req.size or yaml_model.get("size") or "tiny"
         base = train_defaults(preset(size).size)
         merged = _merge_train(base, yaml_train, cli_train)
@@ -109,6 +115,9 @@ def prepare(req: RunRequest, locks: contextlib.ExitStack | None = None) -> tuple
             merged = {**DIGITS_EVAL, **merged}  # the user's eval settings win; --eval-every 0 turns it off
         tcfg = TrainConfig.from_dict(merged)
         tcfg.validate()
+        if tcfg.only_train_diff:
+            raise TransDiffError("--only-train-diff needs --init-from CKPT: the frozen encoder "
+                                 "must come from a trained model")
         data = _open_data(tcfg, None, device)
         model_over = {**yaml_model, **cli_model}
         _check_geometry(model_over, data, size)
@@ -181,6 +190,60 @@ def prepare(req: RunRequest, locks: contextlib.ExitStack | None = None) -> tuple
     trainer = Trainer(model_cfg, tcfg, data, run, device, dist, meta, init_state, init_ema,
                       progress=req.progress)
     return trainer, dist
+
+
+def _init_from(req: RunRequest, yaml_model: dict[str, Any], yaml_train: dict[str, Any],
+               cli_train: dict[str, Any], cli_model: dict[str, Any], device: torch.device,
+               is_main: bool) -> tuple[TrainConfig, Any, ModelConfig, dict, dict]:
+    """`train --init-from CKPT`: the run's configs, data and initial weights (raw, EMA) from a
+    checkpoint, at the data's resolution (the decoder position embedding grown to its grid)."""
+    from . import init_from as init
+    from .latents import is_latent_folder
+
+    src = load_checkpoint(req.init_from, weights="model", keep_raw=True)
+    one = src.config
+    size = one.size if one.size in ("tiny", "S", "B", "L", "H") else "tiny"
+    user_train = {**yaml_train, **cli_train}
+    tcfg_d = _merge_train(train_defaults(size, decoder_only=True), yaml_train, cli_train)
+    if "data" not in user_train:  # default: the data the checkpoint was trained on
+        if not src.meta.get("data"):
+            raise TransDiffError(f"{req.init_from} does not say what data it was trained on: "
+                                 "pass --data")
+        tcfg_d["data"] = src.meta["data"]
+        if "vae" not in user_train:
+            tcfg_d["vae"] = (src.meta.get("train") or {}).get("vae")
+    src_size = (src.meta.get("tokenizer") or {}).get("image_size")
+    if "image_size" not in user_train and src_size and not is_latent_folder(tcfg_d["data"]):
+        tcfg_d["image_size"] = src_size  # same resolution unless asked otherwise
+    tcfg = TrainConfig.from_dict(tcfg_d)
+    tcfg.validate()
+    data = _open_data(tcfg, None, device)
+    overrides = {k: v for k, v in {**yaml_model, **cli_model}.items()
+                 if k not in GEOMETRY_KEYS and k != "size"}
+    if size in ("B", "L", "H"):  # the 512 recipe's diffusion_batch_mul
+        overrides.setdefault("diffusion_batch_mul", 4)
+    classes = len(data.class_names)
+    cfg = init.target_config(one, data.latent_channels, data.latent_size, classes, **overrides)
+    asked = req.size or yaml_model.get("size")
+    if asked is not None:
+        init.check_widths(one, preset(asked, latent_channels=one.latent_channels,
+                                      latent_size=one.latent_size), req.init_from)
+    init.check_widths(one, cfg, req.init_from)
+    fresh = None
+    if classes != one.num_classes:
+        if tcfg.only_train_diff:
+            raise TransDiffError(f"the data has {classes} classes but {req.init_from} "
+                                 f"{one.num_classes}: --only-train-diff keeps the class embedding "
+                                 "frozen, so it cannot learn new classes (drop --only-train-diff)")
+        fresh = init.fresh_class_embedding(cfg, tcfg.seed)
+        if is_main:
+            print(f"warning: the data has {classes} classes, {req.init_from} {one.num_classes}: "
+                  "the class embedding starts afresh", file=sys.stderr)
+    raw = init.init_state(src.raw_model, cfg, req.init_from, fresh)
+    ema = init.init_state(src.raw_ema or src.raw_model, cfg, req.init_from, fresh)
+    if tcfg.only_train_diff:
+        raw = init.frozen_from(ema, raw)
+    return tcfg, data, cfg, raw, ema
 
 
 def run_training(req: RunRequest) -> TrainResult:

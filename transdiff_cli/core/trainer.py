@@ -149,6 +149,9 @@ class Trainer:
             self.model.load_state_dict(init_state)
         if not model_cfg.mrar:  # 1-step: z_proj's output is overwritten by the mask token
             self.model.z_proj.requires_grad_(False)
+        if cfg.only_train_diff:  # encoder, class and condition embeddings frozen (DESIGN §8)
+            for name, p in self.model.named_parameters():
+                p.requires_grad_(name.startswith("decoder."))
         self.model.to(device)
         self.ema = EMA(self.model, cfg.ema_rate, cfg.ema_warmup)
         if init_ema is not None:
