@@ -14,15 +14,15 @@ from ..core.distributed import DistInfo, barrier, cleanup, init_distributed
 from ..core.errors import TransDiffError
 from ..core.fid import compute_metrics, inception_weights_path, load_input, make_extractor
 from ..core.generate import (
+    checkpoint_settings,
     generate_arrays,
     merge_shards,
     open_checkpoint,
     open_tokenizer,
-    sample_settings,
     write_npz,
     write_shard,
 )
-from ._common import SamplingPrecision, console, user_errors
+from ._common import SamplingPrecision, console, print_json, print_settings, user_errors
 from .sample import help_text, progress_bar
 
 HELP = """FID (and with --isc / --prc the Inception Score and precision/recall) of generated images
@@ -35,6 +35,9 @@ under torchrun and saved as OUT/generated.npz. --ref is a folder, an .npz of ima
 Inception weights are read from a local file in torch-fidelity's format
 (weights-inception-2015-12-05-6726825d.pth). --features digits uses the small built-in digit
 classifier instead (CPU, offline) and also reports class fidelity. Writes OUT/metrics.json.
+With --ckpt, a published B/L/H file is sampled with the authors' evaluation settings for its size;
+the settings and their provenance are printed first, and --dry-run prints the whole resolved run as
+JSON without generating or writing anything.
 
 Example:
 
@@ -66,7 +69,7 @@ def register(app: typer.Typer) -> None:
         cfg: str = typer.Option(None, "--cfg", help="--ckpt: guidance scale (or one per MRAR step)"),
         scale_0: float = typer.Option(None, "--scale-0"),
         scale_1: float = typer.Option(None, "--scale-1"),
-        sampler: str = typer.Option("em", "--sampler", help="em or ode"),
+        sampler: str = typer.Option(None, "--sampler", help="em (default) or ode"),
         seed: int = typer.Option(0, "--seed"),
         batch_size: int = typer.Option(64, "--batch-size", min=1),
         out: Path = typer.Option(Path("fid"), "--out", "-o", help="folder for metrics.json (and generated.npz)"),
@@ -74,9 +77,16 @@ def register(app: typer.Typer) -> None:
         compile: bool = typer.Option(False, "--compile"),
         device: str = typer.Option(None, "--device"),
         weights: str = typer.Option("ema", "--weights", help="--ckpt: ema or model"),
+        dry_run: bool = typer.Option(False, "--dry-run", help="print the resolved run as JSON; write nothing"),
     ) -> None:
         if (gen is None) == (ckpt is None):
             raise TransDiffError("give exactly one of --gen DIR|NPZ and --ckpt PATH")
+        if dry_run:
+            _dry_run(ckpt, gen, ref, out, features=features, inception_weights=inception_weights, weights=weights,
+                     vae=vae, classes=classes, num_per_class=num_per_class, mode=mode, steps=steps,
+                     sampling_steps=sampling_steps, cfg=cfg, scale_0=scale_0, scale_1=scale_1, sampler=sampler,
+                     precision=precision, device=device, seed=seed, batch_size=batch_size)
+            return
         dev = resolve_device(device)
         info = init_distributed(dev)
         try:
@@ -109,8 +119,10 @@ def _generate(ckpt: Path, info: DistInfo, dev, out: Path, *, vae, classes, num_p
     """Every rank draws images rank, rank + W, ...; rank 0 merges them into OUT/generated.npz."""
     ck = open_checkpoint(ckpt, weights=weights, device=dev, precision=precision, compile=compile)
     mc = ck.config
-    settings = sample_settings(mc, mode=mode, steps=steps, sampling_steps=sampling_steps, cfg=cfg,
-                               scale_0=scale_0, scale_1=scale_1, sampler=sampler)
+    settings = checkpoint_settings(ck, mode=mode, steps=steps, sampling_steps=sampling_steps, cfg=cfg,
+                                   scale_0=scale_0, scale_1=scale_1, sampler=sampler)
+    if info.is_main:
+        print_settings(settings)
     picked = resolve_classes(classes, mc.num_classes, ck.class_names)
     labels = [y for y in picked for _ in range(num_per_class)]
     tokenizer = open_tokenizer(ck, vae, dev)
@@ -134,6 +146,23 @@ def _generate(ckpt: Path, info: DistInfo, dev, out: Path, *, vae, classes, num_p
     if info.is_main:
         console.print(f"wrote {path}")
     return path
+
+
+def _dry_run(ckpt, gen, ref, out: Path, *, features, inception_weights, **options) -> None:
+    """One JSON object: what `fid` would generate (with --ckpt) and measure; nothing is run."""
+    from ..core.dry_run import generation_plan
+
+    doc: dict = {"command": "fid", "ref": ref, "features": features}
+    if features == "inception":
+        doc["inception_weights"] = str(inception_weights_path(inception_weights))
+    if ckpt is not None:
+        plan = generation_plan(ckpt, **options)
+        doc.update(plan, generated=str(out / "generated.npz"))
+    else:
+        doc["gen"] = str(gen)
+    doc["outputs"] = {"metrics": str(out / "metrics.json"),
+                      "generated": str(out / "generated.npz") if ckpt is not None else None}
+    print_json(doc)
 
 
 def _print(metrics: dict) -> None:

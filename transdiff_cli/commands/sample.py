@@ -9,14 +9,16 @@ from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, T
 
 from ..core.classes import class_label, resolve_classes
 from ..core.device import resolve_device
-from ..core.generate import generate_to_folder, grid_rows, open_checkpoint, open_tokenizer, sample_settings
-from ._common import SamplingPrecision, console, user_errors
+from ..core.generate import checkpoint_settings, generate_to_folder, grid_rows, open_checkpoint, open_tokenizer
+from ._common import SamplingPrecision, console, print_json, print_settings, user_errors
 
 HELP = """Generate class-conditional images (1-step or MRAR) into PNG files and a grid.
 
 Classes are indices, the checkpoint's own class names, or ImageNet names ("golden retriever",
 "tiger"); --num images are drawn per class. Defaults (cfg, scales, sampling steps) come from the
-checkpoint. The same --seed and --batch-size give identical files.
+checkpoint; a published B/L/H file gets the authors' evaluation settings for its size (never its
+saved training args). The settings and where each came from are printed first; --dry-run prints
+them as JSON and stops. The same --seed and --batch-size give identical files.
 
 Example:
 
@@ -57,7 +59,7 @@ def register(app: typer.Typer) -> None:
         cfg: str = typer.Option(None, "--cfg", help="guidance scale, or one per MRAR step: 1,1.3,1.3,1.3"),
         scale_0: float = typer.Option(None, "--scale-0", help="Euler-Maruyama drift scale"),
         scale_1: float = typer.Option(None, "--scale-1", help="Euler-Maruyama noise scale"),
-        sampler: str = typer.Option("em", "--sampler", help="em (Euler-Maruyama) or ode (plain Euler)"),
+        sampler: str = typer.Option(None, "--sampler", help="em (Euler-Maruyama, default) or ode (plain Euler)"),
         seed: int = typer.Option(0, "--seed"),
         out: Path = typer.Option(Path("samples"), "--out", "-o", help="output folder"),
         batch_size: int = typer.Option(16, "--batch-size", min=1),
@@ -68,13 +70,27 @@ def register(app: typer.Typer) -> None:
         device: str = typer.Option(None, "--device", help="cpu, cuda, cuda:N, mps (default: best available)"),
         weights: str = typer.Option("ema", "--weights", help="ema or model"),
         size: str = typer.Option(None, "--size", help="check the checkpoint is this size (B, L, H, ...)"),
+        dry_run: bool = typer.Option(False, "--dry-run", help="print the resolved run as JSON; write nothing"),
     ) -> None:
+        if dry_run:
+            from ..core.dry_run import generation_plan
+
+            plan = generation_plan(ckpt, weights=weights, size=size, vae=vae, classes=classes, num_per_class=num,
+                                   mode=mode, steps=steps, sampling_steps=sampling_steps, cfg=cfg, scale_0=scale_0,
+                                   scale_1=scale_1, sampler=sampler, precision=precision, device=device, seed=seed,
+                                   batch_size=batch_size)
+            plan["outputs"] = {"folder": str(out), "pngs": plan["num_images"], "grid": str(out / "grid.png"),
+                               "info": str(out / "samples.json"), "npz": str(npz) if npz else None,
+                               "steps": str(out / "steps") if save_steps else None}
+            print_json({"command": "sample", **plan})
+            return
         dev = resolve_device(device)
         ck = open_checkpoint(ckpt, weights=weights, size=size, device=dev, precision=precision, compile=compile)
         mc = ck.config
         notes: list[str] = []
-        settings = sample_settings(mc, mode=mode, steps=steps, sampling_steps=sampling_steps, cfg=cfg,
-                                   scale_0=scale_0, scale_1=scale_1, sampler=sampler, warnings=notes)
+        settings = checkpoint_settings(ck, mode=mode, steps=steps, sampling_steps=sampling_steps, cfg=cfg,
+                                       scale_0=scale_0, scale_1=scale_1, sampler=sampler, warnings=notes)
+        print_settings(settings)
         if save_steps and settings.rounds == 1:
             notes.append("--save-steps: 1-step sampling has a single step; each strip holds one image")
         for note in notes:

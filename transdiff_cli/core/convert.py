@@ -61,11 +61,8 @@ def config_from_published(state: dict[str, torch.Tensor], args: argparse.Namespa
         ref_dim = state["z_proj.weight"].shape[1]
         geometry.update(ref_patch_size=int(round((ref_dim / channels) ** 0.5)),
                         mrar_steps=slots // mask_tokens)
-    for key, name in (("cfg", "cfg"), ("scale_0", "scale_0"), ("scale_1", "scale_1")):
-        if key in a:
-            geometry[name] = float(a[key])
-    if "num_sampling_steps" in a:
-        geometry["sampling_steps"] = int(a["num_sampling_steps"])
+    # `args` holds training-time flags (cfg 1.0, num_sampling_steps "100", ...): never sampling
+    # settings; eval_settings.checkpoint_defaults gives a published file its evaluation settings.
     size = PUBLISHED_NAMES.get(str(a.get("model", "")))
     if size is not None:
         cfg = preset(size, **geometry)
