@@ -121,11 +121,11 @@ def _generate(ckpt: Path, info: DistInfo, dev, out: Path, *, vae, classes, num_p
     mc = ck.config
     settings = checkpoint_settings(ck, mode=mode, steps=steps, sampling_steps=sampling_steps, cfg=cfg,
                                    scale_0=scale_0, scale_1=scale_1, sampler=sampler)
-    if info.is_main:
-        print_settings(settings)
     picked = resolve_classes(classes, mc.num_classes, ck.class_names)
     labels = [y for y in picked for _ in range(num_per_class)]
     tokenizer = open_tokenizer(ck, vae, dev)
+    if info.is_main:
+        print_settings(settings)
     mine = list(range(info.rank, len(labels), info.world_size))
     path = out / "generated.npz"
     if info.is_main:

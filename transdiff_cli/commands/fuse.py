@@ -9,7 +9,7 @@ import typer
 
 from ..core.classes import class_label, resolve_class
 from ..core.device import resolve_device
-from ..core.fuse import fuse, save_figure
+from ..core.fuse import check_fuse, fuse, save_figure
 from ..core.generate import checkpoint_settings, decode, open_checkpoint, open_tokenizer
 from ..core.images import save_pngs
 from ._common import SamplingPrecision, console, print_settings, user_errors
@@ -55,10 +55,12 @@ def register(app: typer.Typer) -> None:
         mc = ck.config
         settings = checkpoint_settings(ck, mode="1step", sampling_steps=sampling_steps, cfg=cfg,
                                        scale_0=scale_0, scale_1=scale_1, sampler=sampler)
-        print_settings(settings)
         ya, yb = (resolve_class(v, mc.num_classes, ck.class_names) for v in (a, b))
+        tokenizer = open_tokenizer(ck, vae, dev)
+        check_fuse(mc, ratio, pattern, seed)
+        print_settings(settings)
         result = fuse(ck.model, ya, yb, settings, ratio=ratio, pattern=pattern, seed=seed)
-        images = decode(open_tokenizer(ck, vae, dev), result.latents)
+        images = decode(tokenizer, result.latents)
         name_a, name_b = (class_label(y, mc.num_classes, ck.class_names) for y in (ya, yb))
         n_a = int(result.mask.sum())
         titles = [f"A: {name_a} ({ya})", f"fused: {n_a}/{result.mask.numel()} slots from A, {pattern}",

@@ -90,7 +90,6 @@ def register(app: typer.Typer) -> None:
         notes: list[str] = []
         settings = checkpoint_settings(ck, mode=mode, steps=steps, sampling_steps=sampling_steps, cfg=cfg,
                                        scale_0=scale_0, scale_1=scale_1, sampler=sampler, warnings=notes)
-        print_settings(settings)
         if save_steps and settings.rounds == 1:
             notes.append("--save-steps: 1-step sampling has a single step; each strip holds one image")
         for note in notes:
@@ -98,6 +97,7 @@ def register(app: typer.Typer) -> None:
         picked = resolve_classes(classes, mc.num_classes, ck.class_names)
         labels = [y for y in picked for _ in range(num)]
         tokenizer = open_tokenizer(ck, vae, dev)
+        print_settings(settings)
         names = ", ".join(f"{y} ({class_label(y, mc.num_classes, ck.class_names)})" for y in picked[:8])
         console.print(f"sampling {len(labels)} image(s) of {names}{' ...' if len(picked) > 8 else ''}: "
                       f"{settings.mode}, cfg {settings.cfg}, {settings.sampling_steps} {settings.sampler} steps, "

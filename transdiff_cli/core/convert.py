@@ -13,6 +13,8 @@ from .config import MRAR_SAMPLING, PUBLISHED_NAMES, ModelConfig, preset
 from .errors import TransDiffError
 
 PUBLISHED_DECODER_PREFIX = "diffdecoder.net."
+# the authors' MRAR fine-tune repeats each (image, condition) twice, not four times
+MRAR_FINETUNE_MODEL: dict[str, Any] = {"diffusion_batch_mul": 2}
 
 
 def from_published_keys(state: dict[str, torch.Tensor]) -> dict[str, torch.Tensor]:
@@ -76,8 +78,8 @@ def config_from_published(state: dict[str, torch.Tensor], args: argparse.Namespa
         decoder_width=state["decoder.input_proj.weight"].shape[0], **geometry)
 
 
-def init_mrar_from_1step(state: dict[str, torch.Tensor], one: ModelConfig, mrar: ModelConfig
-                         ) -> dict[str, torch.Tensor]:
+def init_mrar_from_1step(state: dict[str, torch.Tensor], one: ModelConfig, mrar: ModelConfig,
+                         generator: torch.Generator | None = None) -> dict[str, torch.Tensor]:
     """Turn a 1-step state dict into an MRAR one. The two tensors that change shape get a start
     that preserves what the 1-step model computes:
     - mask_token (1, 1, D) -> (1, R, D): R copies, so the first block starts as the 1-step slots;
@@ -98,7 +100,7 @@ def init_mrar_from_1step(state: dict[str, torch.Tensor], one: ModelConfig, mrar:
         old = state[key]
         rows = extra + mrar.num_slots
         if old.shape[1] != rows:
-            fresh = torch.randn(1, rows, old.shape[2], dtype=old.dtype) * 0.02
+            fresh = torch.randn(1, rows, old.shape[2], generator=generator).to(old.dtype) * 0.02
             n = min(rows, old.shape[1])
             fresh[:, :n] = old[:, :n]
             out[key] = fresh
@@ -108,7 +110,8 @@ def init_mrar_from_1step(state: dict[str, torch.Tensor], one: ModelConfig, mrar:
 def mrar_config(one: ModelConfig, **overrides: Any) -> ModelConfig:
     if one.mrar:
         raise TransDiffError("the checkpoint is already an MRAR model; start from a 1-step one")
-    values = dict(one.to_dict(), mrar=True, **overrides)
+    values = dict(one.to_dict(), mrar=True, **MRAR_FINETUNE_MODEL)
+    values.update(overrides)
     if one.size in MRAR_SAMPLING and "cfg" not in overrides:
         values.update(MRAR_SAMPLING[one.size])
     return ModelConfig.from_dict(values)
