@@ -22,6 +22,7 @@ from ..core.generate import (
     write_npz,
     write_shard,
 )
+from ..core.hub import hub_file, is_hub_id
 from ._common import SamplingPrecision, console, print_json, print_settings, user_errors
 from .sample import help_text, progress_bar
 
@@ -52,9 +53,10 @@ def register(app: typer.Typer) -> None:
     @user_errors
     def fid_cmd(
         ref: str = typer.Option(..., "--ref", help="reference: image folder, .npz of images, "
-                                "stats .npz (mu, sigma), or 'digits'"),
+                                "stats .npz (mu, sigma), 'digits', or a Hub file hf://OWNER/REPO/PATH"),
         gen: Path = typer.Option(None, "--gen", help="generated images: a folder or an .npz"),
-        ckpt: Path = typer.Option(None, "--ckpt", help="generate the images from this checkpoint first"),
+        ckpt: Path = typer.Option(None, "--ckpt", help="generate the images from this checkpoint "
+                                   "first (a path or hf://OWNER/REPO/FILE[@REV])"),
         inception_weights: Path = typer.Option(None, "--inception-weights",
                                                help="torch-fidelity's InceptionV3 weights file (local)"),
         isc: bool = typer.Option(False, "--isc", help="also the Inception Score"),
@@ -87,6 +89,8 @@ def register(app: typer.Typer) -> None:
                      sampling_steps=sampling_steps, cfg=cfg, scale_0=scale_0, scale_1=scale_1, sampler=sampler,
                      precision=precision, device=device, seed=seed, batch_size=batch_size)
             return
+        if is_hub_id(ref):  # fetched (or found in the cache) before minutes of generation
+            ref = str(hub_file(ref))
         dev = resolve_device(device)
         info = init_distributed(dev)
         try:
@@ -153,6 +157,8 @@ def _dry_run(ckpt, gen, ref, out: Path, *, features, inception_weights, **option
     from ..core.dry_run import generation_plan
 
     doc: dict = {"command": "fid", "ref": ref, "features": features}
+    if is_hub_id(ref):
+        doc["ref_local_path"] = str(hub_file(ref))
     if features == "inception":
         doc["inception_weights"] = str(inception_weights_path(inception_weights))
     if ckpt is not None:

@@ -47,9 +47,10 @@ def register(app: typer.Typer) -> None:
     @app.command("sample", help=help_text(HELP))
     @user_errors
     def sample(
-        ckpt: Path = typer.Option(None, "--ckpt", help="checkpoint folder, run folder or published .pth "
-                                  "(default: the newest run under runs/)"),
-        vae: str = typer.Option(None, "--vae", help="tokenizer, e.g. kl16:PATH (default: the checkpoint's)"),
+        ckpt: Path = typer.Option(None, "--ckpt", help="checkpoint folder, run folder, published .pth or "
+                                  "hf://OWNER/REPO/FILE[@REV] (default: the newest run under runs/)"),
+        vae: str = typer.Option(None, "--vae", help="tokenizer, e.g. kl16:PATH or "
+                                "kl16:hf://zhendch/Transdiff/vae/checkpoint-last.pth (default: the checkpoint's)"),
         classes: list[str] = typer.Option(None, "--class", "-c", help="class index or name; repeat or "
                                           "comma-separate for several (default: every class)"),
         num: int = typer.Option(4, "--num", "-n", min=1, help="images per class"),

@@ -27,6 +27,7 @@ from safetensors.torch import load_file, save_file
 from .config import ModelConfig, preset
 from .convert import config_from_published, from_published_keys
 from .errors import TransDiffError
+from .hub import hub_file, is_hub_id
 from .model import TransDiff
 
 CONFIG = "config.json"
@@ -112,7 +113,10 @@ def mark_latest(checkpoints_dir: Path, name: str) -> None:
 # ----------------------------------------------------------------------------- finding
 def resolve(path: str | Path) -> Path:
     """A checkpoint folder or `.pth` file from what the user gave: the file itself, a checkpoint
-    folder, a run folder (its latest checkpoint) or a `checkpoints/` folder."""
+    folder, a run folder (its latest checkpoint), a `checkpoints/` folder, or a Hub file
+    (`hf://OWNER/REPO/PATH[@REVISION]`, through the Hugging Face cache)."""
+    if is_hub_id(path):
+        return hub_file(path)
     p = Path(path)
     if not p.exists():
         raise TransDiffError(f"checkpoint not found: {p}")

@@ -10,13 +10,22 @@ from typing import Any
 from .checkpoint import inspect_checkpoint, newest_run_checkpoint
 from .classes import class_label, resolve_classes
 from .device import resolve_device, weights_dtype
+from .errors import TransDiffError
 from .generate import checkpoint_settings, tokenizer_spec
+from .hub import local_path
 from .tokenizers import parse_tokenizer_spec
 
 
 def _tokenizer(spec: Any) -> dict[str, Any]:
+    """The tokenizer spec, its file found (a Hub file resolved through the cache) but not loaded."""
     d = parse_tokenizer_spec(spec)
-    return {k: v for k, v in d.items() if k in ("kind", "path", "image_size", "image_channels", "scale_factor")}
+    out = {k: v for k, v in d.items() if k in ("kind", "path", "image_size", "image_channels", "scale_factor")}
+    if d.get("path"):
+        local = local_path(d["path"])
+        if not local.exists():
+            raise TransDiffError(f"--vae {d['kind']}:{d['path']}: not found")
+        out["local_path"] = str(local)
+    return out
 
 
 def generation_plan(ckpt: str | Path | None, *, weights: str = "ema", size: str | None = None,
