@@ -100,8 +100,7 @@ def sample_settings(config: ModelConfig, *, mode: str | None = None, steps: int 
 
 def checkpoint_settings(ck: Any, **options: Any) -> SampleSettings:
     """`sample_settings` for a Checkpoint or CheckpointInfo (anything with `config` and `published`):
-    published files get the authors'
-    evaluation table for their size, never their saved training args."""
+    published files get the authors' evaluation table for their size, never their saved args."""
     return sample_settings(ck.config, defaults=checkpoint_defaults(ck.config, ck.published), **options)
 
 
