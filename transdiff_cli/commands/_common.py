@@ -50,6 +50,22 @@ def user_errors(fn: Callable[..., Any]) -> Callable[..., Any]:
     return wrapper
 
 
+def print_settings(settings: Any) -> None:
+    """The sampling settings and where each came from, at the start of a sampling command."""
+    from ..core.eval_settings import describe
+
+    console.print("sampling settings (provenance):", highlight=False)
+    for line in describe(settings):
+        console.print(line, highlight=False, markup=False)
+
+
+def print_json(doc: Any) -> None:
+    """One JSON object on stdout (--dry-run)."""
+    import json
+
+    typer.echo(json.dumps(doc, indent=1))
+
+
 def not_implemented(command: str) -> None:
     typer.secho(f"error: `transdiff {command}` is not implemented yet in this release",
                 fg="red", err=True)

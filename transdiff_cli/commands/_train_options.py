@@ -21,7 +21,9 @@ GradAccum = Annotated[int | None, typer.Option("--grad-accum", help="gradient ac
 Lr = Annotated[float | None, typer.Option("--lr", help="absolute learning rate")]
 BaseLr = Annotated[float | None, typer.Option("--base-lr", help="lr = base lr x batch / 256")]
 Schedule = Annotated[str | None, typer.Option("--schedule", help="constant | cosine after warm-up")]
-Warmup = Annotated[int | None, typer.Option("--warmup-steps")]
+Warmup = Annotated[int | None, typer.Option("--warmup-steps", help="linear lr warm-up, in steps")]
+WarmupEpochs = Annotated[float | None, typer.Option(
+    "--warmup-epochs", help="linear lr warm-up, in epochs (instead of --warmup-steps)")]
 MaxSteps = Annotated[int | None, typer.Option("--max-steps", help="optimizer steps to train")]
 Epochs = Annotated[float | None, typer.Option("--epochs", help="epochs to train (instead of steps)")]
 EmaRate = Annotated[float | None, typer.Option("--ema-rate")]
@@ -66,7 +68,7 @@ def maybe_relaunch(gpus: int, nnodes: int, node_rank: int, master_addr: str, mas
 
 
 TRAIN_KEYS = ("data", "vae", "image_size", "batch_size", "grad_accum", "lr", "base_lr", "schedule",
-              "warmup_steps", "max_steps", "epochs", "ema_rate", "precision", "seed", "ckpt_every",
+              "warmup_steps", "warmup_epochs", "max_steps", "epochs", "ema_rate", "precision", "seed", "ckpt_every",
               "log_every", "num_workers", "eval_every", "eval_images", "eval_ref", "eval_features",
               "eval_inception_weights")
 

@@ -12,8 +12,8 @@ from rich.table import Table
 from ..core.classes import class_label, resolve_classes
 from ..core.device import resolve_device
 from ..core.diversity import diversity as feature_diversity
-from ..core.generate import mrar_feature_diversity, open_checkpoint, sample_settings
-from ._common import console, user_errors
+from ..core.generate import checkpoint_settings, mrar_feature_diversity, open_checkpoint
+from ._common import console, print_settings, user_errors
 from .sample import help_text
 
 HELP = """The paper's diversity measure of a checkpoint's semantic features: the mean off-diagonal
@@ -31,6 +31,9 @@ Example:
 """
 
 
+REFERENCE_STEPS = 10
+
+
 def register(app: typer.Typer) -> None:
     @app.command("diversity", help=help_text(HELP))
     @user_errors
@@ -41,7 +44,8 @@ def register(app: typer.Typer) -> None:
         mode: str = typer.Option(None, "--mode", help="1step or mrar (default: the checkpoint's kind)"),
         as_json: bool = typer.Option(False, "--json", help="print JSON to stdout instead of a table"),
         num_refs: int = typer.Option(1, "--num-refs", min=1, help="MRAR: samples per class to average over"),
-        sampling_steps: int = typer.Option(10, "--sampling-steps", help="MRAR: sampler steps for the references"),
+        sampling_steps: int = typer.Option(None, "--sampling-steps",
+                                           help="MRAR: sampler steps for the references (default 10)"),
         cfg: str = typer.Option(None, "--cfg", help="MRAR: guidance for the references (default: checkpoint's)"),
         seed: int = typer.Option(0, "--seed", help="MRAR: noise of the references"),
         batch_size: int = typer.Option(64, "--batch-size", min=1),
@@ -53,7 +57,11 @@ def register(app: typer.Typer) -> None:
         dev = resolve_device(device)
         ck = open_checkpoint(ckpt, weights=weights, size=size, device=dev, precision="fp32")  # a measurement
         mc, model = ck.config, ck.model
-        settings = sample_settings(mc, mode=mode, sampling_steps=sampling_steps, cfg=cfg)
+        settings = checkpoint_settings(ck, mode=mode, sampling_steps=sampling_steps or REFERENCE_STEPS, cfg=cfg)
+        if sampling_steps is None:  # cheap references: not the checkpoint's, not a flag
+            settings.sources["sampling_steps"] = f"diversity default ({REFERENCE_STEPS})"
+        if settings.mode == "mrar":  # only MRAR samples anything
+            print_settings(settings)
         labels = resolve_classes(classes, mc.num_classes, ck.class_names)
         doc: dict = {"checkpoint": ck.path.name if ck.path else None, "source": str(ck.path),
                      "weights": "model_ema" if weights == "ema" else "model", "mode": settings.mode,

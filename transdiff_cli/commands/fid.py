@@ -24,10 +24,11 @@ from ..core.fid import (
 )
 from ..core.fid_reference import save_reference_stats
 from ..core.fs import ensure_dir
-from ..core.generate import open_checkpoint, open_tokenizer, sample_settings
+from ..core.generate import checkpoint_settings, open_checkpoint, open_tokenizer
 from ..core.generate_npz import generate_npz, generation_identity, parts_dir, shard_size_for
+from ..core.hub import hub_file, is_hub_id
 from ..core.sweep import parse_sweeps, point_name, sweep_points, write_sweep
-from ._common import SamplingPrecision, console, user_errors
+from ._common import SamplingPrecision, console, print_json, print_settings, user_errors
 from .sample import help_text, progress_bar
 
 HELP = """FID, Inception Score (off with --no-isc) and with --prc precision/recall of generated
@@ -49,6 +50,10 @@ of its images as arr_0): ADM's layout, for any dataset. --sweep AXIS=V1,V2 (cfg,
 scale_1, sampling_steps; twice for a grid) evaluates every setting and writes OUT/sweep.json,
 sweep.md and sweep.png.
 
+With --ckpt, a published B/L/H file is sampled with the authors' evaluation settings for its size;
+the settings and their provenance are printed first, and --dry-run prints the whole resolved run as
+JSON without generating or writing anything.
+
 Example:
 
     transdiff fid --gen out/ --ref VIRTUAL_imagenet256_labeled.npz --inception-weights i.pth --prc
@@ -64,9 +69,10 @@ def register(app: typer.Typer) -> None:
     @user_errors
     def fid_cmd(
         ref: str = typer.Option(..., "--ref", help="reference: image folder, encode-latents folder, .npz of "
-                                "images, ADM .npz (mu, sigma, arr_0), or 'digits'"),
+                                "images, ADM .npz (mu, sigma, arr_0), 'digits', or a Hub file hf://OWNER/REPO/PATH"),
         gen: Path = typer.Option(None, "--gen", help="generated images: a folder or an .npz"),
-        ckpt: Path = typer.Option(None, "--ckpt", help="generate the images from this checkpoint first"),
+        ckpt: Path = typer.Option(None, "--ckpt", help="generate the images from this checkpoint "
+                                   "first (a path or hf://OWNER/REPO/FILE[@REV])"),
         inception_weights: Path = typer.Option(None, "--inception-weights",
                                                help="torch-fidelity's InceptionV3 weights file (local)"),
         isc: bool = typer.Option(True, "--isc/--no-isc", help="the Inception Score (same forward pass)"),
@@ -89,7 +95,7 @@ def register(app: typer.Typer) -> None:
         cfg: str = typer.Option(None, "--cfg", help="--ckpt: guidance scale (or one per MRAR step)"),
         scale_0: float = typer.Option(None, "--scale-0"),
         scale_1: float = typer.Option(None, "--scale-1"),
-        sampler: str = typer.Option("em", "--sampler", help="em or ode"),
+        sampler: str = typer.Option(None, "--sampler", help="em (default) or ode"),
         seed: int = typer.Option(0, "--seed"),
         batch_size: int = typer.Option(64, "--batch-size", min=1),
         shard_size: int = typer.Option(None, "--shard-size", min=1, help="--ckpt: images per resumable "
@@ -99,6 +105,7 @@ def register(app: typer.Typer) -> None:
         compile: bool = typer.Option(False, "--compile"),
         device: str = typer.Option(None, "--device"),
         weights: str = typer.Option("ema", "--weights", help="--ckpt: ema or model"),
+        dry_run: bool = typer.Option(False, "--dry-run", help="print the resolved run as JSON; write nothing"),
     ) -> None:
         if save_stats is None and (gen is None) == (ckpt is None):
             raise TransDiffError("give exactly one of --gen DIR|NPZ and --ckpt PATH (or --save-stats OUT.npz)")
@@ -109,6 +116,14 @@ def register(app: typer.Typer) -> None:
         axes = parse_sweeps(sweep)
         if axes and ckpt is None:
             raise TransDiffError("--sweep needs --ckpt (it generates images for every setting)")
+        if dry_run:
+            _dry_run(ckpt, gen, ref, out, features=features, inception_weights=inception_weights, weights=weights,
+                     vae=vae, classes=classes, num_per_class=num_per_class, mode=mode, steps=steps,
+                     sampling_steps=sampling_steps, cfg=cfg, scale_0=scale_0, scale_1=scale_1, sampler=sampler,
+                     precision=precision, device=device, seed=seed, batch_size=batch_size)
+            return
+        if is_hub_id(ref):  # fetched (or found in the cache) before minutes of generation
+            ref = str(hub_file(ref))
         if ref != BUILTIN_DIGITS and not Path(ref).exists():
             raise TransDiffError(f"--ref not found: {ref}")
         if save_stats is None:
@@ -187,14 +202,15 @@ class _Generation:
         self.last_settings: dict = {}
 
     def run(self, path: Path, *, sampler: str, sampling_steps, cfg, scale_0, scale_1) -> Path:
-        settings = sample_settings(self.ck.config, mode=self.mode, steps=self.steps, sampling_steps=sampling_steps,
-                                   cfg=cfg, scale_0=scale_0, scale_1=scale_1, sampler=sampler)
+        settings = checkpoint_settings(self.ck, mode=self.mode, steps=self.steps, sampling_steps=sampling_steps,
+                                       cfg=cfg, scale_0=scale_0, scale_1=scale_1, sampler=sampler)
         self.last_settings = settings.to_dict()
         identity = generation_identity(self.ck, weights=self.weights, settings=settings, seed=self.seed,
                                        labels=self.labels, batch_size=self.batch_size, shard_size=self.shard_size,
                                        tokenizer=self.tokenizer, precision=self.precision, compile=self.compile,
                                        device=self.dev)
         if self.info.is_main:
+            print_settings(settings)
             console.print(f"generating {len(self.labels)} images ({self.num_per_class} per class, "
                           f"{self.num_classes} classes) on {self.info.world_size} process(es): {settings.mode}, "
                           f"cfg {settings.cfg}, scales {settings.scale_0}/{settings.scale_1}, "
@@ -221,6 +237,25 @@ def _finish(metrics: dict, out: Path) -> None:
     (out / "metrics.json").write_text(json.dumps(metrics, indent=1))
     _print(metrics)
     console.print(f"wrote {out / 'metrics.json'}")
+
+
+def _dry_run(ckpt, gen, ref, out: Path, *, features, inception_weights, **options) -> None:
+    """One JSON object: what `fid` would generate (with --ckpt) and measure; nothing is run."""
+    from ..core.dry_run import generation_plan
+
+    doc: dict = {"command": "fid", "ref": ref, "features": features}
+    if is_hub_id(ref):
+        doc["ref_local_path"] = str(hub_file(ref))
+    if features == "inception":
+        doc["inception_weights"] = str(inception_weights_path(inception_weights))
+    if ckpt is not None:
+        plan = generation_plan(ckpt, **options)
+        doc.update(plan, generated=str(out / "generated.npz"))
+    else:
+        doc["gen"] = str(gen)
+    doc["outputs"] = {"metrics": str(out / "metrics.json"),
+                      "generated": str(out / "generated.npz") if ckpt is not None else None}
+    print_json(doc)
 
 
 def _print(metrics: dict) -> None:

@@ -13,7 +13,10 @@ from .train import report
 
 HELP = """Fine-tune a 1-step checkpoint (ours or the published .pth) into a multi-reference (MRAR)
 model: 64 (or data-sized) distinct mask tokens, z_proj for 2x2-patch references, block-causal
-attention; trained on groups of K same-class images with teacher forcing.
+attention; trained on groups of K same-class images with teacher forcing: random ones, or the
+fixed groups of --groups FILE (the authors' Imagenet2012_mrar_files.txt format). For B/L/H the
+defaults are the authors' recipe (40 epochs, 10 warm-up epochs, lr 5e-5, batch 2048); the EMA
+continues the source checkpoint's EMA.
 
 Example:
 
@@ -27,10 +30,13 @@ def register(app: typer.Typer) -> None:
     def finetune_mrar(
         from_: Annotated[str, typer.Option("--from", help="1-step checkpoint (folder, run or .pth)")],
         mrar_steps: Annotated[int | None, typer.Option("--mrar-steps", help="K (default 4)")] = None,
+        groups: Annotated[str | None, typer.Option(
+            "--groups", help='fixed groups: JSON lines {"cate": CLASS, "files": [K names]} (default: random)')] = None,
         config: o.Config = None, data: o.Data = None, vae: o.Vae = None,
         image_size: o.ImageSize = None, batch_size: o.BatchSize = None,
         grad_accum: o.GradAccum = None, lr: o.Lr = None, base_lr: o.BaseLr = None,
-        schedule: o.Schedule = None, warmup_steps: o.Warmup = None, max_steps: o.MaxSteps = None,
+        schedule: o.Schedule = None, warmup_steps: o.Warmup = None,
+        warmup_epochs: o.WarmupEpochs = None, max_steps: o.MaxSteps = None,
         epochs: o.Epochs = None, ema_rate: o.EmaRate = None, precision: o.Precision = None,
         seed: o.Seed = None, ckpt_every: o.CkptEvery = None, log_every: o.LogEvery = None,
         num_workers: o.Workers = None, grad_checkpointing: o.GradCkpt = False,
@@ -42,4 +48,7 @@ def register(app: typer.Typer) -> None:
         eval_inception_weights: o.EvalInception = None, tensorboard: o.Tensorboard = False,
     ) -> None:
         o.maybe_relaunch(gpus, nnodes, node_rank, master_addr, master_port, device)
-        report(run_training(o.run_request(locals(), finetune_from=from_)))
+        req = o.run_request(locals(), finetune_from=from_)
+        if groups is not None:
+            req.train_overrides["groups"] = groups
+        report(run_training(req))

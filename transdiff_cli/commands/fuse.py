@@ -9,10 +9,10 @@ import typer
 
 from ..core.classes import class_label, resolve_class
 from ..core.device import resolve_device
-from ..core.fuse import fuse, save_figure
-from ..core.generate import decode, open_checkpoint, open_tokenizer, sample_settings
+from ..core.fuse import check_fuse, fuse, save_figure
+from ..core.generate import checkpoint_settings, decode, open_checkpoint, open_tokenizer
 from ..core.images import save_pngs
-from ._common import SamplingPrecision, console, user_errors
+from ._common import SamplingPrecision, console, print_settings, user_errors
 from .sample import help_text
 
 HELP = """Fuse the 1-step semantic features of two classes (paper §4.2.2) and decode the blend.
@@ -42,7 +42,7 @@ def register(app: typer.Typer) -> None:
         cfg: str = typer.Option(None, "--cfg", help="guidance scale (default: the checkpoint's)"),
         scale_0: float = typer.Option(None, "--scale-0"),
         scale_1: float = typer.Option(None, "--scale-1"),
-        sampler: str = typer.Option("em", "--sampler", help="em or ode"),
+        sampler: str = typer.Option(None, "--sampler", help="em (default) or ode"),
         seed: int = typer.Option(0, "--seed", help="noise (and the random pattern)"),
         out: Path = typer.Option(Path("fuse"), "--out", "-o", help="output folder"),
         precision: SamplingPrecision = "auto",
@@ -53,11 +53,14 @@ def register(app: typer.Typer) -> None:
         dev = resolve_device(device)
         ck = open_checkpoint(ckpt, weights=weights, device=dev, precision=precision, compile=compile)
         mc = ck.config
-        settings = sample_settings(mc, mode="1step", sampling_steps=sampling_steps, cfg=cfg,
-                                   scale_0=scale_0, scale_1=scale_1, sampler=sampler)
+        settings = checkpoint_settings(ck, mode="1step", sampling_steps=sampling_steps, cfg=cfg,
+                                       scale_0=scale_0, scale_1=scale_1, sampler=sampler)
         ya, yb = (resolve_class(v, mc.num_classes, ck.class_names) for v in (a, b))
+        tokenizer = open_tokenizer(ck, vae, dev)
+        check_fuse(mc, ratio, pattern, seed)
+        print_settings(settings)
         result = fuse(ck.model, ya, yb, settings, ratio=ratio, pattern=pattern, seed=seed)
-        images = decode(open_tokenizer(ck, vae, dev), result.latents)
+        images = decode(tokenizer, result.latents)
         name_a, name_b = (class_label(y, mc.num_classes, ck.class_names) for y in (ya, yb))
         n_a = int(result.mask.sum())
         titles = [f"A: {name_a} ({ya})", f"fused: {n_a}/{result.mask.numel()} slots from A, {pattern}",

@@ -23,20 +23,22 @@ from ..core.device import resolve_device
 from ..core.generate import (
     check_batch_fits,
     check_outputs,
+    checkpoint_settings,
     generate_to_folder,
     grid_rows,
     open_checkpoint,
     open_tokenizer,
-    sample_settings,
 )
 from ..core.validate import check_seed
-from ._common import SamplingPrecision, console, user_errors
+from ._common import SamplingPrecision, console, print_json, print_settings, user_errors
 
 HELP = """Generate class-conditional images (1-step or MRAR) into PNG files and a grid.
 
 Classes are indices, the checkpoint's own class names, or ImageNet names ("golden retriever",
 "tiger"); --num images are drawn per class. Defaults (cfg, scales, sampling steps) come from the
-checkpoint. The same --seed and --batch-size give identical files. A numeric --class is an index
+checkpoint; a published B/L/H file gets the authors' evaluation settings for its size (never its
+saved training args). The settings and where each came from are printed first; --dry-run prints
+them as JSON and stops. The same --seed and --batch-size give identical files. A numeric --class is an index
 unless only a class of that name exists; say which with index:10 or name:10.
 
 Output: everything is written into a fresh folder beside --out that replaces it when done, so a
@@ -82,9 +84,10 @@ def register(app: typer.Typer) -> None:
     @app.command("sample", help=help_text(HELP))
     @user_errors
     def sample(
-        ckpt: Path = typer.Option(None, "--ckpt", help="checkpoint folder, run folder or published .pth "
-                                  "(default: the newest run under runs/)"),
-        vae: str = typer.Option(None, "--vae", help="tokenizer, e.g. kl16:PATH (default: the checkpoint's)"),
+        ckpt: Path = typer.Option(None, "--ckpt", help="checkpoint folder, run folder, published .pth or "
+                                  "hf://OWNER/REPO/FILE[@REV] (default: the newest run under runs/)"),
+        vae: str = typer.Option(None, "--vae", help="tokenizer, e.g. kl16:PATH or "
+                                "kl16:hf://zhendch/Transdiff/vae/checkpoint-last.pth (default: the checkpoint's)"),
         classes: list[str] = typer.Option(None, "--class", "-c", help="class index or name; repeat or "
                                           "comma-separate for several (default: every class)"),
         num: int = typer.Option(4, "--num", "-n", min=1, help="images per class"),
@@ -94,7 +97,7 @@ def register(app: typer.Typer) -> None:
         cfg: str = typer.Option(None, "--cfg", help="guidance scale, or one per MRAR step: 1,1.3,1.3,1.3"),
         scale_0: float = typer.Option(None, "--scale-0", help="Euler-Maruyama drift scale"),
         scale_1: float = typer.Option(None, "--scale-1", help="Euler-Maruyama noise scale"),
-        sampler: str = typer.Option("em", "--sampler", help="em (Euler-Maruyama) or ode (plain Euler)"),
+        sampler: str = typer.Option(None, "--sampler", help="em (Euler-Maruyama, default) or ode (plain Euler)"),
         seed: int = typer.Option(0, "--seed"),
         out: Path = typer.Option(Path("samples"), "--out", "-o", help="output folder"),
         batch_size: int = typer.Option(16, "--batch-size", min=1),
@@ -107,13 +110,26 @@ def register(app: typer.Typer) -> None:
         size: str = typer.Option(None, "--size", help="check the checkpoint is this size (B, L, H, ...)"),
         overwrite: bool = typer.Option(False, "--overwrite", help="replace a non-empty --out that holds "
                                        "other files (an earlier `sample` output is always replaced)"),
+        dry_run: bool = typer.Option(False, "--dry-run", help="print the resolved run as JSON; write nothing"),
     ) -> None:
+        if dry_run:
+            from ..core.dry_run import generation_plan
+
+            plan = generation_plan(ckpt, weights=weights, size=size, vae=vae, classes=classes, num_per_class=num,
+                                   mode=mode, steps=steps, sampling_steps=sampling_steps, cfg=cfg, scale_0=scale_0,
+                                   scale_1=scale_1, sampler=sampler, precision=precision, device=device, seed=seed,
+                                   batch_size=batch_size)
+            plan["outputs"] = {"folder": str(out), "pngs": plan["num_images"], "grid": str(out / "grid.png"),
+                               "info": str(out / "samples.json"), "npz": str(npz) if npz else None,
+                               "steps": str(out / "steps") if save_steps else None}
+            print_json({"command": "sample", **plan})
+            return
         dev = resolve_device(device)
         ck = open_checkpoint(ckpt, weights=weights, size=size, device=dev, precision=precision, compile=compile)
         mc = ck.config
         notes: list[str] = []
-        settings = sample_settings(mc, mode=mode, steps=steps, sampling_steps=sampling_steps, cfg=cfg,
-                                   scale_0=scale_0, scale_1=scale_1, sampler=sampler, warnings=notes)
+        settings = checkpoint_settings(ck, mode=mode, steps=steps, sampling_steps=sampling_steps, cfg=cfg,
+                                       scale_0=scale_0, scale_1=scale_1, sampler=sampler, warnings=notes)
         if save_steps and settings.rounds == 1:
             notes.append("--save-steps: 1-step sampling has a single step; each strip holds one image")
         picked = resolve_classes(classes, mc.num_classes, ck.class_names, warnings=notes)
@@ -124,6 +140,7 @@ def register(app: typer.Typer) -> None:
         check_seed(seed)  # fail before the work starts, not after minutes of sampling
         check_outputs(out, npz, overwrite)
         check_batch_fits(ck.model, tokenizer, min(batch_size, len(labels)), settings)
+        print_settings(settings)
         names = ", ".join(f"{y} ({escape(class_label(y, mc.num_classes, ck.class_names))})" for y in picked[:8])
         console.print(f"sampling {len(labels)} image(s) of {names}{' ...' if len(picked) > 8 else ''}: "
                       f"{settings.mode}, cfg {settings.cfg}, {settings.sampling_steps} {settings.sampler} steps, "

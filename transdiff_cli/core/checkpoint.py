@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import math
 import os
 import pickle
 import shutil
@@ -20,13 +21,14 @@ from pathlib import Path
 from typing import Any
 
 import torch
-from safetensors import SafetensorError
+from safetensors import SafetensorError, safe_open
 from safetensors.torch import load_file, save_file
 
 from .config import ModelConfig, preset
 from .convert import config_from_published, from_published_keys
 from .errors import TransDiffError
 from .fs import os_error
+from .hub import hub_file, is_hub_id
 from .model import TransDiff
 
 CONFIG = "config.json"
@@ -147,7 +149,10 @@ def recover(checkpoints_dir: Path) -> None:
 # ----------------------------------------------------------------------------- finding
 def resolve(path: str | Path) -> Path:
     """A checkpoint folder or `.pth` file from what the user gave: the file itself, a checkpoint
-    folder, a run folder (its latest checkpoint) or a `checkpoints/` folder."""
+    folder, a run folder (its latest checkpoint), a `checkpoints/` folder, or a Hub file
+    (`hf://OWNER/REPO/PATH[@REVISION]`, through the Hugging Face cache)."""
+    if is_hub_id(path):
+        return hub_file(path)
     p = Path(path)
     if not p.exists():
         raise TransDiffError(f"checkpoint not found: {p}")
@@ -204,10 +209,11 @@ def _first_line(e: Exception) -> str:
     return useful[0][:200] if useful else type(e).__name__
 
 
-def _torch_load_published(path: Path) -> dict[str, Any]:
+def _torch_load_published(path: Path, mmap: bool = False) -> dict[str, Any]:
+    """`mmap`: map the tensors instead of reading them (shapes only, for inspection)."""
     try:
         with torch.serialization.safe_globals([argparse.Namespace]):
-            ck = torch.load(path, map_location="cpu", weights_only=True)
+            ck = torch.load(path, map_location="cpu", weights_only=True, mmap=mmap)
     except pickle.UnpicklingError as e:
         if "unsupported global" in str(e).lower():  # a class or function: what a payload needs
             raise TransDiffError(f"{path} holds code or objects that are not allowed in a checkpoint "
@@ -236,10 +242,15 @@ def _check_size(config: ModelConfig, size: str | None, path: Path) -> None:
             f"{got[1]}, decoder depth {got[2]}; size {want.size} has {exp[0]}, {exp[1]}, {exp[2]}")
 
 
-def build_model(config: ModelConfig, state: dict[str, torch.Tensor], path: Path | str) -> TransDiff:
-    """Instantiate the model and load `state` strictly, with a one-line error on any mismatch."""
-    model = TransDiff(config)
-    own = model.state_dict()
+def check_fits(config: ModelConfig, shapes: dict[str, tuple[int, ...]], path: Path | str) -> None:
+    """Whether tensors of these shapes load into the model of `config`, checked on the meta device
+    (no weights allocated: fast even for H)."""
+    with torch.device("meta"):
+        own = TransDiff(config).state_dict()
+    _check_state(own, shapes, path)
+
+
+def _check_state(own: dict[str, torch.Tensor], state: dict[str, Any], path: Path | str) -> None:
     missing = sorted(set(own) - set(state))
     unexpected = sorted(set(state) - set(own))
     if missing or unexpected:
@@ -247,9 +258,16 @@ def build_model(config: ModelConfig, state: dict[str, torch.Tensor], path: Path 
         raise TransDiffError(f"{path} does not fit the model config ({what}; "
                              f"{len(missing)} missing, {len(unexpected)} unexpected tensors)")
     for k, v in state.items():
-        if own[k].shape != v.shape:
+        shape = tuple(v.shape) if isinstance(v, torch.Tensor) else tuple(v)
+        if tuple(own[k].shape) != shape:
             raise TransDiffError(f"{path} does not fit the model config: {k} has shape "
-                                 f"{tuple(v.shape)}, the config needs {tuple(own[k].shape)}")
+                                 f"{shape}, the config needs {tuple(own[k].shape)}")
+
+
+def build_model(config: ModelConfig, state: dict[str, torch.Tensor], path: Path | str) -> TransDiff:
+    """Instantiate the model and load `state` strictly, with a one-line error on any mismatch."""
+    model = TransDiff(config)
+    _check_state(model.state_dict(), state, path)
     model.load_state_dict(state)
     return model
 
@@ -291,6 +309,62 @@ def load_checkpoint(path: str | Path, *, weights: str = "ema", size: str | None 
     raw = _load_safetensors(p / MODEL) if keep_raw else None
     raw_ema = _load_safetensors(p / EMA) if keep_raw and (p / EMA).is_file() else None
     return Checkpoint(model.to(device), config, meta, p, False, raw, raw_ema)
+
+
+@dataclass
+class CheckpointInfo:
+    """What a checkpoint is, read from its shapes and metadata without loading or allocating the
+    weights (`--dry-run`)."""
+
+    config: ModelConfig
+    meta: dict[str, Any]
+    path: Path
+    published: bool
+    parameters: int  # elements of the chosen weights (EMA unless asked otherwise)
+
+    @property
+    def class_names(self) -> list[str] | None:
+        return self.meta.get("class_names")
+
+
+def inspect_checkpoint(path: str | Path, *, weights: str = "ema", size: str | None = None,
+                       heads: int | None = None) -> CheckpointInfo:
+    """Like `load_checkpoint`, but reads only shapes (memory-mapped `.pth`, safetensors headers)
+    and checks them against the config on the meta device."""
+    if weights not in ("ema", "model"):
+        raise TransDiffError(f"--weights must be 'ema' or 'model', not {weights!r}")
+    p = resolve(path)
+    if p.is_file():
+        try:
+            ck = _torch_load_published(p, mmap=True)
+        except TransDiffError:  # a legacy (non-zip) file cannot be mapped: read it
+            ck = _torch_load_published(p)
+        key = "model_ema" if weights == "ema" and "model_ema" in ck else "model"
+        state = from_published_keys(ck[key])
+        shapes = {k: tuple(v.shape) for k, v in state.items()}
+        config = config_from_published(state, ck.get("args"), heads)
+        args = ck.get("args")
+        meta = {"source": str(p), "epoch": ck.get("epoch"), "tokenizer": None,
+                "published_args": vars(args) if args is not None else {}}
+        published = True
+    else:
+        try:
+            doc = json.loads((p / CONFIG).read_text())
+            config = ModelConfig.from_dict(doc["model"])
+        except (json.JSONDecodeError, KeyError, TypeError) as e:
+            raise TransDiffError(f"{p / CONFIG} is not a valid checkpoint config: {e}") from e
+        f = p / (EMA if weights == "ema" and (p / EMA).is_file() else MODEL)
+        try:
+            with safe_open(str(f), "pt") as st:
+                shapes = {k: tuple(st.get_slice(k).get_shape()) for k in st.keys()}
+        except (SafetensorError, OSError, ValueError) as e:
+            raise TransDiffError(f"cannot read {f}: {e} (file corrupt or truncated?)") from e
+        meta = {k: v for k, v in doc.items() if k != "model"}
+        published = False
+    _check_size(config, size, p)
+    check_fits(config, shapes, p)
+    count = sum(math.prod(s) for s in shapes.values())
+    return CheckpointInfo(config, meta, p, published, count)
 
 
 def load_train_state(folder: Path) -> dict[str, Any] | None:

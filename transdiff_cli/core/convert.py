@@ -13,6 +13,8 @@ from .config import MRAR_SAMPLING, PUBLISHED_NAMES, ModelConfig, preset
 from .errors import TransDiffError
 
 PUBLISHED_DECODER_PREFIX = "diffdecoder.net."
+# the authors' MRAR fine-tune repeats each (image, condition) twice, not four times
+MRAR_FINETUNE_MODEL: dict[str, Any] = {"diffusion_batch_mul": 2}
 
 
 def from_published_keys(state: dict[str, torch.Tensor]) -> dict[str, torch.Tensor]:
@@ -63,11 +65,8 @@ def config_from_published(state: dict[str, torch.Tensor], args: argparse.Namespa
         ref_dim = state["z_proj.weight"].shape[1]
         geometry.update(ref_patch_size=int(round((ref_dim / channels) ** 0.5)),
                         mrar_steps=slots // mask_tokens)
-    for key, name in (("cfg", "cfg"), ("scale_0", "scale_0"), ("scale_1", "scale_1")):
-        if key in a:
-            geometry[name] = float(a[key])
-    if "num_sampling_steps" in a:
-        geometry["sampling_steps"] = int(a["num_sampling_steps"])
+    # `args` holds training-time flags (cfg 1.0, num_sampling_steps "100", ...): never sampling
+    # settings; eval_settings.checkpoint_defaults gives a published file its evaluation settings.
     size = PUBLISHED_NAMES.get(str(a.get("model", "")))
     if size is not None:
         cfg = preset(size, **geometry)
@@ -81,8 +80,8 @@ def config_from_published(state: dict[str, torch.Tensor], args: argparse.Namespa
         decoder_width=state["decoder.input_proj.weight"].shape[0], **geometry)
 
 
-def init_mrar_from_1step(state: dict[str, torch.Tensor], one: ModelConfig, mrar: ModelConfig
-                         ) -> dict[str, torch.Tensor]:
+def init_mrar_from_1step(state: dict[str, torch.Tensor], one: ModelConfig, mrar: ModelConfig,
+                         generator: torch.Generator | None = None) -> dict[str, torch.Tensor]:
     """Turn a 1-step state dict into an MRAR one. The two tensors that change shape get a start
     that preserves what the 1-step model computes:
     - mask_token (1, 1, D) -> (1, R, D): R copies, so the first block starts as the 1-step slots;
@@ -103,7 +102,7 @@ def init_mrar_from_1step(state: dict[str, torch.Tensor], one: ModelConfig, mrar:
         old = state[key]
         rows = extra + mrar.num_slots
         if old.shape[1] != rows:
-            fresh = torch.randn(1, rows, old.shape[2], dtype=old.dtype) * 0.02
+            fresh = torch.randn(1, rows, old.shape[2], generator=generator).to(old.dtype) * 0.02
             n = min(rows, old.shape[1])
             fresh[:, :n] = old[:, :n]
             out[key] = fresh
@@ -117,7 +116,8 @@ def mrar_config(one: ModelConfig, **overrides: Any) -> ModelConfig:
         raise TransDiffError(f"MRAR is not supported for this model: its {one.num_slots} condition "
                              f"slots differ from its {one.num_tokens} decoder tokens (the 512 "
                              "geometry), and MRAR needs one slot per reference token")
-    values = dict(one.to_dict(), mrar=True, **overrides)
+    values = dict(one.to_dict(), mrar=True, **MRAR_FINETUNE_MODEL)
+    values.update(overrides)
     if one.size in MRAR_SAMPLING and "cfg" not in overrides:
         values.update(MRAR_SAMPLING[one.size])
     return ModelConfig.from_dict(values)

@@ -13,6 +13,7 @@ from pathlib import Path
 
 import torch
 
+from .config import ModelConfig
 from .errors import TransDiffError
 from .generate import SampleSettings, image_seed, initial_noise, model_device_dtype
 from .model import TransDiff
@@ -67,13 +68,19 @@ def decode_features(model: TransDiff, features: torch.Tensor, settings: SampleSe
     return model.to_latent(tokens)
 
 
+def check_fuse(config: ModelConfig, ratio: float, pattern: str, seed: int) -> None:
+    """The errors `fuse` would raise, before any work."""
+    if config.mrar:
+        raise TransDiffError("fuse needs a 1-step checkpoint: an MRAR model's features depend on the "
+                             "images it sampled, so there is no per-class feature set to mix")
+    fuse_mask(config.num_slots, ratio, pattern, seed)
+
+
 @torch.no_grad()
 def fuse(model: TransDiff, class_a: int, class_b: int, settings: SampleSettings, *, ratio: float = 0.5,
          pattern: str = "halves", seed: int = 0) -> Fused:
     """Latents for class A, the fused features, and class B, all from the same noise."""
-    if model.cfg.mrar:
-        raise TransDiffError("fuse needs a 1-step checkpoint: an MRAR model's features depend on the "
-                             "images it sampled, so there is no per-class feature set to mix")
+    check_fuse(model.cfg, ratio, pattern, seed)
     device, _ = model_device_dtype(model)
     labels = torch.tensor([class_a, class_b], device=device)
     fa, fb = model.features(model.class_emb(labels)).split(1)

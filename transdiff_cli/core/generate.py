@@ -28,6 +28,7 @@ from .classes import class_label
 from .config import ModelConfig
 from .diversity import cosine_measure
 from .errors import TransDiffError
+from .eval_settings import CHECKPOINT, FLAG, SettingDefaults, checkpoint_defaults
 from .fs import check_file_target, ensure_dir, os_error
 from .images import make_grid, save_pngs, to_uint8
 from .inference import prepare
@@ -49,6 +50,7 @@ class SampleSettings:
     scale_0: float
     scale_1: float
     sampler: str = "em"
+    sources: dict[str, str] = field(default_factory=dict)  # setting -> flag / checkpoint / table
 
     def to_dict(self) -> dict[str, Any]:
         return asdict(self)
@@ -56,21 +58,26 @@ class SampleSettings:
 
 def sample_settings(config: ModelConfig, *, mode: str | None = None, steps: int | None = None,
                     sampling_steps: int | None = None, cfg: str | float | Sequence[float] | None = None,
-                    scale_0: float | None = None, scale_1: float | None = None, sampler: str = "em",
-                    warnings: list[str] | None = None) -> SampleSettings:
-    """The user's options checked against the checkpoint; anything not given comes from its config
-    (the published cfg / scale_0 / scale_1 for B, L and H). `warnings` collects notes to print."""
+                    scale_0: float | None = None, scale_1: float | None = None, sampler: str | None = None,
+                    warnings: list[str] | None = None, defaults: SettingDefaults | None = None) -> SampleSettings:
+    """The user's options checked against the checkpoint; anything not given comes from `defaults`
+    (`eval_settings.checkpoint_defaults`; None: the config's own stored settings). Each setting's
+    provenance is kept in `sources`. `warnings` collects notes to print."""
     notes = warnings if warnings is not None else []
+    d = defaults or checkpoint_defaults(config, published=False)
+    src = dict(d.sources)
+    src["mode"] = FLAG if mode else CHECKPOINT
     mode = mode or ("mrar" if config.mrar else "1step")
     if mode not in MODES:
         raise TransDiffError(f"--mode must be one of {', '.join(MODES)}, not {mode!r}")
-    if sampler not in SAMPLERS:
+    if sampler is not None and sampler not in SAMPLERS:
         raise TransDiffError(f"--sampler must be one of {', '.join(SAMPLERS)}, not {sampler!r}")
     if mode == "mrar" and not config.mrar:
         raise TransDiffError("--mode mrar needs an MRAR checkpoint; this one is a 1-step model "
                              "(fine-tune it with `transdiff finetune-mrar`, or use --mode 1step)")
     if mode == "mrar":
         rounds = config.mrar_steps if steps is None else steps
+        src["rounds"] = CHECKPOINT if steps is None else FLAG
         if not 1 <= rounds <= config.mrar_steps:
             raise TransDiffError(f"--steps {rounds}: the checkpoint was trained with {config.mrar_steps} "
                                  f"MRAR steps; choose 1-{config.mrar_steps}")
@@ -78,18 +85,30 @@ def sample_settings(config: ModelConfig, *, mode: str | None = None, steps: int 
         if steps is not None:
             notes.append(f"--steps {steps} is ignored in 1-step mode")
         rounds = 1  # an MRAR checkpoint in 1-step mode: its first step only
+        src["rounds"] = "1-step mode"
     if cfg is None or cfg == "":
-        scales = flow.parse_cfg(config.cfg_schedule()[:rounds], rounds)
+        scales = flow.parse_cfg(d.cfg[:rounds], rounds)
     else:
         scales = _parse_cfg(cfg, rounds, mode)
-    s = config.sampling_steps if sampling_steps is None else sampling_steps
+    s = d.sampling_steps if sampling_steps is None else sampling_steps
     if s < 1:
         raise TransDiffError(f"--sampling-steps must be at least 1, not {s}")
     for v in scales:  # nan / inf would give black images, 1e308 overflows float32
         check_scale(v, "--cfg" if cfg not in (None, "") else "the checkpoint's cfg")
-    s0 = check_scale(config.scale_0 if scale_0 is None else scale_0, "--scale-0")
-    s1 = check_scale(config.scale_1 if scale_1 is None else scale_1, "--scale-1")
-    return SampleSettings(mode, rounds, scales, s, s0, s1, sampler)
+    s0 = check_scale(d.scale_0 if scale_0 is None else scale_0, "--scale-0")
+    s1 = check_scale(d.scale_1 if scale_1 is None else scale_1, "--scale-1")
+    for name, given in (("cfg", cfg not in (None, "")), ("scale_0", scale_0 is not None),
+                        ("scale_1", scale_1 is not None), ("sampling_steps", sampling_steps is not None),
+                        ("sampler", sampler is not None)):
+        if given:
+            src[name] = FLAG
+    return SampleSettings(mode, rounds, scales, s, s0, s1, sampler or d.sampler, src)
+
+
+def checkpoint_settings(ck: Any, **options: Any) -> SampleSettings:
+    """`sample_settings` for a Checkpoint or CheckpointInfo (anything with `config` and `published`):
+    published files get the authors' evaluation table for their size, never their saved args."""
+    return sample_settings(ck.config, defaults=checkpoint_defaults(ck.config, ck.published), **options)
 
 
 def _parse_cfg(cfg: str | float | Sequence[float], rounds: int, mode: str) -> list[float]:
@@ -404,13 +423,19 @@ def open_checkpoint(ckpt: str | Path | None, *, weights: str = "ema", size: str 
     return ck
 
 
-def open_tokenizer(ck: Checkpoint, vae: str | None, device: torch.device) -> Tokenizer:
-    """`--vae` if given, else the tokenizer the checkpoint was trained with; its latents must be the
-    model's."""
+def tokenizer_spec(ck: Any, vae: str | None) -> Any:
+    """`--vae` if given, else the tokenizer the checkpoint names (published files name none)."""
     spec: Any = vae if vae else ck.meta.get("tokenizer")
     if spec is None:
         raise TransDiffError(f"{ck.path} does not say which tokenizer it was trained with (published "
                              "checkpoints do not): pass --vae kl16:PATH (the KL-16 VAE checkpoint)")
+    return spec
+
+
+def open_tokenizer(ck: Checkpoint, vae: str | None, device: torch.device) -> Tokenizer:
+    """`--vae` if given, else the tokenizer the checkpoint was trained with; its latents must be the
+    model's."""
+    spec = tokenizer_spec(ck, vae)
     mc = ck.config
     tok = load_tokenizer(spec, image_size=mc.latent_size, image_channels=mc.latent_channels, device=device)
     got = getattr(tok, "latent_channels", mc.latent_channels)

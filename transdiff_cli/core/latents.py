@@ -77,7 +77,7 @@ class LatentDataset(Dataset):
         if self.manifest.get("status") != "complete":
             raise TransDiffError(f"{self.folder} holds an unfinished encode-latents run: re-run the same "
                                  "`transdiff encode-latents` command to finish it")
-        parts: dict[str, list[torch.Tensor]] = {"moments": [], "moments_flip": [], "labels": []}
+        parts: dict[str, list[torch.Tensor]] = {"moments": [], "moments_flip": [], "labels": [], "indices": []}
         for shard in self.manifest["shards"]:
             path = self.folder / shard["file"]
             try:
@@ -97,6 +97,7 @@ class LatentDataset(Dataset):
         self.moments = torch.cat(parts["moments"])
         self.moments_flip = torch.cat(parts["moments_flip"])
         self.targets: list[int] = torch.cat(parts["labels"]).tolist()
+        self.indices: list[int] = torch.cat(parts["indices"]).tolist()  # each latent's image in the source
         self.flip = flip
         self.tokenizer_spec: dict[str, Any] = self.manifest["tokenizer"]
         self.sampler = posterior_sampler(self.tokenizer_spec)
@@ -205,10 +206,11 @@ class TrainingData:
 
 def open_training_data(data: str, vae: str | None = None, image_size: int | None = None,
                        group_size: int | None = None, flip: bool | None = None,
-                       device: torch.device | str = "cpu") -> TrainingData:
+                       device: torch.device | str = "cpu", groups: str | Path | None = None) -> TrainingData:
     """`data`: an encode-latents folder (tokenizer from its manifest), `digits` / `shapes` (pixels
     unless `vae` says otherwise) or an image folder (`vae` required: kl16:PATH, diffusers:DIR or
-    pixels). `flip` None means the data's default (off for digits)."""
+    pixels). `flip` None means the data's default (off for digits). With `group_size`, items are
+    same-class groups: the fixed ones of the `groups` file, else drawn at random."""
     if is_latent_folder(data):
         folder = Path(data)
         manifest = read_manifest(folder)
@@ -232,7 +234,14 @@ def open_training_data(data: str, vae: str | None = None, image_size: int | None
         tokenizer = _tokenizer_for(vae, images, device)
         base = EncodedImages(images, tokenizer)
         source = f"images {data} ({tokenizer.kind})"
-    dataset = base if group_size is None else GroupedDataset(base, group_size)
+    if group_size is None:
+        dataset: Dataset = base
+    elif groups is not None:
+        from .mrar_groups import fixed_groups
+
+        dataset = fixed_groups(base, groups, group_size)
+    else:
+        dataset = GroupedDataset(base, group_size)
     return TrainingData(dataset, list(base.class_names), tokenizer, tokenizer.latent_channels,
                         tokenizer.latent_size, source)
 

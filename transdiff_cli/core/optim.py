@@ -31,14 +31,16 @@ def make_optimizer(model: nn.Module, cfg: TrainConfig, device: torch.device) -> 
                              betas=(cfg.beta1, cfg.beta2), fused=device.type in ("cuda", "cpu"))
 
 
-def lr_at(step: int, total: int, cfg: TrainConfig) -> float:
-    """Linear warm-up to the peak lr, then constant or cosine down to min_lr."""
+def lr_at(step: int, total: int, cfg: TrainConfig, warmup: int | None = None) -> float:
+    """Linear warm-up (`warmup` steps; default cfg.warmup_steps) to the peak lr, then constant or
+    cosine down to min_lr."""
     peak = cfg.peak_lr
-    if step < cfg.warmup_steps:
-        return peak * (step + 1) / cfg.warmup_steps
+    warmup = (cfg.warmup_steps or 0) if warmup is None else warmup
+    if step < warmup:
+        return peak * (step + 1) / warmup
     if cfg.schedule == "cosine":
-        span = max(1, total - cfg.warmup_steps)
-        progress = min(1.0, (step - cfg.warmup_steps) / span)
+        span = max(1, total - warmup)
+        progress = min(1.0, (step - warmup) / span)
         return cfg.min_lr + (peak - cfg.min_lr) * 0.5 * (1 + math.cos(math.pi * progress))
     return peak
 

@@ -18,6 +18,7 @@ from typing import Any
 import torch
 
 from .errors import TransDiffError
+from .hub import is_hub_id, normalize
 
 
 class Tokenizer:
@@ -85,7 +86,9 @@ def parse_tokenizer_spec(spec: str | dict[str, Any]) -> dict[str, Any]:
             spec_d["path"] = arg
     else:
         spec_d = dict(spec)
-    if spec_d.get("path"):
+    if spec_d.get("path") and is_hub_id(spec_d["path"]):
+        spec_d["path"] = normalize(spec_d["path"])  # resolved to the cached file when loaded
+    elif spec_d.get("path"):
         spec_d["path"] = str(Path(spec_d["path"]).expanduser().absolute())
     if spec_d.get("kind") in ("kl16", "diffusers") and not spec_d.get("path"):
         raise TransDiffError(f"--vae {spec_d['kind']} needs a path: {spec_d['kind']}:/path/to/"

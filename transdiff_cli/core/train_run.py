@@ -64,6 +64,10 @@ def _merge_train(base: dict[str, Any], yaml_train: dict[str, Any],
         merged["max_steps"] = None
     if "max_steps" in user and "epochs" not in user:
         merged["epochs"] = None
+    if "warmup_epochs" in user and "warmup_steps" not in user:
+        merged["warmup_steps"] = None
+    if "warmup_steps" in user and "warmup_epochs" not in user:
+        merged["warmup_epochs"] = None
     return merged
 
 
@@ -86,7 +90,8 @@ def _open_data(cfg: TrainConfig, group_size: int | None, device: torch.device) -
     from .latents import open_training_data
 
     return open_training_data(cfg.data, vae=cfg.vae, image_size=cfg.image_size,
-                              group_size=group_size, device=device)
+                              group_size=group_size, device=device,
+                              groups=cfg.groups if group_size is not None else None)
 
 
 def prepare(req: RunRequest, locks: contextlib.ExitStack | None = None) -> tuple[Trainer, DistInfo]:
@@ -159,8 +164,10 @@ def prepare(req: RunRequest, locks: contextlib.ExitStack | None = None) -> tuple
             raise TransDiffError(f"the data has {len(data.class_names)} classes but the "
                                  f"checkpoint only {one.num_classes}")
         model_cfg = mcfg
-        init_state = init_mrar_from_1step(src.raw_model, one, mcfg)
-        init_ema = init_mrar_from_1step(src.raw_ema or src.raw_model, one, mcfg)
+        # the EMA is converted like the weights (the same fresh rows where the slot count grows)
+        init_state = init_mrar_from_1step(src.raw_model, one, mcfg, torch.Generator().manual_seed(tcfg.seed))
+        init_ema = init_mrar_from_1step(src.raw_ema or src.raw_model, one, mcfg,
+                                        torch.Generator().manual_seed(tcfg.seed))
         parent = {"parent": str(src.path)}
         default_name = f"{_data_name(tcfg.data)}-{model_cfg.size}-mrar"
 

@@ -142,6 +142,7 @@ class Trainer:
         self.steps_per_epoch = n // cfg.batch_size
         self.total = cfg.max_steps if cfg.max_steps is not None else \
             math.ceil(cfg.epochs * self.steps_per_epoch)
+        self.warmup_steps = cfg.warmup_for(self.steps_per_epoch)
 
         torch.manual_seed(cfg.seed)  # same initial weights on every rank and every rerun
         self.model = TransDiff(model_cfg)
@@ -316,7 +317,7 @@ class Trainer:
                     if self.step == 0 and DUMP_GRADS_ENV in os.environ and self.dist.is_main:
                         self._dump_grads(Path(os.environ[DUMP_GRADS_ENV]))
                     grad_norm = torch.nn.utils.clip_grad_norm_(params, cfg.grad_clip)
-                    lr = lr_at(self.step, self.total, cfg)
+                    lr = lr_at(self.step, self.total, cfg, self.warmup_steps)
                     for group in self.opt.param_groups:
                         group["lr"] = lr
                     self.opt.step()

@@ -10,6 +10,7 @@ from typing import Any
 import torch
 
 from .errors import TransDiffError
+from .hub import local_path
 from .tokenizers import Tokenizer
 
 KL16_SCALE = 0.2325  # MAR's latent scale for kl16
@@ -69,7 +70,7 @@ class VAETokenizer(Tokenizer):
 
 def load_vae_tokenizer(spec: dict[str, Any], device: torch.device | str = "cpu") -> VAETokenizer:
     """`{"kind": "kl16" | "diffusers", "path": ..., ["image_size"], ["scale_factor"]}` -> tokenizer on device."""
-    kind, path = spec["kind"], Path(spec["path"])
+    kind, path = spec["kind"], local_path(spec["path"])  # a Hub id: its cached file
     if kind == "kl16":
         vae = kl16_to_diffusers(path)
         scale = spec.get("scale_factor", KL16_SCALE)
@@ -78,7 +79,7 @@ def load_vae_tokenizer(spec: dict[str, Any], device: torch.device | str = "cpu")
         scale = spec.get("scale_factor", vae.config.scaling_factor)
     else:
         raise TransDiffError(f"unknown VAE kind {kind!r}: use kl16:PATH or diffusers:DIR")
-    tokenizer = VAETokenizer(vae, kind, str(path), scale, int(spec.get("image_size", 256)))
+    tokenizer = VAETokenizer(vae, kind, str(spec["path"]), scale, int(spec.get("image_size", 256)))
     return tokenizer.to(device)
 
 
