@@ -20,6 +20,11 @@ def _pil(array: np.ndarray) -> Image.Image:
     return Image.fromarray(array[..., 0] if array.shape[-1] == 1 else array)
 
 
+def to_pil(images: torch.Tensor) -> list[Image.Image]:
+    """(B, C, H, W) in [-1, 1] -> PIL images ("L" or "RGB"), exactly the pixels `save_pngs` writes."""
+    return [_pil(arr) for arr in to_uint8(images)]
+
+
 def make_grid(images: torch.Tensor, nrow: int | None = None, pad: int = 2,
               upscale: int | None = None) -> Image.Image:
     """A grid image; small images (digits are 8x8) are upscaled (nearest) so they can be seen."""
