@@ -136,6 +136,12 @@ def test_diversity_equals_the_cli(tiny, pipes):
     assert mrar.per_round.shape == (pipes["mrar"].config.mrar_steps, 2)
 
 
+def test_class_values(pipes):
+    pipe = pipes["one"]
+    assert pipe.labels(np.int64(4)) == [4] and pipe.labels(torch.tensor([1, 2])) == [1, 2]
+    assert pipe.labels(["digit-3", 5, "7,8"]) == [3, 5, 7, 8] and pipe.labels(None) == list(range(10))
+
+
 def test_user_errors(pipes, tmp_path):
     with pytest.raises(TransDiffError, match="unknown class"):
         pipes["one"]("no-such-class", progress=False)

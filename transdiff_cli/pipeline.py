@@ -12,6 +12,7 @@ seed and batch size give the CLI's pixels. Progress goes through `tqdm.auto` (a 
 
 from __future__ import annotations
 
+import numbers
 import warnings
 from collections.abc import Sequence
 from dataclasses import dataclass
@@ -109,7 +110,9 @@ class TransDiffPipeline:
 
     def labels(self, classes: Classes) -> list[int]:
         """Class indices for indices or names (the checkpoint's own, or ImageNet's)."""
-        values = [classes] if isinstance(classes, (int, str)) else classes
+        if isinstance(classes, torch.Tensor):
+            classes = classes.tolist()
+        values = [classes] if isinstance(classes, (numbers.Integral, str)) else classes
         return resolve_classes(None if values is None else list(values), self.config.num_classes,
                                self.class_names)
 
