@@ -53,7 +53,7 @@ def cell(strip: np.ndarray, k: int, size: int = 8, pad: int = 2, upscale: int = 
 def test_images_equal_the_cli(tiny, pipes, tmp_path, kind):
     out = tmp_path / "cli"
     invoke(["sample", "--ckpt", tiny[kind], "--class", "digit-3", "--class", 8, "--num", 3, "--seed", 5,
-            "--batch-size", 2, "--scale-1", 0.7, "--save-steps", "--out", out])
+            "--batch-size", 2, "--scale-1", 0.7, "--save-steps", "--precision", "fp32", "--out", out])
     got = pipes[kind](["digit-3", 8], num_per_class=3, seed=5, batch_size=2, scale_1=0.7, progress=False)
     assert got.labels == [3, 3, 3, 8, 8, 8] and len(got.images) == 6
     files = sorted(out.glob("0*.png"))
@@ -76,7 +76,7 @@ def test_published_checkpoint_equals_the_cli(fixtures, tmp_path):
     vae = f"kl16:{fixtures / 'vae_kl.ckpt'}"
     out = tmp_path / "cli"
     invoke(["sample", "--ckpt", fixtures / "transdiff_1step.pth", "--vae", vae, "--class", 4, "--num", 1,
-            "--sampling-steps", 2, "--out", out])
+            "--sampling-steps", 2, "--precision", "fp32", "--out", out])
     pipe = TransDiffPipeline.from_pretrained(fixtures / "transdiff_1step.pth", vae=vae, device="cpu")
     got = pipe(4, sampling_steps=2, progress=False)
     assert got.images[0].mode == "RGB" and np.array_equal(pixels(got.images[0]), png(out / "00000_class4.png"))
@@ -119,7 +119,7 @@ def test_mrar_features_with_references(pipes):
 def test_fuse_equals_the_cli(tiny, pipes, tmp_path):
     out = tmp_path / "f"
     invoke(["fuse", "--ckpt", tiny["one"], "--a", "digit-1", "--b", 6, "--ratio", 0.25, "--pattern", "random",
-            "--seed", 3, "--out", out])
+            "--seed", 3, "--precision", "fp32", "--out", out])
     got = pipes["one"].fuse("digit-1", 6, ratio=0.25, pattern="random", seed=3)
     assert got.labels == (1, 6) and int(got.mask.sum()) == round(0.25 * got.mask.numel())
     for image, name in zip(got.images, ("a", "fused", "b")):
