@@ -4,7 +4,10 @@ from __future__ import annotations
 
 import typer
 
+from . import __version__
 from .commands import diversity, encode_latents, fid, finetune_mrar, fuse, sample, train
+from .commands._common import user_errors
+from .core.distributed import adopt_slurm_launch
 
 app = typer.Typer(
     name="transdiff",
@@ -12,11 +15,27 @@ app = typer.Typer(
     "class (and, in MRAR mode, earlier images) into semantic features, and a rectified-flow "
     "diffusion decoder that turns them into images.",
     no_args_is_help=True,
-    add_completion=False,
+    add_completion=True,  # --install-completion / --show-completion for bash, zsh, fish, PowerShell
     pretty_exceptions_enable=False,
     rich_markup_mode="rich",
     context_settings={"help_option_names": ["-h", "--help"]},
 )
+
+
+def show_version(value: bool) -> None:
+    if value:
+        typer.echo(f"transdiff {__version__}")
+        raise typer.Exit()
+
+
+@app.callback()
+@user_errors
+def root(version: bool = typer.Option(False, "--version", "-V", callback=show_version, is_eager=True,
+                                      help="print the version and exit")) -> None:
+    # a task started by srun joins the process group as torchrun's workers do (before any command
+    # picks its device from LOCAL_RANK)
+    adopt_slurm_launch()
+
 
 for module in (encode_latents, train, finetune_mrar, sample, fuse, diversity, fid):
     module.register(app)

@@ -5,14 +5,12 @@ from __future__ import annotations
 import json
 from pathlib import Path
 
-import torch
 import typer
 from rich.table import Table
 
 from ..core.classes import class_label, resolve_classes
 from ..core.device import resolve_device
-from ..core.diversity import diversity as feature_diversity
-from ..core.generate import checkpoint_settings, mrar_feature_diversity, open_checkpoint
+from ..core.generate import checkpoint_settings, measure_diversity, open_checkpoint
 from ._common import console, print_settings, user_errors
 from .sample import help_text
 
@@ -66,13 +64,9 @@ def register(app: typer.Typer) -> None:
         doc: dict = {"checkpoint": ck.path.name if ck.path else None, "source": str(ck.path),
                      "weights": "model_ema" if weights == "ema" else "model", "mode": settings.mode,
                      "classes": labels}
-        if settings.mode == "1step":
-            # an MRAR checkpoint in 1-step mode: its first block, which sees no references
-            per_class = torch.cat([feature_diversity(model, torch.tensor(labels[i:i + batch_size], device=dev))
-                                   for i in range(0, len(labels), batch_size)]).cpu()
-        else:
-            per_class, per_step = mrar_feature_diversity(model, labels, settings, seed=seed, num_refs=num_refs,
-                                                         batch_size=batch_size)
+        per_class, per_step = measure_diversity(model, labels, settings, seed=seed, num_refs=num_refs,
+                                                batch_size=batch_size)
+        if per_step is not None:
             doc["per_step"] = [{"step": k, "per_class": row.tolist(), "mean": row.mean().item()}
                                for k, row in enumerate(per_step)]
             doc.update(num_refs=num_refs, seed=seed, reference_sampling=settings.to_dict())

@@ -58,14 +58,9 @@ def decode_features(model: TransDiff, features: torch.Tensor, settings: SampleSe
     device, dtype = model_device_dtype(model)
     noise = initial_noise(model, [0], seed).to(device=device, dtype=dtype)
     gen = torch.Generator(device=device).manual_seed(image_seed(seed, 0, 1))
-    cfg_scale = settings.cfg[0]
-    c = model.condition(features)
-    guided = cfg_scale != 1.0
-    if guided:  # CFG's unconditional branch: the null class's features
-        c = torch.cat([c, model.condition(model.features(model.fake_latent.to(dtype)))])
-    tokens = model._decode(c, noise, cfg_scale, guided, settings.sampling_steps, settings.scale_0,
-                           settings.scale_1, settings.sampler, gen, True)
-    return model.to_latent(tokens)
+    return model.decode(model.condition(features), noise, cfg=settings.cfg[0],
+                        sampling_steps=settings.sampling_steps, scale_0=settings.scale_0,
+                        scale_1=settings.scale_1, sampler=settings.sampler, generator=gen)
 
 
 def check_fuse(config: ModelConfig, ratio: float, pattern: str, seed: int) -> None:

@@ -26,7 +26,7 @@ from . import flow
 from .checkpoint import Checkpoint, load_checkpoint, newest_run_checkpoint
 from .classes import class_label
 from .config import ModelConfig
-from .diversity import cosine_measure
+from .diversity import cosine_measure, diversity
 from .errors import TransDiffError
 from .eval_settings import CHECKPOINT, FLAG, SettingDefaults, checkpoint_defaults
 from .fs import check_file_target, ensure_dir, os_error
@@ -144,6 +144,12 @@ def initial_noise(model: TransDiff, indices: Sequence[int], seed: int) -> torch.
     return torch.stack(rows)
 
 
+def step_generators(indices: Sequence[int], seed: int, device: torch.device) -> list[torch.Generator]:
+    """The sampler's per-step noise, one stream per image (seed, i, 1): an image does not depend on
+    its batch or on the torchrun split."""
+    return [torch.Generator(device=device).manual_seed(image_seed(seed, i, 1)) for i in indices]
+
+
 def model_device_dtype(model: TransDiff) -> tuple[torch.device, torch.dtype]:
     w = model.class_emb.weight
     return w.device, w.dtype
@@ -155,8 +161,7 @@ def sample_latents(model: TransDiff, labels: Sequence[int], indices: Sequence[in
     """Latents of each MRAR round (one entry in 1-step mode); the last is the output."""
     device, dtype = model_device_dtype(model)
     noise = initial_noise(model, indices, seed).to(device=device, dtype=dtype)
-    # one noise stream per image: an image does not depend on its batch or on the torchrun split
-    gen = [torch.Generator(device=device).manual_seed(image_seed(seed, i, 1)) for i in indices]
+    gen = step_generators(indices, seed, device)
     y = torch.as_tensor(list(labels), device=device, dtype=torch.long)
     _, steps = model.sample(y, cfg=settings.cfg, steps=settings.sampling_steps, scale_0=settings.scale_0,
                             scale_1=settings.scale_1, mrar_steps=settings.rounds, noise=noise, generator=gen,
@@ -480,3 +485,15 @@ def mrar_feature_diversity(model: TransDiff, labels: Sequence[int], settings: Sa
     per_label = torch.cat(full).view(len(labels), num_refs).mean(1)
     per_round = torch.cat(blocks, dim=1).view(rounds, len(labels), num_refs).mean(2)
     return per_label.cpu(), per_round.cpu()
+
+
+def measure_diversity(model: TransDiff, labels: Sequence[int], settings: SampleSettings, *, seed: int = 0,
+                      num_refs: int = 1, batch_size: int = 64) -> tuple[torch.Tensor, torch.Tensor | None]:
+    """The paper's measure per label, and in MRAR mode per round (`mrar_feature_diversity`). In 1-step
+    mode (an MRAR checkpoint too: its first block, which sees no references) nothing is sampled."""
+    if settings.mode == "mrar":
+        return mrar_feature_diversity(model, labels, settings, seed=seed, num_refs=num_refs, batch_size=batch_size)
+    device, _ = model_device_dtype(model)
+    per_label = [diversity(model, torch.tensor(list(labels[i:i + batch_size]), device=device))
+                 for i in range(0, len(labels), batch_size)]
+    return torch.cat(per_label).cpu(), None

@@ -7,6 +7,7 @@ from pathlib import Path
 
 import numpy as np
 import torch
+import torchvision
 from PIL import Image
 
 
@@ -20,21 +21,25 @@ def _pil(array: np.ndarray) -> Image.Image:
     return Image.fromarray(array[..., 0] if array.shape[-1] == 1 else array)
 
 
+def to_pil(images: torch.Tensor) -> list[Image.Image]:
+    """(B, C, H, W) in [-1, 1] -> PIL images ("L" or "RGB"), exactly the pixels `save_pngs` writes."""
+    return [_pil(arr) for arr in to_uint8(images)]
+
+
 def make_grid(images: torch.Tensor, nrow: int | None = None, pad: int = 2,
               upscale: int | None = None) -> Image.Image:
-    """A grid image; small images (digits are 8x8) are upscaled (nearest) so they can be seen."""
-    arr = to_uint8(images)
-    b, h, w, c = arr.shape
+    """A grid image (torchvision's, white padding); small images (digits are 8x8) are upscaled
+    (nearest) so they can be seen."""
+    arr = torch.from_numpy(to_uint8(images)).permute(0, 3, 1, 2)
+    b, c, h, w = arr.shape
     nrow = nrow or max(1, math.ceil(math.sqrt(b)))
-    rows = math.ceil(b / nrow)
+    if b == 1:  # torchvision returns a lone image unpadded; keep the border every grid has
+        grid = torch.nn.functional.pad(arr[0], (pad, pad, pad, pad), value=255)
+    else:  # it makes 1 channel 3
+        grid = torchvision.utils.make_grid(arr, nrow=nrow, padding=pad, pad_value=255)[:c]
+    img = _pil(grid.permute(1, 2, 0).numpy())
     if upscale is None:
         upscale = max(1, 64 // max(h, w))
-    canvas = np.full((rows * (h + pad) + pad, nrow * (w + pad) + pad, c), 255, np.uint8)
-    for i in range(b):
-        r, col = divmod(i, nrow)
-        y, x = pad + r * (h + pad), pad + col * (w + pad)
-        canvas[y:y + h, x:x + w] = arr[i]
-    img = _pil(canvas)
     if upscale > 1:
         img = img.resize((img.width * upscale, img.height * upscale), Image.NEAREST)
     return img

@@ -240,6 +240,32 @@ class TransDiff(nn.Module):
         return flow.flow_loss(lambda x, t: self.decoder(x, t, c=c), x0, timesteps, noise)
 
     # ------------------------------------------------------------------ sampling
+    def null_condition(self, batch: int = 1) -> torch.Tensor:
+        """CFG's unconditional condition without references: the null class's first features."""
+        null = self.class_embedding(torch.zeros(batch, dtype=torch.long, device=self.fake_latent.device), null=True)
+        return self.condition(self.features(null))
+
+    @torch.no_grad()
+    def decode(self, c: torch.Tensor, noise: torch.Tensor, *, cfg: float = 1.0, uncond: torch.Tensor | None = None,
+               sampling_steps: int | None = None, scale_0: float | None = None, scale_1: float | None = None,
+               sampler: str = "em", generator: flow.Generators = None, cache: bool = True) -> torch.Tensor:
+        """Latents (B, C, H, W) sampled from `noise` (B, N_d, token_dim) given the condition c
+        (B, n, D), e.g. `condition(features(...))`. With cfg != 1 the unconditional branch uses
+        `uncond` (default: `null_condition`, which fits conditions without MRAR references)."""
+        mc = self.cfg
+        guided = cfg != 1.0
+        if guided:
+            if uncond is None:
+                uncond = self.null_condition(c.shape[0]).to(c.dtype)
+            if uncond.shape[1:] != c.shape[1:]:
+                raise ValueError(f"uncond has shape {tuple(uncond.shape)}, the condition {tuple(c.shape)}: "
+                                 "a condition with MRAR references needs its own unconditional branch")
+            c = torch.cat([c, uncond.expand_as(c)])
+        tokens = self._decode(c, noise.to(c.dtype), cfg, guided, sampling_steps or mc.sampling_steps,
+                              mc.scale_0 if scale_0 is None else scale_0, mc.scale_1 if scale_1 is None else scale_1,
+                              sampler, generator, cache)
+        return self.to_latent(tokens)
+
     def _decode(self, c: torch.Tensor, noise: torch.Tensor, cfg_scale: float, guided_c: bool,
                 steps: int, scale_0: float, scale_1: float, sampler: str,
                 generator: flow.Generators, cache: bool) -> torch.Tensor:

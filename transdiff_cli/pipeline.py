@@ -1,0 +1,229 @@
+"""The Python API: load once with `TransDiffPipeline.from_pretrained`, then sample, read features,
+decode, fuse and measure diversity from a notebook or a script.
+
+    pipe = TransDiffPipeline.from_pretrained("runs/digits-tiny")
+    out = pipe([3, "digit-7"], num_per_class=4, seed=0)
+    out.images[0].save("three.png")
+
+Sampling goes through the same functions as `transdiff sample` (settings resolved by
+`sample_settings`, per-image seeded noise, the same batches, the checkpoint's tokenizer), so the same
+seed and batch size give the CLI's pixels. Progress goes through `tqdm.auto` (a widget in Jupyter).
+"""
+
+from __future__ import annotations
+
+import numbers
+import warnings
+from collections.abc import Sequence
+from dataclasses import dataclass
+from pathlib import Path
+
+import torch
+from PIL import Image
+from tqdm.auto import tqdm
+
+from .core.checkpoint import Checkpoint
+from .core.classes import resolve_class, resolve_classes
+from .core.config import ModelConfig
+from .core.device import resolve_device
+from .core.errors import TransDiffError
+from .core.fuse import fuse
+from .core.generate import (
+    SampleSettings,
+    decode,
+    initial_noise,
+    measure_diversity,
+    model_device_dtype,
+    open_checkpoint,
+    open_tokenizer,
+    sample_latents,
+    sample_settings,
+    step_generators,
+)
+from .core.images import to_pil
+from .core.tokenizers import Tokenizer
+
+Classes = int | str | Sequence[int | str] | None  # indices or names; None = every class
+
+
+@dataclass
+class TransDiffOutput:
+    images: list[Image.Image]  # the final image for each label
+    labels: list[int]
+    latents: torch.Tensor  # (N, C, H, W) float32 on the CPU: the final latents
+    round_images: list[list[Image.Image]]  # [round][image]: every MRAR round; one round in 1-step mode
+    round_latents: list[torch.Tensor]  # [round] (N, C, H, W); the last is `latents`
+    settings: SampleSettings
+    seed: int
+
+
+@dataclass
+class FuseOutput:
+    images: list[Image.Image]  # class A, the fused features, class B (the same noise)
+    latents: torch.Tensor  # (3, C, H, W) float32 on the CPU
+    mask: torch.Tensor  # (n,) True where the slot came from class A
+    labels: tuple[int, int]
+
+
+@dataclass
+class DiversityOutput:
+    labels: list[int]
+    per_class: torch.Tensor  # (len(labels),) the paper's measure; lower = more diverse
+    per_round: torch.Tensor | None  # MRAR: (rounds, len(labels)), each round's feature block alone
+
+    @property
+    def mean(self) -> float:
+        return self.per_class.double().mean().item()
+
+
+class TransDiffPipeline:
+    """A loaded checkpoint (model on its device, in its precision) and the tokenizer that turns
+    its latents into images."""
+
+    def __init__(self, checkpoint: Checkpoint, tokenizer: Tokenizer):
+        self.checkpoint = checkpoint
+        self.model = checkpoint.model
+        self.tokenizer = tokenizer
+
+    @classmethod
+    def from_pretrained(cls, source: str | Path, vae: str | None = None, device: str | None = None,
+                        precision: str = "fp32", *, weights: str = "ema", compile: bool = False
+                        ) -> TransDiffPipeline:
+        """`source`: a run folder (its latest checkpoint), a checkpoint folder or a published `.pth`.
+        `vae`: the tokenizer ("kl16:PATH", ...; default: the one the checkpoint was trained with).
+        `device`: default the best available; `precision`: fp32, bf16 or fp16 (GPU)."""
+        dev = resolve_device(device)
+        ck = open_checkpoint(source, weights=weights, device=dev, precision=precision, compile=compile)
+        return cls(ck, open_tokenizer(ck, vae, dev))
+
+    @property
+    def config(self) -> ModelConfig:
+        return self.checkpoint.config
+
+    @property
+    def device(self) -> torch.device:
+        return model_device_dtype(self.model)[0]
+
+    @property
+    def class_names(self) -> list[str] | None:
+        return self.checkpoint.class_names
+
+    def labels(self, classes: Classes) -> list[int]:
+        """Class indices for indices or names (the checkpoint's own, or ImageNet's)."""
+        if isinstance(classes, torch.Tensor):
+            classes = classes.tolist()
+        values = [classes] if isinstance(classes, (numbers.Integral, str)) else classes
+        return resolve_classes(None if values is None else list(values), self.config.num_classes,
+                               self.class_names)
+
+    def settings(self, *, mode: str | None = None, rounds: int | None = None,
+                 cfg: float | Sequence[float] | None = None, scale_0: float | None = None,
+                 scale_1: float | None = None, sampling_steps: int | None = None,
+                 sampler: str = "em") -> SampleSettings:
+        """The sampling settings: what is not given comes from the checkpoint (as in the CLI)."""
+        notes: list[str] = []
+        settings = sample_settings(self.config, mode=mode, steps=rounds, sampling_steps=sampling_steps, cfg=cfg,
+                                   scale_0=scale_0, scale_1=scale_1, sampler=sampler, warnings=notes)
+        for note in notes:
+            warnings.warn(note, stacklevel=3)
+        return settings
+
+    # ------------------------------------------------------------------ sampling
+    def __call__(self, classes: Classes = None, num_per_class: int = 1, mode: str | None = None,
+                 rounds: int | None = None, cfg: float | Sequence[float] | None = None,
+                 scale_0: float | None = None, scale_1: float | None = None, sampling_steps: int | None = None,
+                 sampler: str = "em", seed: int = 0, batch_size: int = 16, progress: bool = True
+                 ) -> TransDiffOutput:
+        """`num_per_class` images of each class (grouped by class). `mode` "1step" or "mrar",
+        `rounds` MRAR's K, `cfg` one guidance scale or one per round, `sampling_steps` sampler
+        steps per image, `sampler` "em" (Euler-Maruyama) or "ode"; defaults from the checkpoint.
+        Image i's noise depends on (seed, i) only; the same seed and batch size give `transdiff
+        sample`'s images."""
+        if num_per_class < 1 or batch_size < 1:
+            raise TransDiffError("num_per_class and batch_size must be at least 1")
+        settings = self.settings(mode=mode, rounds=rounds, cfg=cfg, scale_0=scale_0, scale_1=scale_1,
+                                 sampling_steps=sampling_steps, sampler=sampler)
+        labels = [y for y in self.labels(classes) for _ in range(num_per_class)]
+        latents: list[list[torch.Tensor]] = [[] for _ in range(settings.rounds)]
+        images: list[list[Image.Image]] = [[] for _ in range(settings.rounds)]
+        with tqdm(total=len(labels), desc="sampling", unit="image", disable=not progress) as bar:
+            for start in range(0, len(labels), batch_size):
+                batch = labels[start:start + batch_size]
+                rounds_out = sample_latents(self.model, batch, range(start, start + len(batch)), settings, seed)
+                for k, lat in enumerate(rounds_out):  # each round decoded as the CLI decodes the output
+                    latents[k].append(lat.float().cpu())
+                    images[k] += to_pil(decode(self.tokenizer, lat))
+                bar.update(len(batch))
+        round_latents = [torch.cat(r) for r in latents]
+        return TransDiffOutput(images[-1], labels, round_latents[-1], images, round_latents, settings, seed)
+
+    # ------------------------------------------------------------------ features and decoding
+    @torch.no_grad()
+    def features(self, classes: Classes, references: Sequence[torch.Tensor] | None = None) -> torch.Tensor:
+        """The semantic features (B, n, D) of each class: the encoder's output after its final norm,
+        the class buffer dropped, before the diffusion position embedding (float32, CPU). MRAR
+        models: `references` are the latents (B, C, H, W) of earlier rounds, one tensor per round;
+        without them, the first block's features."""
+        device, dtype = model_device_dtype(self.model)
+        y = torch.tensor(self.labels(classes), device=device)
+        refs = None
+        if references:
+            if not self.config.mrar:
+                raise TransDiffError("references are for MRAR checkpoints; this one is a 1-step model")
+            refs = torch.cat([self.model.reference_tokens(r.to(device=device, dtype=dtype)) for r in references], 1)
+        return self.model.features(self.model.class_embedding(y), refs).float().cpu()
+
+    @torch.no_grad()
+    def decode(self, features: torch.Tensor | None = None, *, condition: torch.Tensor | None = None,
+               noise: torch.Tensor | None = None, seed: int = 0, cfg: float | None = None,
+               sampling_steps: int | None = None, scale_0: float | None = None, scale_1: float | None = None,
+               sampler: str = "em") -> TransDiffOutput:
+        """Images from semantic `features` (B, n, D), or from a ready `condition` (features plus the
+        diffusion position embedding). `noise` (B, N_d, token_dim) defaults to image i's noise for
+        `seed`, so `decode(features(classes))` redraws `pipe(classes)`'s images. Guidance uses the
+        null class's features as the unconditional branch."""
+        if (features is None) == (condition is None):
+            raise TransDiffError("give either features or condition")
+        settings = self.settings(mode="1step", cfg=cfg, scale_0=scale_0, scale_1=scale_1,
+                                 sampling_steps=sampling_steps, sampler=sampler)
+        model = self.model
+        device, dtype = model_device_dtype(model)
+        x = (features if condition is None else condition).to(device=device, dtype=dtype)
+        c = model.condition(x) if condition is None else x
+        n = c.shape[0]
+        if noise is None:
+            noise = initial_noise(model, range(n), seed)
+        try:
+            lat = model.decode(c, noise.to(device=device, dtype=dtype), cfg=settings.cfg[0],
+                               sampling_steps=settings.sampling_steps, scale_0=settings.scale_0,
+                               scale_1=settings.scale_1, sampler=settings.sampler,
+                               generator=step_generators(range(n), seed, device))
+        except ValueError as e:  # an MRAR condition with references under guidance
+            raise TransDiffError(f"{e} (or decode with cfg=1)") from e
+        images = to_pil(decode(self.tokenizer, lat))
+        return TransDiffOutput(images, [], lat.float().cpu(), [images], [lat.float().cpu()], settings, seed)
+
+    # ------------------------------------------------------------------ the paper's analyses
+    def fuse(self, a: int | str, b: int | str, ratio: float = 0.5, pattern: str = "halves", *, seed: int = 0,
+             cfg: float | None = None, sampling_steps: int | None = None, scale_0: float | None = None,
+             scale_1: float | None = None, sampler: str = "em") -> FuseOutput:
+        """Feature fusion (paper §4.2.2, 1-step models): a `ratio` share of the slots from class A's
+        features (`pattern` halves, interleave or random), the rest from B's; A, the fusion and B
+        are decoded from the same noise (`transdiff fuse`)."""
+        settings = self.settings(mode="1step", cfg=cfg, scale_0=scale_0, scale_1=scale_1,
+                                 sampling_steps=sampling_steps, sampler=sampler)
+        ya, yb = (resolve_class(v, self.config.num_classes, self.class_names) for v in (a, b))
+        result = fuse(self.model, ya, yb, settings, ratio=ratio, pattern=pattern, seed=seed)
+        images = to_pil(decode(self.tokenizer, result.latents))
+        return FuseOutput(images, result.latents.float().cpu(), result.mask.cpu(), (ya, yb))
+
+    def diversity(self, classes: Classes = None, *, mode: str | None = None, num_refs: int = 1,
+                  sampling_steps: int | None = 10, cfg: float | Sequence[float] | None = None, seed: int = 0,
+                  batch_size: int = 64) -> DiversityOutput:
+        """The paper's diversity measure (appendix D) of each class's features (`transdiff
+        diversity`). MRAR mode samples `num_refs` references per class with `sampling_steps`."""
+        settings = self.settings(mode=mode, sampling_steps=sampling_steps, cfg=cfg)
+        labels = self.labels(classes)
+        per_class, per_round = measure_diversity(self.model, labels, settings, seed=seed, num_refs=num_refs,
+                                                 batch_size=batch_size)
+        return DiversityOutput(labels, per_class.double(), per_round)
