@@ -6,7 +6,7 @@ decode, fuse and measure diversity from a notebook or a script.
     out.images[0].save("three.png")
 
 Sampling goes through the same functions as `transdiff sample` (settings resolved by
-`sample_settings`, per-image seeded noise, the same batches, the checkpoint's tokenizer), so the same
+`checkpoint_settings`, per-image seeded noise, the same batches, the checkpoint's tokenizer), so the same
 seed and batch size give the CLI's pixels. Progress goes through `tqdm.auto` (a widget in Jupyter).
 """
 
@@ -30,6 +30,7 @@ from .core.errors import TransDiffError
 from .core.fuse import fuse
 from .core.generate import (
     SampleSettings,
+    checkpoint_settings,
     decode,
     initial_noise,
     measure_diversity,
@@ -37,7 +38,6 @@ from .core.generate import (
     open_checkpoint,
     open_tokenizer,
     sample_latents,
-    sample_settings,
     step_generators,
 )
 from .core.images import to_pil
@@ -87,11 +87,12 @@ class TransDiffPipeline:
 
     @classmethod
     def from_pretrained(cls, source: str | Path, vae: str | None = None, device: str | None = None,
-                        precision: str = "fp32", *, weights: str = "ema", compile: bool = False
+                        precision: str = "auto", *, weights: str = "ema", compile: bool = False
                         ) -> TransDiffPipeline:
         """`source`: a run folder (its latest checkpoint), a checkpoint folder or a published `.pth`.
         `vae`: the tokenizer ("kl16:PATH", ...; default: the one the checkpoint was trained with).
-        `device`: default the best available; `precision`: fp32, bf16 or fp16 (GPU)."""
+        `device`: default the best available; `precision`: auto (bf16 where it is native: GPUs, CPUs with
+        avx512_bf16/AMX; else fp32), fp32, bf16 or fp16 (GPU)."""
         dev = resolve_device(device)
         ck = open_checkpoint(source, weights=weights, device=dev, precision=precision, compile=compile)
         return cls(ck, open_tokenizer(ck, vae, dev))
@@ -120,9 +121,10 @@ class TransDiffPipeline:
                  cfg: float | Sequence[float] | None = None, scale_0: float | None = None,
                  scale_1: float | None = None, sampling_steps: int | None = None,
                  sampler: str = "em") -> SampleSettings:
-        """The sampling settings: what is not given comes from the checkpoint (as in the CLI)."""
+        """The sampling settings: what is not given comes from the checkpoint, or for a published file
+        from the authors' evaluation table (as in the CLI); `settings.sources` says which."""
         notes: list[str] = []
-        settings = sample_settings(self.config, mode=mode, steps=rounds, sampling_steps=sampling_steps, cfg=cfg,
+        settings = checkpoint_settings(self.checkpoint, mode=mode, steps=rounds, sampling_steps=sampling_steps, cfg=cfg,
                                    scale_0=scale_0, scale_1=scale_1, sampler=sampler, warnings=notes)
         for note in notes:
             warnings.warn(note, stacklevel=3)
