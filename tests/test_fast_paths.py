@@ -57,8 +57,9 @@ def reference_em(model: TransDiff, c: torch.Tensor, noise: torch.Tensor, steps: 
         xin = torch.cat([x, x]) if cfg != 1.0 else x
         v = model.decoder(xin, torch.full((xin.shape[0],), 1000.0 * t), c=c if cfg != 1.0 else c[:b])
 
-        def drift(v_, x_=x, t_=t):
-            return flow.drift(v_, x_, t_)  # the score form, per branch
+        def drift(v_, x_=x, t_=t):  # the score form, per branch: d = v - t * score (w(t) = 2t)
+            score = -((1 - t_) * v_ + x_) / t_
+            return v_ - t_ * score
         d = drift(v[:b]) if cfg == 1.0 else drift(v[b:]) + cfg * (drift(v[:b]) - drift(v[b:]))
         if i < len(ts) - 2:
             x = x + scale_0 * dt * d

@@ -2,25 +2,31 @@
 
 from __future__ import annotations
 
+import contextlib
 import functools
 import warnings
-from collections.abc import Callable
-from typing import Annotated, Any
+from collections.abc import Callable, Iterator
+from typing import Any
 
 import typer
 from rich.console import Console
 from rich.markup import escape
+from rich.progress import (
+    BarColumn,
+    MofNCompleteColumn,
+    Progress,
+    ProgressColumn,
+    TextColumn,
+    TimeElapsedColumn,
+    TimeRemainingColumn,
+)
+from rich.text import Text
 
 from ..core.errors import TransDiffError
 from ..core.fs import cause
+from ..core.reporting import Reporter, Update
 
 console = Console(stderr=True)
-
-# the weights' dtype for sampling (sample, fid --ckpt, fuse)
-SamplingPrecision = Annotated[str, typer.Option(
-    "--precision", help="auto (bf16 where it is native: GPU, or a CPU with avx512_bf16/AMX; else fp32), "
-    "fp32, bf16 (emulated, slower, on other CPUs) or fp16 (GPU)")]
-
 
 def _show_warning(message: Warning | str, category: type[Warning], *args: Any, **kwargs: Any) -> None:
     """Warnings from the core as one yellow line, without Python's source-location prefix."""
@@ -66,7 +72,41 @@ def print_json(doc: Any) -> None:
     typer.echo(json.dumps(doc, indent=1))
 
 
-def not_implemented(command: str) -> None:
-    typer.secho(f"error: `transdiff {command}` is not implemented yet in this release",
-                fg="red", err=True)
-    raise typer.Exit(2)
+class _Rate(ProgressColumn):
+    """Units per second as rich measures them, e.g. "212 images/s"."""
+
+    def __init__(self, unit: str) -> None:
+        super().__init__()
+        self.unit = unit
+
+    def render(self, task: Any) -> Text:
+        return Text(f"{task.speed or 0:,.1f} {self.unit}")
+
+
+# how a named number beside a bar is shown
+FIELD_FORMATS = {"loss": "loss {task.fields[loss]:.4f}", "lr": "lr {task.fields[lr]:.2e}"}
+
+
+class RichReporter(Reporter):
+    """The core's messages and progress on the terminal: rich bars with rate, elapsed time and ETA."""
+
+    def message(self, text: str) -> None:
+        console.print(text, markup=False, highlight=False)
+
+    def warning(self, text: str) -> None:
+        console.print(f"[yellow]warning:[/] {escape(text)}")
+
+    @contextlib.contextmanager
+    def progress(self, description: str, total: int, completed: int = 0, unit: str = "",
+                 fields: dict[str, Any] | None = None) -> Iterator[Update]:
+        fields = dict(fields or {})
+        columns: list[Any] = [TextColumn("[bold]{task.description}"), BarColumn(), MofNCompleteColumn()]
+        columns += [TextColumn(FIELD_FORMATS.get(k, f"{k} {{task.fields[{k}]}}")) for k in fields if k != "ips"]
+        if "ips" in fields:  # a rate the caller measures itself (images per second over its log window)
+            columns.append(TextColumn("{task.fields[ips]:.0f} " + (unit or "/s")))
+        elif unit:
+            columns.append(_Rate(unit))
+        columns += [TimeElapsedColumn(), TextColumn("ETA"), TimeRemainingColumn()]
+        with Progress(*columns, console=console, transient=False) as bar:
+            task = bar.add_task(description, total=total, completed=completed, **fields)
+            yield lambda done=None, **kw: bar.update(task, completed=done, **kw)

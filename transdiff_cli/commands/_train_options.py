@@ -8,6 +8,7 @@ import typer
 
 from ..core.distributed import check_gpus, relaunch_with_torchrun, under_torchrun
 from ..core.train_run import RunRequest
+from ._common import RichReporter
 
 Data = Annotated[str | None, typer.Option(
     "--data", help="digits | shapes | an ImageNet-style image folder | an encode-latents folder")]
@@ -79,7 +80,7 @@ def run_request(options: dict[str, Any], **fields: Any) -> RunRequest:
     o = options
     return RunRequest(
         config_file=o["config"], run_dir=o["run_dir"], name=o["name"], device=o["device"],
-        resume=o["resume"], progress=not o["no_progress"],
+        resume=o["resume"], progress=not o["no_progress"], reporter=RichReporter(),
         model_overrides={"grad_checkpointing": o["grad_checkpointing"] or None,
                          "mrar_steps": o.get("mrar_steps")},
         train_overrides={**{k: o[k] for k in TRAIN_KEYS if o[k] is not None},

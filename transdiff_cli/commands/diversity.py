@@ -11,6 +11,7 @@ from rich.table import Table
 from ..core.classes import class_label, resolve_classes
 from ..core.device import resolve_device
 from ..core.generate import checkpoint_settings, measure_diversity, open_checkpoint
+from . import _sampling_options as so
 from ._common import console, print_settings, user_errors
 from .sample import help_text
 
@@ -39,18 +40,18 @@ def register(app: typer.Typer) -> None:
         ckpt: Path = typer.Argument(..., help="checkpoint folder, run folder or published .pth"),
         classes: list[str] = typer.Option(None, "--classes", "--class", "-c",
                                           help="classes to measure (default: all); repeat or comma-separate"),
-        mode: str = typer.Option(None, "--mode", help="1step or mrar (default: the checkpoint's kind)"),
+        mode: so.Mode = None,
         as_json: bool = typer.Option(False, "--json", help="print JSON to stdout instead of a table"),
         num_refs: int = typer.Option(1, "--num-refs", min=1, help="MRAR: samples per class to average over"),
         sampling_steps: int = typer.Option(None, "--sampling-steps",
                                            help="MRAR: sampler steps for the references (default 10)"),
-        cfg: str = typer.Option(None, "--cfg", help="MRAR: guidance for the references (default: checkpoint's)"),
-        seed: int = typer.Option(0, "--seed", help="MRAR: noise of the references"),
+        cfg: so.Cfg = None,
+        seed: so.Seed = 0,
         batch_size: int = typer.Option(64, "--batch-size", min=1),
         out: Path = typer.Option(None, "--out", "-o", help="also write the JSON to this file"),
-        device: str = typer.Option(None, "--device"),
-        weights: str = typer.Option("ema", "--weights", help="ema or model"),
-        size: str = typer.Option(None, "--size", help="check the checkpoint is this size (B, L, H, ...)"),
+        device: so.Device = None,
+        weights: so.Weights = "ema",
+        size: so.Size = None,
     ) -> None:
         dev = resolve_device(device)
         ck = open_checkpoint(ckpt, weights=weights, size=size, device=dev, precision="fp32")  # a measurement

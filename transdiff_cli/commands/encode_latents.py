@@ -11,7 +11,7 @@ from ..core.device import resolve_device
 from ..core.distributed import cleanup, init_distributed
 from ..core.latents import encode_latents as encode
 from ..core.latents import read_manifest
-from ._common import console, user_errors
+from ._common import RichReporter, console, user_errors
 
 HELP = (
     "Encode images into cached latents (and those of their horizontal flips) for `train`.\n\n"
@@ -49,7 +49,8 @@ def register(app: typer.Typer) -> None:
         dist = init_distributed(dev)
         try:
             folder = encode(data, vae, out, image_size=image_size, batch_size=batch_size, device=dev,
-                            shard_size=shard_size, num_workers=num_workers, progress=not quiet, dist=dist)
+                            shard_size=shard_size, num_workers=num_workers, progress=not quiet, dist=dist,
+                            reporter=RichReporter())
         finally:
             cleanup(dist)
         if not dist.is_main:

@@ -28,7 +28,8 @@ from ..core.generate import checkpoint_settings, open_checkpoint, open_tokenizer
 from ..core.generate_npz import generate_npz, generation_identity, parts_dir, shard_size_for
 from ..core.hub import hub_file, is_hub_id
 from ..core.sweep import parse_sweeps, point_name, sweep_points, write_sweep
-from ._common import SamplingPrecision, console, print_json, print_settings, user_errors
+from . import _sampling_options as so
+from ._common import console, print_json, print_settings, user_errors
 from .sample import help_text, progress_bar
 
 HELP = """FID, Inception Score (off with --no-isc) and with --prc precision/recall of generated
@@ -88,23 +89,23 @@ def register(app: typer.Typer) -> None:
                                         "scale_1 or sampling_steps; give twice for a grid"),
         num_per_class: int = typer.Option(50, "--num-per-class", min=1, help="--ckpt: images per class"),
         classes: list[str] = typer.Option(None, "--class", "-c", help="--ckpt: classes (default: all)"),
-        vae: str = typer.Option(None, "--vae", help="--ckpt: tokenizer, e.g. kl16:PATH"),
-        mode: str = typer.Option(None, "--mode", help="--ckpt: 1step or mrar"),
-        steps: int = typer.Option(None, "--steps", help="--ckpt: MRAR steps"),
-        sampling_steps: int = typer.Option(None, "--sampling-steps", help="--ckpt: sampler steps"),
-        cfg: str = typer.Option(None, "--cfg", help="--ckpt: guidance scale (or one per MRAR step)"),
-        scale_0: float = typer.Option(None, "--scale-0"),
-        scale_1: float = typer.Option(None, "--scale-1"),
-        sampler: str = typer.Option(None, "--sampler", help="em (default) or ode"),
-        seed: int = typer.Option(0, "--seed"),
+        vae: so.Vae = None,
+        mode: so.Mode = None,
+        steps: so.Rounds = None,
+        sampling_steps: so.SamplingSteps = None,
+        cfg: so.Cfg = None,
+        scale_0: so.Scale0 = None,
+        scale_1: so.Scale1 = None,
+        sampler: so.Sampler = None,
+        seed: so.Seed = 0,
         batch_size: int = typer.Option(64, "--batch-size", min=1),
         shard_size: int = typer.Option(None, "--shard-size", min=1, help="--ckpt: images per resumable "
                                        "shard (rounded up to whole batches; default about 1024)"),
         out: Path = typer.Option(Path("fid"), "--out", "-o", help="folder for metrics.json (and generated.npz)"),
-        precision: SamplingPrecision = "auto",
-        compile: bool = typer.Option(False, "--compile"),
-        device: str = typer.Option(None, "--device"),
-        weights: str = typer.Option("ema", "--weights", help="--ckpt: ema or model"),
+        precision: so.Precision = "auto",
+        compile: so.Compile = False,
+        device: so.Device = None,
+        weights: so.Weights = "ema",
         dry_run: bool = typer.Option(False, "--dry-run", help="print the resolved run as JSON; write nothing"),
     ) -> None:
         if save_stats is None and (gen is None) == (ckpt is None):

@@ -12,7 +12,8 @@ from ..core.device import resolve_device
 from ..core.fuse import check_fuse, fuse, save_figure
 from ..core.generate import checkpoint_settings, decode, open_checkpoint, open_tokenizer
 from ..core.images import save_pngs
-from ._common import SamplingPrecision, console, print_settings, user_errors
+from . import _sampling_options as so
+from ._common import console, print_settings, user_errors
 from .sample import help_text
 
 HELP = """Fuse the 1-step semantic features of two classes (paper §4.2.2) and decode the blend.
@@ -35,20 +36,20 @@ def register(app: typer.Typer) -> None:
         a: str = typer.Option(..., "--a", help="class A (index or name)"),
         b: str = typer.Option(..., "--b", help="class B (index or name)"),
         ckpt: Path = typer.Option(None, "--ckpt", help="1-step checkpoint (default: the newest run under runs/)"),
-        vae: str = typer.Option(None, "--vae", help="tokenizer, e.g. kl16:PATH (default: the checkpoint's)"),
+        vae: so.Vae = None,
         ratio: float = typer.Option(0.5, "--ratio", help="share of slot positions taken from class A"),
         pattern: str = typer.Option("halves", "--pattern", help="halves, interleave or random"),
-        sampling_steps: int = typer.Option(None, "--sampling-steps", help="sampler steps"),
-        cfg: str = typer.Option(None, "--cfg", help="guidance scale (default: the checkpoint's)"),
-        scale_0: float = typer.Option(None, "--scale-0"),
-        scale_1: float = typer.Option(None, "--scale-1"),
-        sampler: str = typer.Option(None, "--sampler", help="em (default) or ode"),
-        seed: int = typer.Option(0, "--seed", help="noise (and the random pattern)"),
+        sampling_steps: so.SamplingSteps = None,
+        cfg: so.Cfg = None,
+        scale_0: so.Scale0 = None,
+        scale_1: so.Scale1 = None,
+        sampler: so.Sampler = None,
+        seed: so.Seed = 0,
         out: Path = typer.Option(Path("fuse"), "--out", "-o", help="output folder"),
-        precision: SamplingPrecision = "auto",
-        compile: bool = typer.Option(False, "--compile"),
-        device: str = typer.Option(None, "--device"),
-        weights: str = typer.Option("ema", "--weights", help="ema or model"),
+        precision: so.Precision = "auto",
+        compile: so.Compile = False,
+        device: so.Device = None,
+        weights: so.Weights = "ema",
     ) -> None:
         dev = resolve_device(device)
         ck = open_checkpoint(ckpt, weights=weights, device=dev, precision=precision, compile=compile)

@@ -30,7 +30,8 @@ from ..core.generate import (
     open_tokenizer,
 )
 from ..core.validate import check_seed
-from ._common import SamplingPrecision, console, print_json, print_settings, user_errors
+from . import _sampling_options as so
+from ._common import console, print_json, print_settings, user_errors
 
 HELP = """Generate class-conditional images (1-step or MRAR) into PNG files and a grid.
 
@@ -86,28 +87,27 @@ def register(app: typer.Typer) -> None:
     def sample(
         ckpt: Path = typer.Option(None, "--ckpt", help="checkpoint folder, run folder, published .pth or "
                                   "hf://OWNER/REPO/FILE[@REV] (default: the newest run under runs/)"),
-        vae: str = typer.Option(None, "--vae", help="tokenizer, e.g. kl16:PATH or "
-                                "kl16:hf://zhendch/Transdiff/vae/checkpoint-last.pth (default: the checkpoint's)"),
+        vae: so.Vae = None,
         classes: list[str] = typer.Option(None, "--class", "-c", help="class index or name; repeat or "
                                           "comma-separate for several (default: every class)"),
         num: int = typer.Option(4, "--num", "-n", min=1, help="images per class"),
-        mode: str = typer.Option(None, "--mode", help="1step or mrar (default: the checkpoint's kind)"),
-        steps: int = typer.Option(None, "--steps", help="MRAR steps K (at most the trained K)"),
-        sampling_steps: int = typer.Option(None, "--sampling-steps", help="sampler steps per image"),
-        cfg: str = typer.Option(None, "--cfg", help="guidance scale, or one per MRAR step: 1,1.3,1.3,1.3"),
-        scale_0: float = typer.Option(None, "--scale-0", help="Euler-Maruyama drift scale"),
-        scale_1: float = typer.Option(None, "--scale-1", help="Euler-Maruyama noise scale"),
-        sampler: str = typer.Option(None, "--sampler", help="em (Euler-Maruyama, default) or ode (plain Euler)"),
-        seed: int = typer.Option(0, "--seed"),
+        mode: so.Mode = None,
+        steps: so.Rounds = None,
+        sampling_steps: so.SamplingSteps = None,
+        cfg: so.Cfg = None,
+        scale_0: so.Scale0 = None,
+        scale_1: so.Scale1 = None,
+        sampler: so.Sampler = None,
+        seed: so.Seed = 0,
         out: Path = typer.Option(Path("samples"), "--out", "-o", help="output folder"),
         batch_size: int = typer.Option(16, "--batch-size", min=1),
         save_steps: bool = typer.Option(False, "--save-steps", help="also write a strip of each MRAR step"),
         npz: Path = typer.Option(None, "--npz", help="also write all images as an .npz (arr_0 uint8 NHWC)"),
-        precision: SamplingPrecision = "auto",
-        compile: bool = typer.Option(False, "--compile", help="torch.compile the decoder"),
-        device: str = typer.Option(None, "--device", help="cpu, cuda, cuda:N, mps (default: best available)"),
-        weights: str = typer.Option("ema", "--weights", help="ema or model"),
-        size: str = typer.Option(None, "--size", help="check the checkpoint is this size (B, L, H, ...)"),
+        precision: so.Precision = "auto",
+        compile: so.Compile = False,
+        device: so.Device = None,
+        weights: so.Weights = "ema",
+        size: so.Size = None,
         overwrite: bool = typer.Option(False, "--overwrite", help="replace a non-empty --out that holds "
                                        "other files (an earlier `sample` output is always replaced)"),
         dry_run: bool = typer.Option(False, "--dry-run", help="print the resolved run as JSON; write nothing"),

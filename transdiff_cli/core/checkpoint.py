@@ -27,7 +27,7 @@ from safetensors.torch import load_file, save_file
 from .config import ModelConfig, preset
 from .convert import config_from_published, from_published_keys
 from .errors import TransDiffError
-from .fs import os_error
+from .fs import os_error, write_text_atomic
 from .hub import hub_file, is_hub_id
 from .model import TransDiff
 
@@ -75,12 +75,6 @@ def _commit_dir(tmp: Path, final: Path) -> None:
         shutil.rmtree(old, ignore_errors=True)
     else:
         os.replace(tmp, final)
-
-
-def write_text_atomic(path: Path, text: str) -> None:
-    tmp = path.with_name(f".{path.name}.tmp-{uuid.uuid4().hex[:8]}")
-    tmp.write_text(text)
-    os.replace(tmp, path)
 
 
 def _contiguous(state: dict[str, torch.Tensor]) -> dict[str, torch.Tensor]:

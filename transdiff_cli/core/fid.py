@@ -21,12 +21,12 @@ import numpy as np
 import torch
 from PIL import Image
 
+from .datasets import IMAGE_EXTENSIONS
 from .errors import TransDiffError
 
 INCEPTION_FILE = "weights-inception-2015-12-05-6726825d.pth"
 INCEPTION_URL = f"https://github.com/toshas/torch-fidelity/releases/download/v0.2.0/{INCEPTION_FILE}"
 INCEPTION_ENV = "TRANSDIFF_INCEPTION_WEIGHTS"
-IMAGE_EXTENSIONS = (".png", ".jpg", ".jpeg", ".bmp", ".webp")
 FEATURES = ("inception", "digits")
 FID_LAYER = "2048"  # Inception's pool3 features, the standard FID/PR layer
 BUILTIN_DIGITS = "digits"  # --ref digits: scikit-learn's digits, no file needed
@@ -77,7 +77,7 @@ def load_image_folder(folder: Path) -> ImageSet:
     files = sorted(p for p in folder.rglob("*") if p.suffix.lower() in IMAGE_EXTENSIONS and p.is_file()
                    and "steps" not in p.relative_to(folder).parts[:-1] and p.stem != "grid")
     if not files:
-        raise TransDiffError(f"no images ({', '.join(IMAGE_EXTENSIONS)}) in {folder}")
+        raise TransDiffError(f"no images ({', '.join(sorted(IMAGE_EXTENSIONS))}) in {folder}")
     arrays = []
     for p in files:
         with Image.open(p) as im:

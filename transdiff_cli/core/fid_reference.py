@@ -12,7 +12,6 @@ from __future__ import annotations
 
 import json
 import os
-import uuid
 from pathlib import Path
 
 import numpy as np
@@ -20,6 +19,7 @@ import torch
 
 from .errors import TransDiffError
 from .fid import Extractor, ImageSet, file_sha256, statistics
+from .fs import atomic_write, write_text_atomic
 from .npz_stream import iter_npz_array, npz_array_info
 
 CACHE_ENV = "TRANSDIFF_CACHE_DIR"
@@ -49,9 +49,8 @@ def cached_reference_features(npz: Path, extractor: Extractor, cache_dir: str | 
     feats = torch.cat([extractor(chunk, batch_size)[0] for chunk in iter_npz_array(npz, rows=max(batch_size, 256))])
     try:
         path.parent.mkdir(parents=True, exist_ok=True)
-        tmp = path.with_name(f".{path.name}.tmp-{uuid.uuid4().hex[:8]}.npy")
-        np.save(tmp, feats.float().numpy())
-        os.replace(tmp, path)
+        with atomic_write(path, suffix=".npy") as tmp:
+            np.save(tmp, feats.float().numpy())
     except OSError as e:
         raise TransDiffError(f"cannot write the feature cache {path.parent}: {e.strerror}; "
                              "choose another --cache-dir") from None
@@ -73,9 +72,7 @@ def _checksum(npz: Path, cache: Path) -> str:
     memo[key] = {"stamp": stamp, "sha256": digest}
     try:
         cache.mkdir(parents=True, exist_ok=True)
-        tmp = memo_path.with_name(f".{memo_path.name}.tmp-{uuid.uuid4().hex[:8]}")
-        tmp.write_text(json.dumps(memo, indent=1))
-        os.replace(tmp, memo_path)
+        write_text_atomic(memo_path, json.dumps(memo, indent=1))
     except OSError:
         pass  # the memo only saves time
     return digest
@@ -118,9 +115,8 @@ def save_reference_stats(ref: ImageSet, extractor: Extractor, out: str | Path, *
         if ref.labels is not None:
             arrays["labels"] = ref.labels[pick]
     out.parent.mkdir(parents=True, exist_ok=True)
-    tmp = out.with_name(f".{out.stem}.tmp-{uuid.uuid4().hex[:8]}.npz")
-    np.savez(tmp, **arrays)
-    os.replace(tmp, out)
+    with atomic_write(out, suffix=".npz") as tmp:
+        np.savez(tmp, **arrays)
     return {"stats": str(out), "reference": ref.source, "num_reference": len(ref.images),
             "features": extractor.name, "feature_dim": int(st.mu.shape[0]),
             "num_images_saved": int(len(arrays["arr_0"])) if "arr_0" in arrays else 0}

@@ -50,15 +50,9 @@ def em_times(steps: int) -> list[float]:
     return [1.0 + (T_MIN - 1.0) * i / (steps - 1) for i in range(steps)] + [0.0]
 
 
-def drift(v: torch.Tensor, x: torch.Tensor, t: float) -> torch.Tensor:
-    """Reverse-SDE drift with diffusion coefficient w(t) = 2t: d = v - t * score,
-    score = -((1 - t) v + x) / t. Algebraically d = (2 - t) v + x, the form the samplers use."""
-    score = -((1 - t) * v + x) / t
-    return v - t * score
-
-
 def guided_velocity(velocity: VelocityFn, x: torch.Tensor, t: float, cfg: float) -> torch.Tensor:
-    """v_uncond + cfg (v_cond - v_uncond). The drift is affine in v with the same x term in both
+    """v_uncond + cfg (v_cond - v_uncond). The reverse-SDE drift with w(t) = 2t is d = v - t * score,
+    score = -((1 - t) v + x) / t, i.e. d = (2 - t) v + x: affine in v with the same x term in both
     branches, so guiding the velocity equals guiding the drift: d_u + cfg (d_c - d_u) = (2 - t) v_cfg + x."""
     v_cond, v_uncond = velocity(x, t)
     if v_uncond is None or cfg == 1.0:

@@ -3,9 +3,11 @@ path and the cause (no space, read-only, not a folder)."""
 
 from __future__ import annotations
 
+import contextlib
 import errno
 import os
 import uuid
+from collections.abc import Iterator
 from pathlib import Path
 
 from .errors import TransDiffError
@@ -57,3 +59,22 @@ def check_file_target(path: str | Path, option: str) -> Path:
         raise TransDiffError(f"{option} {p} is a folder, not a file name")
     ensure_dir(p.parent if str(p.parent) else Path("."), option)
     return p
+
+
+@contextlib.contextmanager
+def atomic_write(path: str | Path, suffix: str = "") -> Iterator[Path]:
+    """Yield a hidden temporary path beside `path` to write to; it replaces `path` in one rename
+    when the block succeeds and is removed when it fails, so readers see the old file or the new
+    one, never a torn one. `suffix` keeps writers that add an extension (np.save, savefig) happy."""
+    path = Path(path)
+    tmp = path.with_name(f".{path.name}.tmp-{uuid.uuid4().hex[:8]}{suffix}")
+    try:
+        yield tmp
+        os.replace(tmp, path)
+    finally:
+        tmp.unlink(missing_ok=True)
+
+
+def write_text_atomic(path: str | Path, text: str) -> None:
+    with atomic_write(path) as tmp:
+        tmp.write_text(text)

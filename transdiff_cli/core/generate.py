@@ -1,11 +1,10 @@
 """Class-conditional generation in batches: settings from the checkpoint and the user, seeded noise,
-decoding through the tokenizer, and writing PNGs, a grid, MRAR step strips and an FID `.npz`.
+decoding through the tokenizer, and writing PNGs, a grid and MRAR step strips into a fresh folder
+(the resumable FID `.npz` is `generate_npz`'s).
 
-Seeding: image i's initial noise comes from its own generator seeded by (seed, i), so it does not
-depend on the batch size or on how images are split across ranks. The Euler-Maruyama noise injected
-at each step (scale_1 > 0) is drawn for the whole batch from a generator seeded by (seed, first
-index of the batch): same seed and batch size -> identical images; the ODE sampler and scale_1 = 0
-are independent of the batching altogether.
+Seeding: image i's initial noise and its Euler-Maruyama noise stream (scale_1 > 0) come from
+generators seeded by (seed, i), so an image does not depend on the batch size or on how images are
+split across torchrun ranks.
 """
 
 from __future__ import annotations

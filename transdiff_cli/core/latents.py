@@ -9,6 +9,7 @@ marks the shard as finished; and `manifest.json` (see `encode_latents`).
 
 from __future__ import annotations
 
+import contextlib
 import hashlib
 import json
 import os
@@ -25,7 +26,8 @@ from torch.utils.data import DataLoader, Dataset
 from .datasets import BUILTIN, ImageDataset, UnreadableImage, open_image_dataset
 from .distributed import DistInfo, barrier
 from .errors import TransDiffError
-from .fs import ensure_dir
+from .fs import ensure_dir, write_text_atomic
+from .reporting import Reporter
 from .run_lock import LOCK, FolderLock
 from .tokenizers import PixelTokenizer, Tokenizer, load_tokenizer, posterior_sampler, same_tokenizer
 
@@ -50,9 +52,7 @@ def read_manifest(folder: Path) -> dict[str, Any]:
 
 
 def _write_json(path: Path, obj: Any) -> None:
-    tmp = path.with_name(f".{path.name}.tmp{os.getpid()}")
-    tmp.write_text(json.dumps(obj, indent=1))
-    os.replace(tmp, path)
+    write_text_atomic(path, json.dumps(obj, indent=1))
 
 
 def _sha256(path: Path) -> str:
@@ -338,22 +338,10 @@ class _SafeReader(Dataset):
             return index, None, self.dataset.targets[index], e.reason
 
 
-def _progress(enabled: bool):
-    from rich.console import Console
-    from rich.progress import BarColumn, MofNCompleteColumn, Progress, ProgressColumn, TextColumn, TimeRemainingColumn
-    from rich.text import Text
-
-    class Rate(ProgressColumn):
-        def render(self, task) -> Text:
-            return Text(f"{task.speed or 0:,.0f} images/s")
-
-    return Progress(TextColumn("encoding"), BarColumn(), MofNCompleteColumn(), Rate(), TimeRemainingColumn(),
-                    console=Console(stderr=True), disable=not enabled)
-
-
 def encode_latents(data: str, tokenizer_spec: str | None, out_dir: str | Path, image_size: int | None = None,
                    batch_size: int = 64, device: torch.device | str = "cpu", shard_size: int = 1024,
-                   num_workers: int | None = None, progress: bool = True, dist: DistInfo | None = None) -> Path:
+                   num_workers: int | None = None, progress: bool = True, dist: DistInfo | None = None,
+                   reporter: Reporter | None = None) -> Path:
     """Encode every image of `data` and its mirror into sharded posterior moments in `out_dir`.
 
     Resumable: shards finished by an earlier run (record present, checksum matching) are kept, the
@@ -409,8 +397,10 @@ def encode_latents(data: str, tokenizer_spec: str | None, out_dir: str | Path, i
         skipped: dict[int, list] = {k: [] for k in todo}
         seen = dict.fromkeys(todo, 0)
         delay = float(os.environ.get(DELAY_ENV, "0") or 0)
-        with _progress(progress and dist.is_main) as bar, torch.no_grad():
-            task = bar.add_task("encode", total=len(indices))
+        bar = (reporter or Reporter()).progress("encoding", len(indices), unit="images/s") \
+            if progress and dist.is_main else contextlib.nullcontext(None)
+        done = 0
+        with bar as advance, torch.no_grad():
             for batch in loader:
                 good = [b for b in batch if b[1] is not None]
                 if good:
@@ -428,7 +418,9 @@ def encode_latents(data: str, tokenizer_spec: str | None, out_dir: str | Path, i
                                      tuple(manifest["moments_shape"]))
                         if delay:
                             time.sleep(delay)
-                bar.advance(task, len(batch))
+                done += len(batch)
+                if advance is not None:
+                    advance(done)
         barrier(dist)
         if dist.is_main:  # no barrier after: a failure here must not leave the other ranks waiting
             _finish_manifest(out, manifest)

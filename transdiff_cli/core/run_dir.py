@@ -8,8 +8,8 @@ from typing import Any
 
 import yaml
 
-from .checkpoint import write_text_atomic
 from .errors import TransDiffError
+from .fs import atomic_write, write_text_atomic
 
 
 class RunDir:
@@ -108,8 +108,7 @@ class RunDir:
         ax.grid(alpha=0.3)
         ax.legend()
         fig.tight_layout()
-        tmp = self.loss_plot.with_name(".loss.tmp.png")
-        fig.savefig(tmp)
+        with atomic_write(self.loss_plot, suffix=".png") as tmp:
+            fig.savefig(tmp)
         plt.close(fig)
-        tmp.replace(self.loss_plot)
         return self.loss_plot

@@ -21,6 +21,7 @@ from .config import ModelConfig
 from .distributed import DistInfo
 from .errors import TransDiffError
 from .fid import BUILTIN_DIGITS, ImageSet, Reference, fid_key, generated_metrics, make_extractor, prepare_reference
+from .fs import atomic_write
 from .generate import generate_arrays, sample_settings
 from .model import TransDiff
 from .run_dir import RunDir
@@ -119,8 +120,7 @@ def plot_fid(run: RunDir, path: Path) -> Path | None:
         ax.legend(ax.get_lines() + ax2.get_lines(), ["FID", second.replace("_", " ")], loc="best")
     ax.set_title(f"{run.root.name}: EMA model quality")
     fig.tight_layout()
-    tmp = path.with_name(".fid.tmp.png")
-    fig.savefig(tmp)
+    with atomic_write(path, suffix=".png") as tmp:
+        fig.savefig(tmp)
     plt.close(fig)
-    tmp.replace(path)
     return path

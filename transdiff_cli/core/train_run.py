@@ -19,6 +19,7 @@ from .device import resolve_device
 from .distributed import DistInfo, cleanup, init_distributed
 from .errors import TransDiffError
 from .fs import ensure_dir
+from .reporting import Reporter
 from .run_dir import RunDir
 from .run_lock import FolderLock
 from .train_config import DIGITS_EVAL, TrainConfig, train_defaults
@@ -42,6 +43,7 @@ class RunRequest:
     finetune_from: str | None = None
     init_from: str | None = None  # start from this checkpoint's weights (train --init-from)
     progress: bool = True
+    reporter: Reporter | None = None  # messages and the progress bar (default: plain lines, no bar)
 
 
 def _split_yaml(doc: dict[str, Any]) -> tuple[dict[str, Any], dict[str, Any]]:
@@ -195,7 +197,7 @@ def prepare(req: RunRequest, locks: contextlib.ExitStack | None = None) -> tuple
         run.write_config({"model": model_cfg.to_dict(), "train": tcfg.to_dict(),
                           "command": " ".join(sys.argv), **parent})
     trainer = Trainer(model_cfg, tcfg, data, run, device, dist, meta, init_state, init_ema,
-                      progress=req.progress)
+                      reporter=req.reporter, progress=req.progress)
     return trainer, dist
 
 
@@ -244,8 +246,8 @@ def _init_from(req: RunRequest, yaml_model: dict[str, Any], yaml_train: dict[str
                                  "frozen, so it cannot learn new classes (drop --only-train-diff)")
         fresh = init.fresh_class_embedding(cfg, tcfg.seed)
         if is_main:
-            print(f"warning: the data has {classes} classes, {req.init_from} {one.num_classes}: "
-                  "the class embedding starts afresh", file=sys.stderr)
+            (req.reporter or Reporter()).warning(f"the data has {classes} classes, {req.init_from} "
+                                                 f"{one.num_classes}: the class embedding starts afresh")
     raw = init.init_state(src.raw_model, cfg, req.init_from, fresh)
     ema = init.init_state(src.raw_ema or src.raw_model, cfg, req.init_from, fresh)
     if tcfg.only_train_diff:

@@ -20,8 +20,6 @@ from pathlib import Path
 from typing import Any
 
 import torch
-from rich.console import Console
-from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn, TimeRemainingColumn
 from torch.nn.parallel import DistributedDataParallel as DDP
 from torch.utils.data import DataLoader
 
@@ -34,6 +32,7 @@ from .errors import TransDiffError
 from .images import save_grid
 from .model import TransDiff
 from .optim import EMA, lr_at, make_optimizer
+from .reporting import Reporter, Update
 from .run_dir import RunDir
 from .train_config import TrainConfig
 
@@ -123,11 +122,11 @@ class Trainer:
                  device: torch.device, dist: DistInfo, meta: dict[str, Any],
                  init_state: dict[str, torch.Tensor] | None = None,
                  init_ema: dict[str, torch.Tensor] | None = None,
-                 console: Console | None = None, progress: bool = True):
+                 reporter: Reporter | None = None, progress: bool = True):
         cfg.validate()
         self.model_cfg, self.cfg, self.data, self.run = model_cfg, cfg, data, run
         self.device, self.dist, self.meta = device, dist, meta
-        self.console = console or Console(stderr=True)
+        self.reporter = reporter or Reporter()
         self.show_progress = progress and dist.is_main
         world = dist.world_size
         if cfg.batch_size % (world * cfg.grad_accum):
@@ -202,7 +201,7 @@ class Trainer:
             torch.cuda.set_rng_state(state["rng_cuda"], self.device)
         if self.dist.is_main:
             self.run.truncate_metrics(self.step)
-            self.console.print(f"resuming {self.run.root} from step {self.step}")
+            self.reporter.message(f"resuming {self.run.root} from step {self.step}")
 
     def save(self) -> Path | None:
         """Rank 0 writes weights, EMA and the training state to a new step folder atomically."""
@@ -258,7 +257,7 @@ class Trainer:
         if row is not None:
             extra = f", class fidelity {row['class_fidelity']:.3f}" if "class_fidelity" in row else \
                 (f", IS {row['inception_score']:.2f}" if row.get("inception_score") is not None else "")
-            self.console.print(f"step {self.step}: FID {row['fid']:.3f}{extra} ({row['eval_images']} EMA "
+            self.reporter.message(f"step {self.step}: FID {row['fid']:.3f}{extra} ({row['eval_images']} EMA "
                                f"images, {row['eval_seconds']} s)")
             if self.tb is not None:
                 self.tb.scalars(row, "eval/")
@@ -300,10 +299,10 @@ class Trainer:
         window_t, window_start = time.time(), self.step
         last_ckpt: Path | None = None
         stopped = None
-        progress = self._progress()
-        task = progress.add_task("training", total=self.total, completed=self.step,
-                                 loss=float("nan"), lr=0.0, ips=0.0) if progress else None
-        with _StopFlag() as stop, (progress or contextlib.nullcontext()):
+        bar = self.reporter.progress("training", self.total, self.step, unit="img/s",
+                                     fields={"loss": float("nan"), "lr": 0.0, "ips": 0.0}) \
+            if self.show_progress else contextlib.nullcontext(None)
+        with _StopFlag() as stop, bar as progress:
             while self.step < self.total and stopped is None:
                 it = iter(self._loader())
                 steps_left_in_epoch = self.steps_per_epoch - self.batch_pos
@@ -330,8 +329,7 @@ class Trainer:
                     if stop.raised and not self.dist.enabled:
                         boundary = True
                     if boundary:
-                        stopped = self._log(window, window_t, window_start, lr, progress, task,
-                                            stop)
+                        stopped = self._log(window, window_t, window_start, lr, progress, stop)
                         window, window_t, window_start = [], time.time(), self.step
                         if stopped:
                             break
@@ -370,7 +368,7 @@ class Trainer:
         torch.save(grads, path)
 
     def _log(self, window: list[torch.Tensor], t_start: float, step_start: int, lr: float,
-             progress: Progress | None, task: Any, stop: _StopFlag) -> str | None:
+             progress: Update | None, stop: _StopFlag) -> str | None:
         """Read the window's losses (the only host sync), check them, write metrics; returns why
         the run must stop, if it must."""
         vals = torch.stack(window)
@@ -395,17 +393,7 @@ class Trainer:
                 for row in rows:
                     self.tb.scalars(row, "train/")
             if progress is not None:
-                progress.update(task, completed=self.step, loss=float(vals[:, 0].mean()), lr=lr,
-                                ips=ips)
+                progress(self.step, loss=float(vals[:, 0].mean()), lr=lr, ips=ips)
         if flag.item() > 0:
             return stop.raised or "signal"
         return None
-
-    def _progress(self) -> Progress | None:
-        if not self.show_progress:
-            return None
-        return Progress(
-            TextColumn("[bold]{task.description}"), BarColumn(), MofNCompleteColumn(),
-            TextColumn("loss {task.fields[loss]:.4f}"), TextColumn("lr {task.fields[lr]:.2e}"),
-            TextColumn("{task.fields[ips]:.0f} img/s"), TimeElapsedColumn(), TextColumn("ETA"),
-            TimeRemainingColumn(), console=self.console, transient=False)
