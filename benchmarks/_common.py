@@ -17,11 +17,11 @@ from torch.utils.flop_counter import FlopCounterMode
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
-from transdiff_cli.core.config import IMAGENET_GEOMETRY, preset  # noqa: E402
-from transdiff_cli.core.cpu_kernels import fused_linear_supported, native_bf16  # noqa: E402
 from transdiff_cli.core.device import resolve_device  # noqa: E402
 from transdiff_cli.core.errors import TransDiffError  # noqa: E402
-from transdiff_cli.core.model import TransDiff  # noqa: E402
+from transdiff_cli.core.model.config import IMAGENET_GEOMETRY, preset  # noqa: E402
+from transdiff_cli.core.model.cpu_kernels import fused_linear_supported, native_bf16  # noqa: E402
+from transdiff_cli.core.model.transdiff import TransDiff  # noqa: E402
 
 DTYPES = {"fp32": torch.float32, "bf16": torch.bfloat16}
 
@@ -82,8 +82,8 @@ def build_in_dtype(cfg, dtype: torch.dtype, device: torch.device) -> TransDiff:
 
 def load_model(args: argparse.Namespace, mrar: bool, device: torch.device) -> TransDiff:
     if args.ckpt:
-        from transdiff_cli.core.checkpoint import load_checkpoint
-        from transdiff_cli.core.inference import prepare
+        from transdiff_cli.core.io.checkpoint import load_checkpoint
+        from transdiff_cli.core.sampling.inference import prepare
         model = load_checkpoint(args.ckpt).model
         return prepare(model, device, args.precision)
     return random_model(args, mrar, device)

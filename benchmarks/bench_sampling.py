@@ -33,7 +33,7 @@ from _common import (
     time_runs,
 )
 
-from transdiff_cli.core.inference import prepare
+from transdiff_cli.core.sampling.inference import prepare
 
 
 def main() -> None:

@@ -27,7 +27,7 @@ from _common import (
     synchronize,
 )
 
-from transdiff_cli.core.optim import param_groups
+from transdiff_cli.core.training.optim import param_groups
 
 
 def make_optimizer(model: torch.nn.Module, kind: str, lr: float) -> torch.optim.AdamW:

@@ -25,10 +25,10 @@ from PIL import Image, ImageDraw
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
-from transdiff_cli.core.checkpoint import load_checkpoint  # noqa: E402
-from transdiff_cli.core.generate import initial_noise  # noqa: E402
-from transdiff_cli.core.images import to_uint8  # noqa: E402
-from transdiff_cli.core.tokenizers import load_tokenizer  # noqa: E402
+from transdiff_cli.core.data.images import to_uint8  # noqa: E402
+from transdiff_cli.core.data.tokenizers import load_tokenizer  # noqa: E402
+from transdiff_cli.core.io.checkpoint import load_checkpoint  # noqa: E402
+from transdiff_cli.core.sampling.generate import initial_noise  # noqa: E402
 
 CLASSES = ["red-circle", "green-square", "blue-triangle", "yellow-circle", "blue-square",
            "red-triangle"]

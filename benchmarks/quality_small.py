@@ -32,15 +32,15 @@ from typing import Any
 import numpy as np
 import torch
 
-from transdiff_cli.core.checkpoint import load_checkpoint
-from transdiff_cli.core.classifier import digits_dataset, load_digits_classifier
-from transdiff_cli.core.diversity import diversity
-from transdiff_cli.core.fid import frechet_distance, statistics
-from transdiff_cli.core.fuse import fuse, save_figure
-from transdiff_cli.core.generate import decode, generate_arrays, mrar_feature_diversity, sample_settings
-from transdiff_cli.core.images import make_grid
-from transdiff_cli.core.tokenizers import load_tokenizer
-from transdiff_cli.core.train_run import RunRequest, run_training
+from transdiff_cli.core.data.images import make_grid
+from transdiff_cli.core.data.tokenizers import load_tokenizer
+from transdiff_cli.core.eval.classifier import digits_dataset, load_digits_classifier
+from transdiff_cli.core.eval.diversity import diversity
+from transdiff_cli.core.eval.features import frechet_distance, statistics
+from transdiff_cli.core.io.checkpoint import load_checkpoint
+from transdiff_cli.core.sampling.fuse import fuse, save_figure
+from transdiff_cli.core.sampling.generate import decode, generate_arrays, mrar_feature_diversity, sample_settings
+from transdiff_cli.core.training.train_run import RunRequest, run_training
 
 REPO = Path(__file__).resolve().parents[1]
 CONFIG: dict[str, Any] = {}  # the settings of this run (FULL or QUICK)

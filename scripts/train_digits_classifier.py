@@ -18,7 +18,7 @@ import torch.nn.functional as F
 from safetensors.torch import save_file
 from sklearn.model_selection import train_test_split
 
-from transdiff_cli.core.classifier import WEIGHTS, DigitsNet, digits_dataset
+from transdiff_cli.core.eval.classifier import WEIGHTS, DigitsNet, digits_dataset
 
 
 def shift(x: torch.Tensor, gen: torch.Generator) -> torch.Tensor:

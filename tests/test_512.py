@@ -14,9 +14,9 @@ from safetensors.torch import load_file
 from typer.testing import CliRunner
 
 from transdiff_cli.cli import app
-from transdiff_cli.core import fid
-from transdiff_cli.core.datasets import center_crop_adm, open_image_dataset
-from transdiff_cli.core.tokenizers import load_tokenizer
+from transdiff_cli.core.data.datasets import center_crop_adm, open_image_dataset
+from transdiff_cli.core.data.tokenizers import load_tokenizer
+from transdiff_cli.core.eval import features
 
 runner = CliRunner()
 DEFAULT_512 = Path(__file__).resolve().parents[1].parent / "shared" / "fixtures" / "official_512"
@@ -99,7 +99,7 @@ def test_fid_at_512_from_checkpoint_against_adm_stats(tmp_path, model_512, vae, 
     from torch_fidelity import feature_extractor_inceptionv3 as fe
 
     monkeypatch.setattr(fe.FeatureExtractorInceptionV3, "INPUT_IMAGE_SIZE", 75)
-    monkeypatch.setattr(fid, "FID_LAYER", "192")
+    monkeypatch.setattr(features, "FID_LAYER", "192")
     torch.manual_seed(0)
     with mock.patch.object(fe.FeatureExtractorInceptionV3, "load_state_dict", lambda self, *a, **k: None), \
             mock.patch.object(fe, "load_state_dict_from_url", lambda *a, **k: {}):

@@ -8,9 +8,9 @@ import torch
 from typer.testing import CliRunner
 
 from transdiff_cli.cli import app
-from transdiff_cli.core.checkpoint import save_checkpoint
-from transdiff_cli.core.config import ModelConfig
-from transdiff_cli.core.model import TransDiff
+from transdiff_cli.core.io.checkpoint import save_checkpoint
+from transdiff_cli.core.model.config import ModelConfig
+from transdiff_cli.core.model.transdiff import TransDiff
 
 runner = CliRunner()
 

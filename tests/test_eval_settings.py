@@ -10,11 +10,11 @@ import torch
 from typer.testing import CliRunner
 
 from transdiff_cli.cli import app
-from transdiff_cli.core.checkpoint import save_checkpoint
-from transdiff_cli.core.config import IMAGENET_GEOMETRY, ModelConfig, preset
-from transdiff_cli.core.convert import to_published_keys
-from transdiff_cli.core.eval_settings import checkpoint_defaults, published_table_entry
-from transdiff_cli.core.model import TransDiff
+from transdiff_cli.core.io.checkpoint import save_checkpoint
+from transdiff_cli.core.model.config import IMAGENET_GEOMETRY, ModelConfig, preset
+from transdiff_cli.core.model.convert import to_published_keys
+from transdiff_cli.core.model.transdiff import TransDiff
+from transdiff_cli.core.sampling.eval_settings import checkpoint_defaults, published_table_entry
 
 runner = CliRunner()
 NAMES = {"B": "transdiff_base", "L": "transdiff_large", "H": "transdiff_huge"}

@@ -14,9 +14,9 @@ import yaml
 from typer.testing import CliRunner
 
 from transdiff_cli.cli import app
-from transdiff_cli.core.config import load_yaml_overrides, preset
-from transdiff_cli.core.train_config import TrainConfig, train_defaults
-from transdiff_cli.core.train_run import _merge_train, _split_yaml
+from transdiff_cli.core.model.config import load_yaml_overrides, preset
+from transdiff_cli.core.training.train_config import TrainConfig, train_defaults
+from transdiff_cli.core.training.train_run import _merge_train, _split_yaml
 
 EXAMPLES = Path(__file__).resolve().parents[1] / "examples"
 SIZES = ["tiny", "S", "B", "L", "H"]

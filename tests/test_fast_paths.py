@@ -6,11 +6,11 @@ import shutil
 import pytest
 import torch
 
-from transdiff_cli.core import flow
-from transdiff_cli.core.config import preset
-from transdiff_cli.core.inference import prepare
-from transdiff_cli.core.layers import Scratch, attend_heads_, split_heads_kv
-from transdiff_cli.core.model import TransDiff
+from transdiff_cli.core.model.config import preset
+from transdiff_cli.core.model.layers import Scratch, attend_heads_, split_heads_kv
+from transdiff_cli.core.model.transdiff import TransDiff
+from transdiff_cli.core.sampling import flow
+from transdiff_cli.core.sampling.inference import prepare
 
 FP32_TOL = 1e-5
 # bf16 against the float32 reference, relative to the output's scale (its max |value|). bf16 keeps

@@ -11,14 +11,16 @@ from PIL import Image
 from typer.testing import CliRunner
 
 from transdiff_cli.cli import app
-from transdiff_cli.core import fid, generate_npz
-from transdiff_cli.core.checkpoint import save_checkpoint
-from transdiff_cli.core.classifier import as_digit_images, class_fidelity, digits_dataset, load_digits_classifier
-from transdiff_cli.core.config import ModelConfig
 from transdiff_cli.core.distributed import DistInfo
 from transdiff_cli.core.errors import TransDiffError
-from transdiff_cli.core.fid import DigitsExtractor, builtin_digits, compute_metrics, load_input, statistics
-from transdiff_cli.core.model import TransDiff
+from transdiff_cli.core.eval import features, fid
+from transdiff_cli.core.eval.classifier import as_digit_images, class_fidelity, digits_dataset, load_digits_classifier
+from transdiff_cli.core.eval.features import DigitsExtractor, statistics
+from transdiff_cli.core.eval.fid import builtin_digits, compute_metrics, load_input
+from transdiff_cli.core.io.checkpoint import save_checkpoint
+from transdiff_cli.core.model.config import ModelConfig
+from transdiff_cli.core.model.transdiff import TransDiff
+from transdiff_cli.core.sampling import generate_npz
 
 runner = CliRunner()
 
@@ -63,7 +65,7 @@ def test_inception_fid_same_and_different_folders(inception_weights, tmp_path, m
     # input) instead of 299, and FID uses the 192-dim pool after Conv2d_4a instead of the 2048-dim
     # pool3, whose 2048x2048 eigen-decomposition in torch-fidelity's Frechet distance takes seconds here
     monkeypatch.setattr(FeatureExtractorInceptionV3, "INPUT_IMAGE_SIZE", 75)
-    monkeypatch.setattr(fid, "FID_LAYER", "192")
+    monkeypatch.setattr(features, "FID_LAYER", "192")
     a = image_folder(tmp_path / "a", 0, 0, 256)
     b = image_folder(tmp_path / "b", 1, 0, 96)  # darker, other images
     fid_cli("--gen", a, "--ref", a, "--inception-weights", inception_weights, "--out", tmp_path / "same")
@@ -153,17 +155,17 @@ def small_inception(monkeypatch):
     from torch_fidelity.feature_extractor_inceptionv3 import FeatureExtractorInceptionV3
 
     monkeypatch.setattr(FeatureExtractorInceptionV3, "INPUT_IMAGE_SIZE", 75)
-    monkeypatch.setattr(fid, "FID_LAYER", "192")
+    monkeypatch.setattr(features, "FID_LAYER", "192")
 
 
 def test_adm_npz_fid_from_stats_pr_from_cached_arr0_features(inception_weights, tmp_path, monkeypatch):
-    from transdiff_cli.core import fid_reference
+    from transdiff_cli.core.eval import fid_reference
 
     small_inception(monkeypatch)
     rng = np.random.default_rng(0)
     ref_images = rng.integers(0, 256, (6, 16, 16, 3), dtype=np.uint8)
     gen_images = rng.integers(0, 128, (5, 16, 16, 3), dtype=np.uint8)
-    extractor = fid.make_extractor("inception", inception_weights)
+    extractor = features.make_extractor("inception", inception_weights)
     # ADM's layout; mu/sigma deliberately of the *generated* images: FID must come from them, not arr_0
     st = statistics(extractor(gen_images)[0])
     np.savez(tmp_path / "adm.npz", arr_0=ref_images, mu=st.mu, sigma=st.sigma)
@@ -194,7 +196,7 @@ def test_npz_without_stats_or_images_is_one_line(tmp_path):
 
 
 def test_save_stats_round_trip_folder_and_latent_cache(tmp_path):
-    from transdiff_cli.core.latents import encode_latents
+    from transdiff_cli.core.data.latents import encode_latents
 
     ref = builtin_digits()
     folder = tmp_path / "digits"
@@ -263,8 +265,8 @@ def test_resumed_fid_ckpt_equals_uninterrupted_and_other_jobs_are_refused(tmp_pa
 
 
 def test_generation_shared_by_ranks_equals_one_process(tmp_path, monkeypatch):
-    from transdiff_cli.core.checkpoint import load_checkpoint
-    from transdiff_cli.core.generate import open_tokenizer, sample_settings
+    from transdiff_cli.core.io.checkpoint import load_checkpoint
+    from transdiff_cli.core.sampling.generate import open_tokenizer, sample_settings
 
     ck = load_checkpoint(tiny_checkpoint(tmp_path / "ck"))
     tok = open_tokenizer(ck, None, torch.device("cpu"))
@@ -304,7 +306,7 @@ def test_sweep_two_values_and_unknown_axis(tmp_path):
 
 
 def test_sweep_grid_of_two_axes_table_and_plot(tmp_path):
-    from transdiff_cli.core.sweep import parse_sweeps, point_name, sweep_points, write_sweep
+    from transdiff_cli.core.eval.sweep import parse_sweeps, point_name, sweep_points, write_sweep
 
     axes = parse_sweeps(["cfg=1.1,1.3", "scale-0=0.9,1"])
     points = sweep_points(axes)

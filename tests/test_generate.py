@@ -10,14 +10,14 @@ from PIL import Image
 from typer.testing import CliRunner
 
 from transdiff_cli.cli import app
-from transdiff_cli.core.checkpoint import load_checkpoint, save_checkpoint
-from transdiff_cli.core.classes import resolve_class, resolve_classes
-from transdiff_cli.core.config import ModelConfig
-from transdiff_cli.core.diversity import cosine_measure
+from transdiff_cli.core.data.classes import resolve_class, resolve_classes
 from transdiff_cli.core.errors import TransDiffError
-from transdiff_cli.core.fuse import fuse_mask
-from transdiff_cli.core.generate import mrar_feature_diversity, sample_settings
-from transdiff_cli.core.model import TransDiff
+from transdiff_cli.core.eval.diversity import cosine_measure
+from transdiff_cli.core.io.checkpoint import load_checkpoint, save_checkpoint
+from transdiff_cli.core.model.config import ModelConfig
+from transdiff_cli.core.model.transdiff import TransDiff
+from transdiff_cli.core.sampling.fuse import fuse_mask
+from transdiff_cli.core.sampling.generate import mrar_feature_diversity, sample_settings
 
 runner = CliRunner()
 DIGITS = [f"digit-{i}" for i in range(10)]

@@ -12,7 +12,7 @@ from typer.testing import CliRunner
 
 from transdiff_cli.cli import app
 from transdiff_cli.core.errors import TransDiffError
-from transdiff_cli.core.hub import parse_hub_id
+from transdiff_cli.core.io.hub import parse_hub_id
 
 runner = CliRunner()
 SHA = "0123456789abcdef0123456789abcdef01234567"

@@ -12,10 +12,10 @@ from PIL import Image
 from typer.testing import CliRunner
 
 from transdiff_cli.cli import app
-from transdiff_cli.core.checkpoint import load_checkpoint
-from transdiff_cli.core.init_from import grow_pos_embed
-from transdiff_cli.core.train_config import train_defaults
-from transdiff_cli.core.train_run import RunRequest, prepare
+from transdiff_cli.core.io.checkpoint import load_checkpoint
+from transdiff_cli.core.model.init_from import grow_pos_embed
+from transdiff_cli.core.training.train_config import train_defaults
+from transdiff_cli.core.training.train_run import RunRequest, prepare
 
 runner = CliRunner()
 TINY = {"model": {"width": 32, "heads": 2, "encoder_depth": 1, "decoder_depth": 1},

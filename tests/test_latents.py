@@ -18,15 +18,15 @@ from safetensors.torch import load_file
 from typer.testing import CliRunner
 
 from transdiff_cli.cli import app
-from transdiff_cli.core.datasets import open_image_dataset
-from transdiff_cli.core.errors import TransDiffError
-from transdiff_cli.core.latents import (
+from transdiff_cli.core.data.datasets import open_image_dataset
+from transdiff_cli.core.data.latents import (
     DELAY_ENV,
     GroupedDataset,
     LatentDataset,
     open_training_data,
 )
-from transdiff_cli.core.tokenizers import load_tokenizer
+from transdiff_cli.core.data.tokenizers import load_tokenizer
+from transdiff_cli.core.errors import TransDiffError
 
 REPO = Path(__file__).resolve().parents[1]
 runner = CliRunner()

@@ -3,11 +3,11 @@
 import pytest
 import torch
 
-from transdiff_cli.core.checkpoint import load_checkpoint, save_checkpoint
-from transdiff_cli.core.config import IMAGENET_GEOMETRY, ModelConfig, preset
 from transdiff_cli.core.errors import TransDiffError
-from transdiff_cli.core.model import TransDiff
-from transdiff_cli.core.tokens import patchify, unpatchify
+from transdiff_cli.core.io.checkpoint import load_checkpoint, save_checkpoint
+from transdiff_cli.core.model.config import IMAGENET_GEOMETRY, ModelConfig, preset
+from transdiff_cli.core.model.tokens import patchify, unpatchify
+from transdiff_cli.core.model.transdiff import TransDiff
 
 
 @pytest.mark.parametrize("size,paper,digits", [("B", 290e6, None), ("L", 683e6, None),

@@ -9,9 +9,9 @@ import pytest
 import torch
 from safetensors.torch import load_file
 
-from transdiff_cli.core.checkpoint import load_checkpoint
-from transdiff_cli.core.diversity import diversity
-from transdiff_cli.core.tokens import patchify
+from transdiff_cli.core.eval.diversity import diversity
+from transdiff_cli.core.io.checkpoint import load_checkpoint
+from transdiff_cli.core.model.tokens import patchify
 
 TOL = 1e-4
 

@@ -12,7 +12,7 @@ import pytest
 import torch
 from safetensors.torch import load_file
 
-from transdiff_cli.core.checkpoint import load_checkpoint
+from transdiff_cli.core.io.checkpoint import load_checkpoint
 
 TOL = 1e-4
 DEFAULT_512 = Path(__file__).resolve().parents[1].parent / "shared" / "fixtures" / "official_512"

@@ -12,10 +12,10 @@ from test_generate import make_tiny, png
 from typer.testing import CliRunner
 
 from transdiff_cli.cli import app
-from transdiff_cli.core import cpu_kernels, layers
 from transdiff_cli.core.device import autocast_dtype, weights_dtype
 from transdiff_cli.core.errors import TransDiffError
-from transdiff_cli.core.layers import Scratch, fast_attention, fast_linear
+from transdiff_cli.core.model import cpu_kernels, layers
+from transdiff_cli.core.model.layers import Scratch, fast_attention, fast_linear
 
 BRANCHES = ("fused", "fp32-products", "plain")
 

@@ -10,15 +10,15 @@ import yaml
 from typer.testing import CliRunner
 
 from transdiff_cli.cli import app
-from transdiff_cli.core.checkpoint import load_checkpoint
-from transdiff_cli.core.config import preset
-from transdiff_cli.core.convert import init_mrar_from_1step, mrar_config
-from transdiff_cli.core.datasets import DigitsDataset
+from transdiff_cli.core.data.datasets import DigitsDataset
+from transdiff_cli.core.data.latents import open_training_data
 from transdiff_cli.core.errors import TransDiffError
-from transdiff_cli.core.latents import open_training_data
-from transdiff_cli.core.optim import lr_at
-from transdiff_cli.core.train_config import TrainConfig, train_defaults
-from transdiff_cli.core.train_run import RunRequest, prepare, run_training
+from transdiff_cli.core.io.checkpoint import load_checkpoint
+from transdiff_cli.core.model.config import preset
+from transdiff_cli.core.model.convert import init_mrar_from_1step, mrar_config
+from transdiff_cli.core.training.optim import lr_at
+from transdiff_cli.core.training.train_config import TrainConfig, train_defaults
+from transdiff_cli.core.training.train_run import RunRequest, prepare, run_training
 
 runner = CliRunner()
 TINY = {"model": {"width": 32, "heads": 2, "encoder_depth": 1, "decoder_depth": 1, "buffer_size": 4}}

@@ -17,17 +17,17 @@ import yaml
 from typer.testing import CliRunner
 
 from transdiff_cli.cli import app
-from transdiff_cli.core import checkpoint as checkpoint_mod
-from transdiff_cli.core import generate as generate_mod
-from transdiff_cli.core.checkpoint import load_checkpoint, recover, resolve, save_checkpoint
-from transdiff_cli.core.classes import resolve_classes
-from transdiff_cli.core.config import ModelConfig
+from transdiff_cli.core.data.classes import resolve_classes
+from transdiff_cli.core.data.latents import open_training_data
 from transdiff_cli.core.errors import TransDiffError
-from transdiff_cli.core.generate import image_seed
-from transdiff_cli.core.latents import open_training_data
-from transdiff_cli.core.model import TransDiff
-from transdiff_cli.core.run_dir import RunDir
-from transdiff_cli.core.run_lock import LOCK, FolderLock
+from transdiff_cli.core.io import checkpoint as checkpoint_mod
+from transdiff_cli.core.io.checkpoint import load_checkpoint, recover, resolve, save_checkpoint
+from transdiff_cli.core.model.config import ModelConfig
+from transdiff_cli.core.model.transdiff import TransDiff
+from transdiff_cli.core.sampling import generate as generate_mod
+from transdiff_cli.core.sampling.generate import image_seed
+from transdiff_cli.core.training.run_dir import RunDir
+from transdiff_cli.core.training.run_lock import LOCK, FolderLock
 
 runner = CliRunner()
 TINY = {"model": {"width": 32, "heads": 2, "encoder_depth": 1, "decoder_depth": 1, "buffer_size": 4}}

@@ -15,13 +15,13 @@ from safetensors.torch import load_file
 from typer.testing import CliRunner
 
 from transdiff_cli.cli import app
-from transdiff_cli.core.config import preset
+from transdiff_cli.core.data.latents import open_training_data
 from transdiff_cli.core.distributed import DistInfo
-from transdiff_cli.core.latents import open_training_data
-from transdiff_cli.core.model import TransDiff
-from transdiff_cli.core.run_dir import RunDir
-from transdiff_cli.core.train_config import TrainConfig
-from transdiff_cli.core.trainer import Trainer, epoch_indices
+from transdiff_cli.core.model.config import preset
+from transdiff_cli.core.model.transdiff import TransDiff
+from transdiff_cli.core.training.run_dir import RunDir
+from transdiff_cli.core.training.train_config import TrainConfig
+from transdiff_cli.core.training.trainer import Trainer, epoch_indices
 
 runner = CliRunner()
 TINY = {"model": {"width": 32, "heads": 2, "encoder_depth": 1, "decoder_depth": 1,
@@ -158,7 +158,7 @@ def test_finetune_mrar_from_our_checkpoint(tmp_path, tiny_yaml):
     assert doc["model"]["mrar"] and doc["model"]["width"] == 32
     losses = [json.loads(x)["loss"] for x in (tmp_path / "mrar" / "metrics.jsonl").read_text().splitlines()]
     assert len(losses) == 6 and all(v == v for v in losses)
-    from transdiff_cli.core.checkpoint import load_checkpoint
+    from transdiff_cli.core.io.checkpoint import load_checkpoint
 
     model = load_checkpoint(tmp_path / "mrar").model
     assert model.mask_token.shape[1] == model.cfg.ref_tokens
@@ -166,7 +166,7 @@ def test_finetune_mrar_from_our_checkpoint(tmp_path, tiny_yaml):
 
 def test_mrar_init_preserves_the_first_block():
     """The converted model's first MRAR block sees the same inputs as the 1-step slots."""
-    from transdiff_cli.core.convert import init_mrar_from_1step, mrar_config
+    from transdiff_cli.core.model.convert import init_mrar_from_1step, mrar_config
 
     one = preset("tiny", **TINY["model"], latent_channels=1, latent_size=8, num_classes=3)
     m1 = TransDiff(one)

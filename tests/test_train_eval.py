@@ -7,8 +7,8 @@ import yaml
 from typer.testing import CliRunner
 
 from transdiff_cli.cli import app
-from transdiff_cli.core.train_config import TrainConfig
-from transdiff_cli.core.train_run import RunRequest, prepare
+from transdiff_cli.core.training.train_config import TrainConfig
+from transdiff_cli.core.training.train_run import RunRequest, prepare
 
 runner = CliRunner()
 TINY = {"model": {"width": 32, "heads": 2, "encoder_depth": 1, "decoder_depth": 1, "buffer_size": 4,

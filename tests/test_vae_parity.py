@@ -7,8 +7,8 @@ import pytest
 import torch
 from safetensors.torch import load_file
 
-from transdiff_cli.core.tokenizers import load_tokenizer
-from transdiff_cli.core.vae import kl16_config
+from transdiff_cli.core.data.tokenizers import load_tokenizer
+from transdiff_cli.core.data.vae import kl16_config
 
 TOL = 1e-4
 

@@ -22,13 +22,15 @@ import torch
 from PIL import Image
 from tqdm.auto import tqdm
 
-from .core.checkpoint import Checkpoint
-from .core.classes import resolve_class, resolve_classes
-from .core.config import ModelConfig
+from .core.data.classes import resolve_class, resolve_classes
+from .core.data.images import to_pil
+from .core.data.tokenizers import Tokenizer
 from .core.device import resolve_device
 from .core.errors import TransDiffError
-from .core.fuse import fuse
-from .core.generate import (
+from .core.io.checkpoint import Checkpoint
+from .core.model.config import ModelConfig
+from .core.sampling.fuse import fuse
+from .core.sampling.generate import (
     SampleSettings,
     checkpoint_settings,
     decode,
@@ -40,8 +42,6 @@ from .core.generate import (
     sample_latents,
     step_generators,
 )
-from .core.images import to_pil
-from .core.tokenizers import Tokenizer
 
 Classes = int | str | Sequence[int | str] | None  # indices or names; None = every class
 

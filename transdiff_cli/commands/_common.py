@@ -58,7 +58,7 @@ def user_errors(fn: Callable[..., Any]) -> Callable[..., Any]:
 
 def print_settings(settings: Any) -> None:
     """The sampling settings and where each came from, at the start of a sampling command."""
-    from ..core.eval_settings import describe
+    from ..core.sampling.eval_settings import describe
 
     console.print("sampling settings (provenance):", highlight=False)
     for line in describe(settings):

@@ -7,7 +7,7 @@ from typing import Annotated, Any
 import typer
 
 from ..core.distributed import check_gpus, relaunch_with_torchrun, under_torchrun
-from ..core.train_run import RunRequest
+from ..core.training.train_run import RunRequest
 from ._common import RichReporter
 
 Data = Annotated[str | None, typer.Option(

@@ -8,9 +8,9 @@ from pathlib import Path
 import typer
 from rich.table import Table
 
-from ..core.classes import class_label, resolve_classes
+from ..core.data.classes import class_label, resolve_classes
 from ..core.device import resolve_device
-from ..core.generate import checkpoint_settings, measure_diversity, open_checkpoint
+from ..core.sampling.generate import checkpoint_settings, measure_diversity, open_checkpoint
 from . import _sampling_options as so
 from ._common import console, print_settings, user_errors
 from .sample import help_text

@@ -7,10 +7,10 @@ from pathlib import Path
 import typer
 from rich.markup import escape
 
+from ..core.data.latents import encode_latents as encode
+from ..core.data.latents import read_manifest
 from ..core.device import resolve_device
 from ..core.distributed import cleanup, init_distributed
-from ..core.latents import encode_latents as encode
-from ..core.latents import read_manifest
 from ._common import RichReporter, console, user_errors
 
 HELP = (

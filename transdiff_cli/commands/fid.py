@@ -9,25 +9,18 @@ from pathlib import Path
 import typer
 from rich.table import Table
 
-from ..core.classes import resolve_classes
+from ..core.data.classes import resolve_classes
 from ..core.device import resolve_device
 from ..core.distributed import DistInfo, cleanup, init_distributed
 from ..core.errors import TransDiffError
-from ..core.fid import (
-    BUILTIN_DIGITS,
-    fid_key,
-    generated_metrics,
-    inception_weights_path,
-    load_input,
-    make_extractor,
-    prepare_reference,
-)
-from ..core.fid_reference import save_reference_stats
+from ..core.eval.features import inception_weights_path, make_extractor
+from ..core.eval.fid import BUILTIN_DIGITS, fid_key, generated_metrics, load_input, prepare_reference
+from ..core.eval.fid_reference import save_reference_stats
+from ..core.eval.sweep import parse_sweeps, point_name, sweep_points, write_sweep
 from ..core.fs import ensure_dir
-from ..core.generate import checkpoint_settings, open_checkpoint, open_tokenizer
-from ..core.generate_npz import generate_npz, generation_identity, parts_dir, shard_size_for
-from ..core.hub import hub_file, is_hub_id
-from ..core.sweep import parse_sweeps, point_name, sweep_points, write_sweep
+from ..core.io.hub import hub_file, is_hub_id
+from ..core.sampling.generate import checkpoint_settings, open_checkpoint, open_tokenizer
+from ..core.sampling.generate_npz import generate_npz, generation_identity, parts_dir, shard_size_for
 from . import _sampling_options as so
 from ._common import console, print_json, print_settings, user_errors
 from .sample import help_text, progress_bar
@@ -242,7 +235,7 @@ def _finish(metrics: dict, out: Path) -> None:
 
 def _dry_run(ckpt, gen, ref, out: Path, *, features, inception_weights, **options) -> None:
     """One JSON object: what `fid` would generate (with --ckpt) and measure; nothing is run."""
-    from ..core.dry_run import generation_plan
+    from ..core.sampling.dry_run import generation_plan
 
     doc: dict = {"command": "fid", "ref": ref, "features": features}
     if is_hub_id(ref):

@@ -6,7 +6,7 @@ from typing import Annotated
 
 import typer
 
-from ..core.train_run import run_training
+from ..core.training.train_run import run_training
 from . import _train_options as o
 from ._common import user_errors
 from .train import report

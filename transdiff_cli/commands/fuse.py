@@ -7,11 +7,11 @@ from pathlib import Path
 
 import typer
 
-from ..core.classes import class_label, resolve_class
+from ..core.data.classes import class_label, resolve_class
+from ..core.data.images import save_pngs
 from ..core.device import resolve_device
-from ..core.fuse import check_fuse, fuse, save_figure
-from ..core.generate import checkpoint_settings, decode, open_checkpoint, open_tokenizer
-from ..core.images import save_pngs
+from ..core.sampling.fuse import check_fuse, fuse, save_figure
+from ..core.sampling.generate import checkpoint_settings, decode, open_checkpoint, open_tokenizer
 from . import _sampling_options as so
 from ._common import console, print_settings, user_errors
 from .sample import help_text

@@ -18,9 +18,9 @@ from rich.progress import (
 )
 from rich.text import Text
 
-from ..core.classes import class_label, resolve_classes
+from ..core.data.classes import class_label, resolve_classes
 from ..core.device import resolve_device
-from ..core.generate import (
+from ..core.sampling.generate import (
     check_batch_fits,
     check_outputs,
     checkpoint_settings,
@@ -113,7 +113,7 @@ def register(app: typer.Typer) -> None:
         dry_run: bool = typer.Option(False, "--dry-run", help="print the resolved run as JSON; write nothing"),
     ) -> None:
         if dry_run:
-            from ..core.dry_run import generation_plan
+            from ..core.sampling.dry_run import generation_plan
 
             plan = generation_plan(ckpt, weights=weights, size=size, vae=vae, classes=classes, num_per_class=num,
                                    mode=mode, steps=steps, sampling_steps=sampling_steps, cfg=cfg, scale_0=scale_0,

@@ -7,8 +7,8 @@ from typing import Annotated
 
 import typer
 
-from ..core.train_run import run_training
-from ..core.trainer import TrainResult
+from ..core.training.train_run import run_training
+from ..core.training.trainer import TrainResult
 from . import _train_options as o
 from ._common import console, user_errors
 

@@ -6,8 +6,8 @@ import os
 
 import torch
 
-from .cpu_kernels import inference_dtype, warn_if_emulated_bf16
 from .errors import TransDiffError
+from .model.cpu_kernels import inference_dtype, warn_if_emulated_bf16
 
 
 def resolve_device(requested: str | None = None) -> torch.device:

@@ -1,0 +1,63 @@
+"""The package's shape: no import circles (lazy imports inside functions count too), and nothing
+below the commands imports typer or rich."""
+
+import ast
+from pathlib import Path
+
+PKG = Path(__file__).resolve().parents[1] / "transdiff_cli"
+
+
+def modules() -> dict[str, Path]:
+    out = {}
+    for p in PKG.rglob("*.py"):
+        parts = list(p.relative_to(PKG.parent).with_suffix("").parts)
+        if parts[-1] == "__init__":
+            parts = parts[:-1]
+        out[".".join(parts)] = p
+    return out
+
+
+def imports(name: str, path: Path) -> set[str]:
+    """Every module (of any package) `path` imports, at any depth of the file."""
+    pkg = name if path.name == "__init__.py" else name.rsplit(".", 1)[0]
+    found = set()
+    for node in ast.walk(ast.parse(path.read_text())):
+        if isinstance(node, ast.ImportFrom):
+            if node.level:
+                base = pkg.split(".")[: len(pkg.split(".")) - (node.level - 1)]
+                target = ".".join(base + ([node.module] if node.module else []))
+            else:
+                target = node.module or ""
+            found |= {target} | {f"{target}.{a.name}" for a in node.names}
+        elif isinstance(node, ast.Import):
+            found |= {a.name for a in node.names}
+    return found
+
+
+def test_import_graph_has_no_circles():
+    mods = modules()
+    graph = {m: {t for t in imports(m, p) if t in mods and t != m} for m, p in mods.items()}
+    state: dict[str, int] = {}
+    cycles = []
+
+    def visit(u: str, stack: list[str]) -> None:
+        state[u] = 1
+        for v in sorted(graph[u]):
+            if state.get(v) == 1 and not v.startswith(u + "."):
+                cycles.append(" -> ".join(stack[stack.index(v):] + [v]) if v in stack else f"{u} -> {v}")
+            elif v not in state:
+                visit(v, stack + [v])
+        state[u] = 2
+
+    for m in sorted(graph):
+        if m not in state:
+            visit(m, [m])
+    # a package's __init__ importing nothing from its modules can't close a circle; all others count
+    assert not cycles, cycles
+
+
+def test_no_terminal_libraries_below_the_commands():
+    mods = modules()
+    core = {m: p for m, p in mods.items() if m.startswith("transdiff_cli.core") or m == "transdiff_cli.pipeline"}
+    offenders = {m: sorted(t for t in imports(m, p) if t.split(".")[0] in ("typer", "rich")) for m, p in core.items()}
+    assert not {m: t for m, t in offenders.items() if t}

@@ -1,0 +1,1 @@
+"""Data: datasets, tokenizers (VAE / pixels), cached latents, class names, images."""

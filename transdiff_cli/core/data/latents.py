@@ -1,0 +1,446 @@
+"""Cached latents: `encode_latents` writes them, `LatentDataset` / `GroupedDataset` read them, and
+`open_training_data` gives the trainer one dataset whatever `--data` names.
+
+On-disk format (one folder): `shard-NNNNN.safetensors` holding `moments` and `moments_flip`
+(N, 2C, h, w) (posterior mean || log-variance of each image and of its mirror), `labels`, `indices`
+(the image's index in the source dataset); `shard-NNNNN.json` (sha256, count, skipped files), which
+marks the shard as finished; and `manifest.json` (see `encode_latents`).
+"""
+
+from __future__ import annotations
+
+import contextlib
+import hashlib
+import json
+import os
+import time
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import torch
+from safetensors.torch import load as load_safetensors
+from safetensors.torch import save_file
+from torch.utils.data import DataLoader, Dataset
+
+from ..distributed import DistInfo, barrier
+from ..errors import TransDiffError
+from ..fs import ensure_dir, write_text_atomic
+from ..reporting import Reporter
+from ..training.run_lock import LOCK, FolderLock
+from .datasets import BUILTIN, ImageDataset, UnreadableImage, open_image_dataset
+from .tokenizers import PixelTokenizer, Tokenizer, load_tokenizer, posterior_sampler, same_tokenizer
+
+MANIFEST = "manifest.json"
+FORMAT = "transdiff-latents/1"
+# Test hook: seconds to sleep after each written shard, so a test can kill a run mid-way.
+DELAY_ENV = "TRANSDIFF_ENCODE_SHARD_DELAY"
+
+
+def is_latent_folder(path: str | Path) -> bool:
+    return (Path(path) / MANIFEST).is_file()
+
+
+def read_manifest(folder: Path) -> dict[str, Any]:
+    try:
+        manifest = json.loads((folder / MANIFEST).read_text())
+    except (OSError, ValueError) as e:
+        raise TransDiffError(f"cannot read {folder / MANIFEST}: {e}") from None
+    if not isinstance(manifest, dict) or manifest.get("format") != FORMAT:
+        raise TransDiffError(f"{folder / MANIFEST} is not an encode-latents manifest")
+    return manifest
+
+
+def _write_json(path: Path, obj: Any) -> None:
+    write_text_atomic(path, json.dumps(obj, indent=1))
+
+
+def _sha256(path: Path) -> str:
+    h = hashlib.sha256()
+    with open(path, "rb") as f:
+        for block in iter(lambda: f.read(1 << 22), b""):
+            h.update(block)
+    return h.hexdigest()
+
+
+# ----------------------------------------------------------------------------------------------
+# Reading
+
+
+class LatentDataset(Dataset):
+    """Items `(latent (C, h, w), label)`: a fresh posterior draw times the scale factor, of the image
+    or (randomly, when `flip`) of its mirror. All shards are loaded into memory, checksums verified."""
+
+    def __init__(self, folder: str | Path, flip: bool = True):
+        self.folder = Path(folder)
+        self.manifest = read_manifest(self.folder)
+        if self.manifest.get("status") != "complete":
+            raise TransDiffError(f"{self.folder} holds an unfinished encode-latents run: re-run the same "
+                                 "`transdiff encode-latents` command to finish it")
+        parts: dict[str, list[torch.Tensor]] = {"moments": [], "moments_flip": [], "labels": [], "indices": []}
+        for shard in self.manifest["shards"]:
+            path = self.folder / shard["file"]
+            try:
+                raw = path.read_bytes()
+            except OSError as e:
+                raise TransDiffError(f"cannot read latent shard {path}: {e.strerror}") from None
+            if hashlib.sha256(raw).hexdigest() != shard["sha256"]:
+                raise TransDiffError(f"checksum mismatch in {path}: the file changed or is corrupt; "
+                                     "delete it and re-run encode-latents to rewrite it")
+            tensors = load_safetensors(raw)
+            if len(tensors["labels"]) != shard.get("count"):
+                raise TransDiffError(f"{path} holds {len(tensors['labels'])} images but {self.folder / MANIFEST} "
+                                     f"says {shard.get('count')}: re-run encode-latents into a new folder")
+            for key in parts:
+                parts[key].append(tensors[key])
+        self._check_counts(parts["labels"])
+        self.moments = torch.cat(parts["moments"])
+        self.moments_flip = torch.cat(parts["moments_flip"])
+        self.targets: list[int] = torch.cat(parts["labels"]).tolist()
+        self.indices: list[int] = torch.cat(parts["indices"]).tolist()  # each latent's image in the source
+        self.flip = flip
+        self.tokenizer_spec: dict[str, Any] = self.manifest["tokenizer"]
+        self.sampler = posterior_sampler(self.tokenizer_spec)
+        self.class_names: list[str] = self.manifest["class_names"]
+        self.latent_channels = self.moments.shape[1] // 2
+        self.latent_size = self.moments.shape[-1]
+
+    def _check_counts(self, labels: list[torch.Tensor]) -> None:
+        """A manifest that lies (a cut shard list, too few class names) is caught here, not as a
+        silently smaller dataset or an IndexError at the first step."""
+        m, where = self.manifest, self.folder / MANIFEST
+        shards = m.get("shards") or []
+        if len(shards) != m.get("num_shards"):
+            raise TransDiffError(f"{where} lists {len(shards)} shards but says there are {m.get('num_shards')}: "
+                                 "the manifest was changed; re-run encode-latents into a new folder")
+        covered = sum(int(sh.get("stop", 0)) - int(sh.get("start", 0)) for sh in shards)
+        encoded = sum(len(t) for t in labels)
+        if covered != m.get("num_images") or encoded != m.get("num_encoded"):
+            raise TransDiffError(f"{where} says {m.get('num_images')} images ({m.get('num_encoded')} encoded) but "
+                                 f"its shards cover {covered} ({encoded} encoded): the manifest was changed; "
+                                 "re-run encode-latents into a new folder")
+        top = max((int(t.max()) for t in labels if len(t)), default=-1)
+        names = m.get("class_names")
+        if not isinstance(names, list) or top >= len(names):
+            count = len(names) if isinstance(names, list) else 0
+            raise TransDiffError(f"{where} names {count} classes but the shards use class {top}: "
+                                 "the manifest was changed; re-run encode-latents into a new folder")
+
+    def __len__(self) -> int:
+        return len(self.targets)
+
+    def __getitem__(self, index: int) -> tuple[torch.Tensor, int]:
+        use_flip = self.flip and bool(torch.rand(()) < 0.5)
+        moments = (self.moments_flip if use_flip else self.moments)[index]
+        return self.sampler.sample_latents(moments[None])[0], self.targets[index]
+
+
+class GroupedDataset(Dataset):
+    """Items `(latents (K, C, h, w), label)`: item i followed by K-1 other items of its class drawn at
+    random (without repeats when the class is large enough), for MRAR training. `seed` None draws
+    from torch's global RNG (distinct per DataLoader worker); an int gives a reproducible stream."""
+
+    def __init__(self, base: Dataset, group_size: int, seed: int | None = None):
+        if group_size < 1:
+            raise TransDiffError(f"group size must be at least 1, got {group_size}")
+        self.base, self.group_size = base, group_size
+        self.targets: list[int] = list(base.targets)
+        self.class_names = getattr(base, "class_names", None)
+        by_class: dict[int, list[int]] = {}
+        for i, t in enumerate(self.targets):
+            by_class.setdefault(t, []).append(i)
+        self.by_class = {t: torch.tensor(ix) for t, ix in by_class.items()}
+        self.generator = None if seed is None else torch.Generator().manual_seed(seed)
+
+    def __len__(self) -> int:
+        return len(self.targets)
+
+    def _others(self, index: int) -> list[int]:
+        k = self.group_size - 1
+        pool = self.by_class[self.targets[index]]
+        pool = pool[pool != index] if len(pool) > 1 else pool
+        if len(pool) >= k:
+            pick = torch.randperm(len(pool), generator=self.generator)[:k]
+        else:
+            pick = torch.randint(len(pool), (k,), generator=self.generator)
+        return pool[pick].tolist()
+
+    def __getitem__(self, index: int) -> tuple[torch.Tensor, int]:
+        items = [self.base[j][0] for j in [index, *self._others(index)]]
+        return torch.stack(items), self.targets[index]
+
+
+class EncodedImages(Dataset):
+    """Images encoded on the fly (training straight from images): the pixels themselves, or a posterior
+    draw of the VAE on `device` (use DataLoader num_workers=0 with a GPU VAE)."""
+
+    def __init__(self, images: ImageDataset, tokenizer: Tokenizer):
+        self.images, self.tokenizer = images, tokenizer
+        self.targets, self.class_names = images.targets, images.class_names
+
+    def __len__(self) -> int:
+        return len(self.images)
+
+    @torch.no_grad()
+    def __getitem__(self, index: int) -> tuple[torch.Tensor, int]:
+        image, label = self.images[index]
+        if isinstance(self.tokenizer, PixelTokenizer):
+            return image, label
+        device = torch.device(getattr(self.tokenizer, "device", "cpu"))
+        if device.type == "cuda" and torch.utils.data.get_worker_info() is not None:
+            raise TransDiffError("encoding images with a GPU VAE inside DataLoader workers is not possible: "
+                                 "use num_workers 0, or cache the latents first with `transdiff encode-latents`")
+        moments = self.tokenizer.encode_moments(image[None].to(device))
+        return self.tokenizer.sample_latents(moments)[0].float().cpu(), label
+
+
+@dataclass
+class TrainingData:
+    dataset: Dataset  # items (latent (C, h, w) or (K, C, h, w) with group_size, label)
+    class_names: list[str]
+    tokenizer: Tokenizer
+    latent_channels: int
+    latent_size: int
+    source: str
+
+
+def open_training_data(data: str, vae: str | None = None, image_size: int | None = None,
+                       group_size: int | None = None, flip: bool | None = None,
+                       device: torch.device | str = "cpu", groups: str | Path | None = None) -> TrainingData:
+    """`data`: an encode-latents folder (tokenizer from its manifest), `digits` / `shapes` (pixels
+    unless `vae` says otherwise) or an image folder (`vae` required: kl16:PATH, diffusers:DIR or
+    pixels). `flip` None means the data's default (off for digits). With `group_size`, items are
+    same-class groups: the fixed ones of the `groups` file, else drawn at random."""
+    if is_latent_folder(data):
+        folder = Path(data)
+        manifest = read_manifest(folder)
+        spec = manifest["tokenizer"]
+        if vae is not None and not same_tokenizer(vae, spec):
+            raise TransDiffError(f"--vae {vae} does not match the tokenizer the latents in {data} were "
+                                 f"encoded with ({spec['kind']}{':' + spec['path'] if spec.get('path') else ''})")
+        if image_size is not None and image_size != manifest["image_size"]:
+            raise TransDiffError(f"--image-size {image_size}, but the latents in {data} were encoded at "
+                                 f"{manifest['image_size']}")
+        base: Dataset = LatentDataset(folder, flip=manifest["flip_default"] if flip is None else flip)
+        tokenizer = load_tokenizer(spec, device=device)
+        source = f"latents {folder}"
+    else:
+        images = open_image_dataset(data, image_size, flip)
+        if vae is None:
+            if data not in BUILTIN:
+                raise TransDiffError("an image folder needs --vae (kl16:PATH, diffusers:DIR or pixels), "
+                                     "or encode it first with `transdiff encode-latents`")
+            vae = "pixels"
+        tokenizer = _tokenizer_for(vae, images, device)
+        base = EncodedImages(images, tokenizer)
+        source = f"images {data} ({tokenizer.kind})"
+    if group_size is None:
+        dataset: Dataset = base
+    elif groups is not None:
+        from ..training.mrar_groups import fixed_groups
+
+        dataset = fixed_groups(base, groups, group_size)
+    else:
+        dataset = GroupedDataset(base, group_size)
+    return TrainingData(dataset, list(base.class_names), tokenizer, tokenizer.latent_channels,
+                        tokenizer.latent_size, source)
+
+
+def _tokenizer_for(spec: str | dict[str, Any], images: ImageDataset, device: torch.device | str) -> Tokenizer:
+    return load_tokenizer(spec, image_size=images.image_size, image_channels=images.image_channels,
+                          device=device)
+
+
+# ----------------------------------------------------------------------------------------------
+# Writing
+
+
+def _job_identity(data: str, tokenizer: Tokenizer, dataset: ImageDataset) -> dict[str, Any]:
+    """What must match for an existing output folder to be resumed rather than refused."""
+    source = data if data in BUILTIN else str(Path(data).expanduser().resolve())
+    spec = {k: v for k, v in tokenizer.spec().items() if k != "image_size"}
+    return {"data": source, "tokenizer": spec, "image_size": dataset.image_size, "num_images": len(dataset)}
+
+
+def _check_out_dir(out: Path, identity: dict[str, Any]) -> dict[str, Any] | None:
+    """The manifest to resume from, None for a fresh folder; refuses a folder holding anything else."""
+    if not out.exists():
+        return None
+    if not out.is_dir():
+        raise TransDiffError(f"--out {out} is a file, not a folder")
+    if not (out / MANIFEST).is_file():
+        if any(p.name != LOCK for p in out.iterdir()):
+            raise TransDiffError(f"--out {out} is not empty and holds no encode-latents manifest: "
+                                 "choose an empty or new folder")
+        return None
+    manifest = read_manifest(out)
+    old = {k: manifest.get("job", {}).get(k) for k in identity}
+    diff = [k for k in identity if old[k] != identity[k]]
+    if diff:
+        k = diff[0]
+        raise TransDiffError(f"--out {out} already holds latents of a different job ({k}: {old[k]} there, "
+                             f"{identity[k]} now): choose another --out folder")
+    return manifest
+
+
+def _shard_name(k: int) -> str:
+    return f"shard-{k:05d}"
+
+
+def _shard_done(out: Path, k: int) -> dict[str, Any] | None:
+    """The shard's record when it was finished by an earlier run and its file is intact."""
+    record_path, data_path = out / f"{_shard_name(k)}.json", out / f"{_shard_name(k)}.safetensors"
+    if not record_path.is_file() or not data_path.is_file():
+        return None
+    try:
+        record = json.loads(record_path.read_text())
+    except ValueError:
+        return None
+    return record if _sha256(data_path) == record.get("sha256") else None
+
+
+def _write_shard(out: Path, k: int, start: int, stop: int, rows: list[tuple[int, int, torch.Tensor, torch.Tensor]],
+                 skipped: list[dict[str, Any]], moments_shape: tuple[int, ...]) -> None:
+    """Write to a temp name and rename, data first then the record: a shard either is complete
+    (record present, checksum matching) or is redone."""
+    rows.sort(key=lambda r: r[0])
+    empty = torch.zeros((0, *moments_shape))
+    tensors = {
+        "moments": torch.stack([r[2] for r in rows]) if rows else empty,
+        "moments_flip": torch.stack([r[3] for r in rows]) if rows else empty,
+        "labels": torch.tensor([r[1] for r in rows], dtype=torch.int64),
+        "indices": torch.tensor([r[0] for r in rows], dtype=torch.int64),
+    }
+    final = out / f"{_shard_name(k)}.safetensors"
+    tmp = out / f".{final.name}.tmp{os.getpid()}"
+    save_file({n: t.contiguous() for n, t in tensors.items()}, str(tmp))
+    os.chmod(tmp, 0o644)  # save_file creates 0600; shards are shared data
+    digest = _sha256(tmp)
+    os.replace(tmp, final)
+    record = {"file": final.name, "sha256": digest, "start": start, "stop": stop, "count": len(rows),
+              "skipped": sorted(skipped, key=lambda s: s["index"])}
+    _write_json(out / f"{_shard_name(k)}.json", record)
+
+
+class _SafeReader(Dataset):
+    """(index, image or None, label, reason): unreadable files become a reason, not an exception."""
+
+    def __init__(self, dataset: ImageDataset):
+        self.dataset = dataset
+
+    def __len__(self) -> int:
+        return len(self.dataset)
+
+    def __getitem__(self, index: int) -> tuple[int, torch.Tensor | None, int, str]:
+        try:
+            return index, self.dataset.load(index), self.dataset.targets[index], ""
+        except UnreadableImage as e:
+            return index, None, self.dataset.targets[index], e.reason
+
+
+def encode_latents(data: str, tokenizer_spec: str | None, out_dir: str | Path, image_size: int | None = None,
+                   batch_size: int = 64, device: torch.device | str = "cpu", shard_size: int = 1024,
+                   num_workers: int | None = None, progress: bool = True, dist: DistInfo | None = None,
+                   reporter: Reporter | None = None) -> Path:
+    """Encode every image of `data` and its mirror into sharded posterior moments in `out_dir`.
+
+    Resumable: shards finished by an earlier run (record present, checksum matching) are kept, the
+    others (re)written; every image lands in exactly one shard. Under torchrun (`dist`) rank r
+    encodes shards r, r + world, ...; rank 0 writes the manifest once all ranks are done.
+    `tokenizer_spec` None means pixels for the built-in datasets (an image folder needs a VAE)."""
+    dist = dist or DistInfo()
+    out = Path(out_dir).expanduser()
+    if batch_size < 1 or shard_size < 1:
+        raise TransDiffError("--batch-size and --shard-size must be at least 1")
+    # Everything that can fail on the user's input fails here, before anything is written.
+    dataset = open_image_dataset(data, image_size, flip=False)
+    if tokenizer_spec is None:
+        if data not in BUILTIN:
+            raise TransDiffError("an image folder needs --vae kl16:PATH, diffusers:DIR or pixels")
+        tokenizer_spec = "pixels"
+    tokenizer = _tokenizer_for(tokenizer_spec, dataset, device)
+    identity = _job_identity(data, tokenizer, dataset)
+    previous = _check_out_dir(out, identity)
+    lock = FolderLock(out, "--out") if dist.is_main else None  # one writer per folder
+    if lock is not None:
+        ensure_dir(out, "--out")
+        lock.acquire()
+    try:
+        if previous is not None:
+            shard_size = previous["shard_size"]  # resuming keeps the layout of the first run
+        n = len(dataset)
+        num_shards = (n + shard_size - 1) // shard_size
+        latent_shape = [tokenizer.latent_channels, tokenizer.latent_size, tokenizer.latent_size]
+        manifest: dict[str, Any] = {
+            "format": FORMAT, "status": "incomplete", "job": identity,
+            "tokenizer": tokenizer.spec(), "scale_factor": tokenizer.scale_factor,
+            "image_size": dataset.image_size, "image_channels": dataset.image_channels,
+            "latent_shape": latent_shape, "moments_shape": [2 * latent_shape[0], *latent_shape[1:]],
+            "class_names": dataset.class_names, "flip_default": dataset.default_flip,
+            "num_images": n, "shard_size": shard_size, "num_shards": num_shards,
+        }
+        if dist.is_main:
+            out.mkdir(parents=True, exist_ok=True)
+            for stale in out.glob(".shard-*.tmp*"):  # left by a killed run
+                stale.unlink()
+            _write_json(out / MANIFEST, manifest)
+        barrier(dist)
+
+        mine = [k for k in range(dist.rank, num_shards, dist.world_size)]
+        todo = [k for k in mine if _shard_done(out, k) is None]
+        indices = [i for k in todo for i in range(k * shard_size, min(n, (k + 1) * shard_size))]
+        if num_workers is None:
+            num_workers = 0 if data in BUILTIN else min(8, os.cpu_count() or 1)
+        loader = DataLoader(_SafeReader(dataset), batch_size=batch_size, sampler=indices, num_workers=num_workers,
+                            collate_fn=list)
+        rows: dict[int, list] = {k: [] for k in todo}
+        skipped: dict[int, list] = {k: [] for k in todo}
+        seen = dict.fromkeys(todo, 0)
+        delay = float(os.environ.get(DELAY_ENV, "0") or 0)
+        bar = (reporter or Reporter()).progress("encoding", len(indices), unit="images/s") \
+            if progress and dist.is_main else contextlib.nullcontext(None)
+        done = 0
+        with bar as advance, torch.no_grad():
+            for batch in loader:
+                good = [b for b in batch if b[1] is not None]
+                if good:
+                    x = torch.stack([b[1] for b in good]).to(device)
+                    moments = tokenizer.encode_moments(torch.cat([x, x.flip(-1)])).float().cpu()
+                    for j, (i, _, label, _) in enumerate(good):
+                        rows[i // shard_size].append((i, label, moments[j], moments[j + len(good)]))
+                for i, image, _, reason in batch:
+                    k = i // shard_size
+                    if image is None:
+                        skipped[k].append({"index": i, "file": dataset.source(i), "reason": reason})
+                    seen[k] += 1
+                    if seen[k] == min(n, (k + 1) * shard_size) - k * shard_size:
+                        _write_shard(out, k, k * shard_size, min(n, (k + 1) * shard_size), rows.pop(k), skipped.pop(k),
+                                     tuple(manifest["moments_shape"]))
+                        if delay:
+                            time.sleep(delay)
+                done += len(batch)
+                if advance is not None:
+                    advance(done)
+        barrier(dist)
+        if dist.is_main:  # no barrier after: a failure here must not leave the other ranks waiting
+            _finish_manifest(out, manifest)
+        return out
+    finally:
+        if lock is not None:
+            lock.release()
+
+
+def _finish_manifest(out: Path, manifest: dict[str, Any]) -> None:
+    records = []
+    for k in range(manifest["num_shards"]):
+        path = out / f"{_shard_name(k)}.json"
+        if not path.is_file():
+            raise TransDiffError(f"shard {k} of {out} was not written (a worker failed?): re-run to finish")
+        records.append(json.loads(path.read_text()))
+    skipped = [s for r in records for s in r["skipped"]]
+    manifest.update(
+        status="complete", num_encoded=sum(r["count"] for r in records), num_skipped=len(skipped),
+        shards=[{k: r[k] for k in ("file", "sha256", "start", "stop", "count")} for r in records],
+        skipped=skipped,
+    )
+    _write_json(out / MANIFEST, manifest)

@@ -1,0 +1,1 @@
+"""Evaluation: FID / IS / precision-recall, reference statistics, sweeps, the diversity measure."""

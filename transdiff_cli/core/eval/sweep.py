@@ -1,0 +1,98 @@
+"""Sampler sweeps for `transdiff fid --sweep`: one axis or a grid of two over cfg, scale_0, scale_1
+and sampling_steps (how the authors chose their per-size settings), written as a table, JSON and a
+plot of FID and IS against the swept value."""
+
+from __future__ import annotations
+
+import itertools
+import json
+from pathlib import Path
+from typing import Any
+
+from ..errors import TransDiffError
+
+AXES = {"cfg": float, "scale_0": float, "scale_1": float, "sampling_steps": int}
+IS_KEY = "inception_score_mean"
+
+
+def parse_sweeps(specs: list[str] | None) -> list[tuple[str, list[float | int]]]:
+    """["cfg=1.1,1.2", "scale_0=0.9,1"] -> [("cfg", [1.1, 1.2]), ("scale_0", [0.9, 1.0])]."""
+    axes: list[tuple[str, list[float | int]]] = []
+    for spec in specs or []:
+        name, eq, values = spec.partition("=")
+        name = name.strip().replace("-", "_")
+        if not eq or not values.strip():
+            raise TransDiffError(f"--sweep {spec!r}: write AXIS=V1,V2,... (axes: {', '.join(AXES)})")
+        if name not in AXES:
+            raise TransDiffError(f"--sweep: unknown axis {name!r}; choose from {', '.join(AXES)}")
+        if name in (a for a, _ in axes):
+            raise TransDiffError(f"--sweep: axis {name} given twice")
+        try:
+            parsed = [AXES[name](v.strip()) for v in values.split(",") if v.strip()]
+        except ValueError:
+            raise TransDiffError(f"--sweep {spec!r}: values of {name} must be "
+                                 f"{'integers' if AXES[name] is int else 'numbers'}") from None
+        if name == "sampling_steps" and min(parsed) < 1:
+            raise TransDiffError("--sweep sampling_steps: values must be at least 1")
+        axes.append((name, parsed))
+    if len(axes) > 2:
+        raise TransDiffError("--sweep: at most two axes (a grid of two)")
+    return axes
+
+
+def sweep_points(axes: list[tuple[str, list[float | int]]]) -> list[dict[str, float | int]]:
+    names = [a for a, _ in axes]
+    return [dict(zip(names, combo)) for combo in itertools.product(*(v for _, v in axes))]
+
+
+def point_name(point: dict[str, float | int]) -> str:
+    """The sub-folder of one setting, e.g. `cfg=1.3,scale_0=0.9`."""
+    return ",".join(f"{k}={v}" for k, v in point.items())
+
+
+def write_sweep(out: Path, axes: list[tuple[str, list[float | int]]], rows: list[dict[str, Any]],
+                fid_key: str) -> dict[str, Path]:
+    """sweep.json (every metric of every point), sweep.md (the table) and sweep.png."""
+    out.mkdir(parents=True, exist_ok=True)
+    names = [a for a, _ in axes]
+    doc = {"axes": {a: v for a, v in axes}, "fid_key": fid_key, "points": rows}
+    (out / "sweep.json").write_text(json.dumps(doc, indent=1))
+    extra = [k for k in (IS_KEY, "class_fidelity", "precision", "recall") if any(k in r for r in rows)]
+    labels = {IS_KEY: "IS", "class_fidelity": "class fidelity"}
+    head = [*names, "FID", *(labels.get(k, k) for k in extra)]
+    lines = ["| " + " | ".join(head) + " |", "|" + " --- |" * len(head)]
+    for r in rows:
+        cells = [str(r[a]) for a in names] + [f"{r[fid_key]:.4f}"] + \
+                [f"{r[k]:.4f}" if k in r else "" for k in extra]
+        lines.append("| " + " | ".join(cells) + " |")
+    (out / "sweep.md").write_text("\n".join(lines) + "\n")
+    return {"json": out / "sweep.json", "table": out / "sweep.md", "plot": plot_sweep(out / "sweep.png", names,
+                                                                                      rows, fid_key)}
+
+
+def plot_sweep(path: Path, names: list[str], rows: list[dict[str, Any]], fid_key: str) -> Path:
+    """FID (and IS when measured) against the first axis; one line per value of the second."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    metrics = [(fid_key, "FID (lower is better)")] + \
+        ([(IS_KEY, "IS (higher is better)")] if all(IS_KEY in r for r in rows) else [])
+    fig, axs = plt.subplots(1, len(metrics), figsize=(5 * len(metrics), 3.5), dpi=120, squeeze=False)
+    x_axis = names[0]
+    groups = sorted({r[names[1]] for r in rows}) if len(names) > 1 else [None]
+    for ax, (key, label) in zip(axs[0], metrics):
+        for g in groups:
+            pts = sorted((r[x_axis], r[key]) for r in rows if g is None or r[names[1]] == g)
+            ax.plot([p[0] for p in pts], [p[1] for p in pts], marker="o",
+                    label=None if g is None else f"{names[1]}={g}")
+        ax.set_xlabel(x_axis)
+        ax.set_ylabel(label)
+        ax.grid(alpha=0.3)
+        if len(groups) > 1:
+            ax.legend()
+    fig.tight_layout()
+    fig.savefig(path)
+    plt.close(fig)
+    return path

@@ -1,0 +1,380 @@
+"""TransDiff: an AR transformer (the encoder) that turns a class label, and in MRAR mode earlier
+images, into semantic features, and a rectified-flow diffusion decoder that turns them into a latent
+image. One class serves both the 1-step model and the multi-reference (MRAR) model."""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+
+import torch
+import torch.nn as nn
+from torch.utils.checkpoint import checkpoint
+
+from ..sampling import flow
+from .config import ModelConfig
+from .layers import DecoderBlock, EncoderBlock, FinalLayer, Scratch, TimeEmbed, fast_linear, split_heads_kv
+from .tokens import patchify, unpatchify
+
+
+class DiffusionDecoder(nn.Module):
+    """DiT-style velocity network with cross-attention to the condition c."""
+
+    def __init__(self, cfg: ModelConfig):
+        super().__init__()
+        w = cfg.decoder_width
+        self.grad_checkpointing = cfg.grad_checkpointing
+        self.diffusion_pos_embed_learned = nn.Parameter(torch.zeros(1, cfg.num_tokens, w))
+        self.time_embed = TimeEmbed(w)
+        self.cond_embed = nn.Linear(cfg.width, w)
+        self.input_proj = nn.Linear(cfg.token_dim, w)
+        self.res_blocks = nn.ModuleList(
+            DecoderBlock(w, cfg.heads, cfg.mlp_ratio, cfg.attn_dropout, cfg.proj_dropout)
+            for _ in range(cfg.decoder_depth)
+        )
+        self.final_layer = FinalLayer(w, cfg.token_dim)
+
+    def condition(self, c: torch.Tensor) -> list[tuple[torch.Tensor, torch.Tensor]]:
+        """Cross-attention keys/values of every block for condition c: fixed during sampling,
+        so the sampler computes them once instead of at every step."""
+        cc = self.cond_embed(c)
+        return [blk.attn2.kv(cc) for blk in self.res_blocks]
+
+    def forward(self, x_t: torch.Tensor, timesteps: torch.Tensor, c: torch.Tensor | None = None,
+                kv: list[tuple[torch.Tensor, torch.Tensor]] | None = None) -> torch.Tensor:
+        """Velocity for tokens x_t (B, N_d, token_dim) at network times `timesteps` (= 1000 t)."""
+        if kv is None:
+            kv = self.condition(c)
+        temb, tproj = self.time_embed(timesteps, x_t.dtype)
+        h = self.input_proj(x_t) + self.diffusion_pos_embed_learned
+        for blk, blk_kv in zip(self.res_blocks, kv):
+            if self.grad_checkpointing and self.training:
+                h = checkpoint(blk, h, tproj, blk_kv, use_reentrant=False)
+            else:
+                h = blk(h, tproj, blk_kv)
+        return self.final_layer(h, temb)
+
+    # ------------------------------------------------------------------ sampling fast path
+    def schedule(self, timesteps: torch.Tensor, dtype: torch.dtype) -> list[list[torch.Tensor]]:
+        """Everything that depends only on the time, for the S network times of a sampling run
+        (shared by the whole batch): per step, the folded modulation of every block and of the
+        final layer. Computed once per run in float32, then cast to `dtype`."""
+        temb, tproj = self.time_embed.forward_fp32(timesteps)
+        blocks = [blk.folded_modulation(tproj).to(dtype) for blk in self.res_blocks]
+        final = self.final_layer.folded_modulation(temb).to(dtype)
+        return [[m[i] for m in blocks] + [final[i]] for i in range(timesteps.shape[0])]
+
+    def forward_step(self, x_t: torch.Tensor, mods: list[torch.Tensor], kv: list,
+                     copies: int = 1, scratch: Scratch | None = None) -> torch.Tensor:
+        """Velocity at one sampling step (no grad): `mods` is one entry of `schedule`, `kv` the
+        condition's keys/values of `copies` x batch rows (per-head layout with a `scratch`).
+        With CFG the conditional and unconditional rows share x_t, so everything before the
+        first cross-attention (input projection, block 0's self-attention) runs once on the
+        batch and is then repeated."""
+        h = fast_linear(self.input_proj, x_t).add_(self.diffusion_pos_embed_learned)
+        for j, (blk, blk_kv) in enumerate(zip(self.res_blocks, kv)):
+            blk.self_attend_(h, mods[j], scratch)
+            if j == 0 and copies > 1:
+                h = h.repeat(copies, 1, 1)
+            blk.cross_attend_mlp_(h, mods[j], blk_kv, scratch)
+        return self.final_layer.forward_folded(h, mods[-1])
+
+
+class TransDiff(nn.Module):
+    def __init__(self, cfg: ModelConfig):
+        super().__init__()
+        self.cfg = cfg
+        d = cfg.width
+        self.class_emb = nn.Embedding(cfg.num_classes, d)
+        self.fake_latent = nn.Parameter(torch.zeros(1, d))  # the null class, used for CFG
+        # 1-step: the mask token overwrites z_proj's output; kept for checkpoint compatibility.
+        self.z_proj = nn.Linear(cfg.ref_dim if cfg.mrar else cfg.token_dim, d)
+        self.z_proj_ln = nn.LayerNorm(d, eps=1e-6)
+        self.mask_token = nn.Parameter(torch.zeros(1, cfg.ref_tokens if cfg.mrar else 1, d))
+        self.encoder_pos_embed_learned = nn.Parameter(
+            torch.zeros(1, cfg.buffer_size + cfg.num_slots, d))
+        self.encoder_blocks = nn.ModuleList(
+            EncoderBlock(d, cfg.heads, cfg.mlp_ratio, cfg.attn_dropout, cfg.proj_dropout)
+            for _ in range(cfg.encoder_blocks)
+        )
+        self.encoder_norm = nn.LayerNorm(d, eps=1e-6)
+        self.diffusion_pos_embed_learned = nn.Parameter(torch.zeros(1, cfg.num_slots, d))
+        self.decoder = DiffusionDecoder(cfg)
+        self.register_buffer("block_ids", self._block_ids(), persistent=False)
+        self.initialize_weights()
+
+    # ------------------------------------------------------------------ init
+    def initialize_weights(self) -> None:
+        for p in (self.class_emb.weight, self.fake_latent, self.mask_token,
+                  self.encoder_pos_embed_learned, self.diffusion_pos_embed_learned,
+                  self.decoder.diffusion_pos_embed_learned):
+            nn.init.normal_(p, std=0.02)
+        for m in self.modules():
+            if isinstance(m, nn.Linear):
+                nn.init.xavier_uniform_(m.weight)
+                nn.init.zeros_(m.bias)
+            elif isinstance(m, nn.LayerNorm) and m.elementwise_affine:
+                nn.init.ones_(m.weight)
+                nn.init.zeros_(m.bias)
+        te = self.decoder.time_embed.time_embedder
+        nn.init.normal_(te.linear_1.weight, std=0.02)
+        nn.init.normal_(te.linear_2.weight, std=0.02)
+        # zero output layer: the untrained decoder predicts v = 0 (as DiT / MAR do)
+        nn.init.zeros_(self.decoder.final_layer.linear.weight)
+        nn.init.zeros_(self.decoder.final_layer.linear.bias)
+
+    # ------------------------------------------------------------------ encoder
+    def _block_ids(self) -> torch.Tensor:
+        """Block index of every encoder position: buffer 0, then slot blocks 1..K (MRAR)."""
+        cfg = self.cfg
+        if not cfg.mrar:
+            return torch.zeros(0, dtype=torch.long)
+        slots = torch.arange(cfg.num_slots) // cfg.ref_tokens + 1
+        return torch.cat([torch.zeros(cfg.buffer_size, dtype=torch.long), slots])
+
+    def attention_mask(self, length: int, start: int = 0) -> torch.Tensor | None:
+        """Block-causal mask (True = may attend) for queries start..length-1 over keys 0..length-1;
+        None for the fully bidirectional 1-step model."""
+        if not self.cfg.mrar:
+            return None
+        ids = self.block_ids[:length]
+        return ids[start:, None] >= ids[None, :]
+
+    def class_embedding(self, labels: torch.Tensor, null: bool = False,
+                        drop: torch.Tensor | None = None) -> torch.Tensor:
+        """Class embeddings, with the null embedding swapped in at rate label_drop_prob in training
+        (or where the boolean `drop` says, so a trainer can draw the mask itself)."""
+        if null:
+            return self.fake_latent.expand(labels.shape[0], -1)
+        emb = self.class_emb(labels)
+        if drop is None and self.training and self.cfg.label_drop_prob > 0:
+            drop = torch.rand(labels.shape[0], device=emb.device) < self.cfg.label_drop_prob
+        if drop is not None:
+            emb = torch.where(drop[:, None], self.fake_latent.to(emb.dtype), emb)
+        return emb
+
+    def _encoder_input(self, class_emb: torch.Tensor, refs: torch.Tensor | None,
+                       start: int, stop: int) -> torch.Tensor:
+        """Embedded encoder positions start..stop-1 of [buffer | slots]."""
+        cfg, b = self.cfg, class_emb.shape[0]
+        parts = [class_emb[:, None].expand(b, cfg.buffer_size, -1)]
+        if cfg.mrar:
+            parts.append(self.mask_token.expand(b, -1, -1))
+            if refs is not None and refs.shape[1] > 0:
+                parts.append(self.z_proj(refs))
+        else:
+            parts.append(self.mask_token.expand(b, cfg.num_slots, -1))
+        x = torch.cat(parts, dim=1)[:, start:stop]
+        return self.z_proj_ln(x + self.encoder_pos_embed_learned[:, start:stop])
+
+    def _blocks(self, x: torch.Tensor, mask: torch.Tensor | None,
+                caches: list[dict] | None = None) -> torch.Tensor:
+        for i, blk in enumerate(self.encoder_blocks):
+            if caches is not None:
+                x = blk(x, mask, caches[i])
+            elif self.cfg.grad_checkpointing and self.training:
+                x = checkpoint(blk, x, mask, use_reentrant=False)
+            else:
+                x = blk(x, mask)
+        return self.encoder_norm(x)
+
+    def features(self, class_emb: torch.Tensor, refs: torch.Tensor | None = None) -> torch.Tensor:
+        """Semantic features (encoder output after the final norm, buffer dropped, before the
+        diffusion position embedding). MRAR: `refs` are (B, r * ref_tokens, ref_dim) for r earlier
+        images; the features then cover the first r + 1 blocks."""
+        cfg = self.cfg
+        n = cfg.num_slots
+        if cfg.mrar:
+            n = cfg.ref_tokens * (1 + (0 if refs is None else refs.shape[1] // cfg.ref_tokens))
+        length = cfg.buffer_size + n
+        x = self._encoder_input(class_emb, refs, 0, length)
+        x = self._blocks(x, self.attention_mask(length))
+        return x[:, cfg.buffer_size:]
+
+    def condition(self, features: torch.Tensor, start: int = 0) -> torch.Tensor:
+        """c = features + the diffusion position embedding of their slots."""
+        n = features.shape[1]
+        return features + self.diffusion_pos_embed_learned[:, start:start + n]
+
+    def reference_tokens(self, latents: torch.Tensor) -> torch.Tensor:
+        """An earlier image compressed for MRAR: patchify with the reference patch size."""
+        return patchify(latents, self.cfg.ref_patch_size)
+
+    def to_latent(self, tokens: torch.Tensor) -> torch.Tensor:
+        cfg = self.cfg
+        return unpatchify(tokens, cfg.patch_size, cfg.latent_channels, cfg.latent_size)
+
+    # ------------------------------------------------------------------ training
+    def forward(self, latents: torch.Tensor, labels: torch.Tensor,
+                noise: Sequence[torch.Tensor] | torch.Tensor | None = None,
+                timesteps: Sequence[torch.Tensor] | torch.Tensor | None = None,
+                drop: torch.Tensor | None = None) -> torch.Tensor:
+        """Training loss. 1-step: latents (B, C, H, W). MRAR: (B, K, C, H, W), K images of the
+        same class, teacher-forced; the loss is the mean of the K decoder losses.
+        `noise`/`timesteps` (per image in MRAR; B * diffusion_batch_mul rows in training) and the
+        class-dropout mask `drop` override the random draws (parity tests, exact DDP equivalence)."""
+        cfg = self.cfg
+        class_emb = self.class_embedding(labels, drop=drop)
+        if not cfg.mrar:
+            c = self.condition(self.features(class_emb))
+            return self._decoder_loss(latents, c, noise, timesteps)
+        k = latents.shape[1]
+        refs = torch.cat([self.reference_tokens(latents[:, j]) for j in range(k - 1)], dim=1)
+        feats = self.features(class_emb, refs)
+        losses = []
+        for j in range(k):
+            c = self.condition(feats[:, : (j + 1) * cfg.ref_tokens])
+            losses.append(self._decoder_loss(latents[:, j], c,
+                                             None if noise is None else noise[j],
+                                             None if timesteps is None else timesteps[j]))
+        return torch.stack(losses).mean()
+
+    def _decoder_loss(self, latents: torch.Tensor, c: torch.Tensor, noise: torch.Tensor | None,
+                      timesteps: torch.Tensor | None) -> torch.Tensor:
+        m = self.cfg.diffusion_batch_mul if self.training else 1
+        x0 = patchify(latents, self.cfg.patch_size).repeat(m, 1, 1)
+        c = c.repeat(m, 1, 1)
+        if noise is None:
+            noise = torch.randn_like(x0)
+        if timesteps is None:
+            timesteps = flow.sample_timesteps(x0.shape[0], x0.device)
+        return flow.flow_loss(lambda x, t: self.decoder(x, t, c=c), x0, timesteps, noise)
+
+    # ------------------------------------------------------------------ sampling
+    def null_condition(self, batch: int = 1) -> torch.Tensor:
+        """CFG's unconditional condition without references: the null class's first features."""
+        null = self.class_embedding(torch.zeros(batch, dtype=torch.long, device=self.fake_latent.device), null=True)
+        return self.condition(self.features(null))
+
+    @torch.no_grad()
+    def decode(self, c: torch.Tensor, noise: torch.Tensor, *, cfg: float = 1.0, uncond: torch.Tensor | None = None,
+               sampling_steps: int | None = None, scale_0: float | None = None, scale_1: float | None = None,
+               sampler: str = "em", generator: flow.Generators = None, cache: bool = True) -> torch.Tensor:
+        """Latents (B, C, H, W) sampled from `noise` (B, N_d, token_dim) given the condition c
+        (B, n, D), e.g. `condition(features(...))`. With cfg != 1 the unconditional branch uses
+        `uncond` (default: `null_condition`, which fits conditions without MRAR references)."""
+        mc = self.cfg
+        guided = cfg != 1.0
+        if guided:
+            if uncond is None:
+                uncond = self.null_condition(c.shape[0]).to(c.dtype)
+            if uncond.shape[1:] != c.shape[1:]:
+                raise ValueError(f"uncond has shape {tuple(uncond.shape)}, the condition {tuple(c.shape)}: "
+                                 "a condition with MRAR references needs its own unconditional branch")
+            c = torch.cat([c, uncond.expand_as(c)])
+        tokens = self._decode(c, noise.to(c.dtype), cfg, guided, sampling_steps or mc.sampling_steps,
+                              mc.scale_0 if scale_0 is None else scale_0, mc.scale_1 if scale_1 is None else scale_1,
+                              sampler, generator, cache)
+        return self.to_latent(tokens)
+
+    def _decode(self, c: torch.Tensor, noise: torch.Tensor, cfg_scale: float, guided_c: bool,
+                steps: int, scale_0: float, scale_1: float, sampler: str,
+                generator: flow.Generators, cache: bool) -> torch.Tensor:
+        """Run the sampler from `noise` given c = [cond; uncond] (guided_c) or cond only."""
+        b = noise.shape[0]
+        guided = cfg_scale != 1.0
+        if guided_c and not guided:
+            c = c[:b]
+        dtype = c.dtype
+        if cache:
+            velocity = self._fast_velocity(c, b, guided, flow.network_times(sampler, steps))
+            # the sampler state stays float32 even with low-precision weights: it accumulates
+            # small updates over many steps, where bfloat16's 8-bit mantissa would lose them
+            noise = noise.float()
+        else:  # the plain path: the condition re-projected at every step, as the reference does
+            def velocity(x: torch.Tensor, t: float):
+                xin = torch.cat([x, x]) if guided else x
+                ts = torch.full((xin.shape[0],), 1000.0 * t, device=x.device, dtype=x.dtype)
+                v = self.decoder(xin, ts, c=c)
+                return (v[:b], v[b:]) if guided else (v, None)
+        if sampler == "ode":
+            x = flow.euler_ode(velocity, noise, steps, cfg_scale)
+        else:
+            x = flow.euler_maruyama(velocity, noise, steps, cfg_scale, scale_0, scale_1, generator)
+        return x.to(dtype)
+
+    def _fast_velocity(self, c: torch.Tensor, batch: int, guided: bool, times: list[float]) -> flow.VelocityFn:
+        """Velocity closure over a fixed condition: its cross-attention keys/values and the
+        time-dependent modulation of every step are computed here, once per run; with CFG the
+        conditional and unconditional halves run as one batch."""
+        dtype = c.dtype
+        dec = self.decoder
+        scratch = Scratch() if Scratch.wanted(c.device, dtype, getattr(dec, "_compiled_step", False)) else None
+        # contiguous (per-head) keys/values: the attention then reads them without a copy
+        kv = [split_heads_kv(k, v) if scratch is not None else (k.contiguous(), v.contiguous())
+              for k, v in dec.condition(c)]
+        ts = torch.tensor([1000.0 * t for t in times], device=c.device)
+        schedule = dec.schedule(ts, dtype)
+        step = {t: i for i, t in enumerate(times)}
+        copies = 2 if guided else 1
+
+        def velocity(x: torch.Tensor, t: float):
+            v = dec.forward_step(x.to(dtype), schedule[step[t]], kv, copies, scratch).float()
+            return (v[:batch], v[batch:]) if guided else (v, None)
+
+        return velocity
+
+    @torch.no_grad()
+    def sample(self, labels: torch.Tensor, *, cfg: float | Sequence[float] | None = None,
+               steps: int | None = None, scale_0: float | None = None,
+               scale_1: float | None = None, mrar_steps: int | None = None,
+               noise: torch.Tensor | None = None, generator: flow.Generators = None,
+               sampler: str = "em", cache: bool = True,
+               return_steps: bool = False) -> torch.Tensor | tuple[torch.Tensor, list[torch.Tensor]]:
+        """Class-conditional latents (B, C, H, W). MRAR: `mrar_steps` rounds, each image fed back
+        as the next reference, the same initial noise reused at every round; returns the last.
+        `cfg` is one scale or (MRAR) one per round. Defaults come from the config."""
+        mc = self.cfg
+        steps = steps or mc.sampling_steps
+        scale_0 = mc.scale_0 if scale_0 is None else scale_0
+        scale_1 = mc.scale_1 if scale_1 is None else scale_1
+        rounds = (mrar_steps or mc.mrar_steps) if mc.mrar else 1
+        cfgs = flow.parse_cfg(mc.cfg_schedule()[:rounds] if cfg is None else cfg, rounds)
+        b = labels.shape[0]
+        dtype = self.class_emb.weight.dtype
+        if noise is None:
+            noise = flow.draw_noise(torch.empty(b, mc.num_tokens, mc.token_dim, device=labels.device,
+                                                dtype=dtype), generator)
+        noise = noise.to(dtype)
+        guided_any = any(s != 1.0 for s in cfgs)
+        class_emb = self.class_embedding(labels)
+        if guided_any:
+            class_emb = torch.cat([class_emb, self.class_embedding(labels, null=True)])
+        args = (steps, scale_0, scale_1, sampler, generator, cache)
+
+        if not mc.mrar:
+            c = self.condition(self.features(class_emb))
+            out = self.to_latent(self._decode(c, noise, cfgs[0], guided_any, *args))
+            return (out, [out]) if return_steps else out
+
+        images: list[torch.Tensor] = []
+        caches: list[dict] = [{} for _ in self.encoder_blocks]
+        feats = None
+        for k in range(rounds):
+            if cache:  # only the new block goes through the encoder; earlier keys/values reused
+                new = self._new_block_features(class_emb, images, k, caches)
+                feats = new if feats is None else torch.cat([feats, new], dim=1)
+            else:
+                refs = self._refs(images, guided_any)
+                feats = self.features(class_emb, refs)
+            c = self.condition(feats)
+            images.append(self.to_latent(self._decode(c, noise, cfgs[k], guided_any, *args)))
+        return (images[-1], images) if return_steps else images[-1]
+
+    def _refs(self, images: list[torch.Tensor], doubled: bool) -> torch.Tensor | None:
+        if not images:
+            return None
+        refs = torch.cat([self.reference_tokens(im) for im in images], dim=1)
+        return torch.cat([refs, refs]) if doubled else refs
+
+    def _new_block_features(self, class_emb: torch.Tensor, images: list[torch.Tensor], k: int,
+                            caches: list[dict]) -> torch.Tensor:
+        cfg = self.cfg
+        buf, r = cfg.buffer_size, cfg.ref_tokens
+        if k == 0:
+            start, stop = 0, buf + r
+        else:
+            start, stop = buf + k * r, buf + (k + 1) * r
+        refs = self._refs(images, class_emb.shape[0] != images[0].shape[0] if images else False)
+        x = self._encoder_input(class_emb, refs, start, stop)
+        x = self._blocks(x, self.attention_mask(stop, start), caches)
+        return x[:, buf:] if k == 0 else x

@@ -1,0 +1,2 @@
+"""Generation: the rectified-flow samplers, settings and their provenance, batched generation to files,
+fuse."""

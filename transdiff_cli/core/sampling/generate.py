@@ -1,0 +1,498 @@
+"""Class-conditional generation in batches: settings from the checkpoint and the user, seeded noise,
+decoding through the tokenizer, and writing PNGs, a grid and MRAR step strips into a fresh folder
+(the resumable FID `.npz` is `generate_npz`'s).
+
+Seeding: image i's initial noise and its Euler-Maruyama noise stream (scale_1 > 0) come from
+generators seeded by (seed, i), so an image does not depend on the batch size or on how images are
+split across torchrun ranks.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import shutil
+import uuid
+from collections.abc import Iterator, Sequence
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import torch
+
+from ..data.classes import class_label
+from ..data.images import make_grid, save_pngs, to_uint8
+from ..data.tokenizers import Tokenizer, load_tokenizer
+from ..errors import TransDiffError
+from ..eval.diversity import cosine_measure, diversity
+from ..fs import check_file_target, ensure_dir, os_error
+from ..io.checkpoint import Checkpoint, load_checkpoint, newest_run_checkpoint
+from ..model.config import ModelConfig
+from ..model.transdiff import TransDiff
+from ..validate import check_scale, check_seed
+from . import flow
+from .eval_settings import CHECKPOINT, FLAG, SettingDefaults, checkpoint_defaults
+from .inference import prepare
+
+MODES = ("1step", "mrar")
+SAMPLERS = ("em", "ode")
+GRID_MAX = 256  # images shown in grid.png; the PNG files and the .npz hold every image
+
+
+@dataclass
+class SampleSettings:
+    mode: str  # "1step" or "mrar"
+    rounds: int  # MRAR steps actually run (1 in 1-step mode)
+    cfg: list[float]  # one guidance scale per round
+    sampling_steps: int
+    scale_0: float
+    scale_1: float
+    sampler: str = "em"
+    sources: dict[str, str] = field(default_factory=dict)  # setting -> flag / checkpoint / table
+
+    def to_dict(self) -> dict[str, Any]:
+        return asdict(self)
+
+
+def sample_settings(config: ModelConfig, *, mode: str | None = None, steps: int | None = None,
+                    sampling_steps: int | None = None, cfg: str | float | Sequence[float] | None = None,
+                    scale_0: float | None = None, scale_1: float | None = None, sampler: str | None = None,
+                    warnings: list[str] | None = None, defaults: SettingDefaults | None = None) -> SampleSettings:
+    """The user's options checked against the checkpoint; anything not given comes from `defaults`
+    (`eval_settings.checkpoint_defaults`; None: the config's own stored settings). Each setting's
+    provenance is kept in `sources`. `warnings` collects notes to print."""
+    notes = warnings if warnings is not None else []
+    d = defaults or checkpoint_defaults(config, published=False)
+    src = dict(d.sources)
+    src["mode"] = FLAG if mode else CHECKPOINT
+    mode = mode or ("mrar" if config.mrar else "1step")
+    if mode not in MODES:
+        raise TransDiffError(f"--mode must be one of {', '.join(MODES)}, not {mode!r}")
+    if sampler is not None and sampler not in SAMPLERS:
+        raise TransDiffError(f"--sampler must be one of {', '.join(SAMPLERS)}, not {sampler!r}")
+    if mode == "mrar" and not config.mrar:
+        raise TransDiffError("--mode mrar needs an MRAR checkpoint; this one is a 1-step model "
+                             "(fine-tune it with `transdiff finetune-mrar`, or use --mode 1step)")
+    if mode == "mrar":
+        rounds = config.mrar_steps if steps is None else steps
+        src["rounds"] = CHECKPOINT if steps is None else FLAG
+        if not 1 <= rounds <= config.mrar_steps:
+            raise TransDiffError(f"--steps {rounds}: the checkpoint was trained with {config.mrar_steps} "
+                                 f"MRAR steps; choose 1-{config.mrar_steps}")
+    else:
+        if steps is not None:
+            notes.append(f"--steps {steps} is ignored in 1-step mode")
+        rounds = 1  # an MRAR checkpoint in 1-step mode: its first step only
+        src["rounds"] = "1-step mode"
+    if cfg is None or cfg == "":
+        scales = flow.parse_cfg(d.cfg[:rounds], rounds)
+    else:
+        scales = _parse_cfg(cfg, rounds, mode)
+    s = d.sampling_steps if sampling_steps is None else sampling_steps
+    if s < 1:
+        raise TransDiffError(f"--sampling-steps must be at least 1, not {s}")
+    for v in scales:  # nan / inf would give black images, 1e308 overflows float32
+        check_scale(v, "--cfg" if cfg not in (None, "") else "the checkpoint's cfg")
+    s0 = check_scale(d.scale_0 if scale_0 is None else scale_0, "--scale-0")
+    s1 = check_scale(d.scale_1 if scale_1 is None else scale_1, "--scale-1")
+    for name, given in (("cfg", cfg not in (None, "")), ("scale_0", scale_0 is not None),
+                        ("scale_1", scale_1 is not None), ("sampling_steps", sampling_steps is not None),
+                        ("sampler", sampler is not None)):
+        if given:
+            src[name] = FLAG
+    return SampleSettings(mode, rounds, scales, s, s0, s1, sampler or d.sampler, src)
+
+
+def checkpoint_settings(ck: Any, **options: Any) -> SampleSettings:
+    """`sample_settings` for a Checkpoint or CheckpointInfo (anything with `config` and `published`):
+    published files get the authors' evaluation table for their size, never their saved args."""
+    return sample_settings(ck.config, defaults=checkpoint_defaults(ck.config, ck.published), **options)
+
+
+def _parse_cfg(cfg: str | float | Sequence[float], rounds: int, mode: str) -> list[float]:
+    try:
+        values = flow.parse_cfg(cfg, rounds)
+    except ValueError as e:
+        raise TransDiffError(f"--cfg {cfg!r} is not a number or a comma-separated list of numbers") from e
+    except TransDiffError as e:
+        if mode == "1step":
+            raise TransDiffError(f"--cfg {cfg!r} gives a list, but 1-step sampling takes one scale "
+                                 "(per-step lists are for --mode mrar)") from e
+        raise TransDiffError(f"--cfg {cfg!r} has the wrong length: give one scale or {rounds} "
+                             f"(one per MRAR step)") from e
+    return values
+
+
+def image_seed(seed: int, *key: int) -> int:
+    """A 63-bit seed for (seed, key...): independent streams per image, no overlap across seeds.
+    Every bit of a seed up to 2**63-1 counts: the high word goes in as the spawn key (absent below
+    2**32, so those seeds give the images they always gave)."""
+    check_seed(seed)
+    high = seed >> 32
+    seq = np.random.SeedSequence([seed & 0xFFFFFFFF, *key], spawn_key=(high,) if high else ())
+    return int(seq.generate_state(2, np.uint64)[0] >> 1)
+
+
+def initial_noise(model: TransDiff, indices: Sequence[int], seed: int) -> torch.Tensor:
+    """(B, N_d, token_dim) noise, image i from generator (seed, i); drawn on the CPU so the same
+    seed gives the same start on every device."""
+    mc = model.cfg
+    rows = [torch.randn(mc.num_tokens, mc.token_dim, generator=torch.Generator().manual_seed(image_seed(seed, i)))
+            for i in indices]
+    return torch.stack(rows)
+
+
+def step_generators(indices: Sequence[int], seed: int, device: torch.device) -> list[torch.Generator]:
+    """The sampler's per-step noise, one stream per image (seed, i, 1): an image does not depend on
+    its batch or on the torchrun split."""
+    return [torch.Generator(device=device).manual_seed(image_seed(seed, i, 1)) for i in indices]
+
+
+def model_device_dtype(model: TransDiff) -> tuple[torch.device, torch.dtype]:
+    w = model.class_emb.weight
+    return w.device, w.dtype
+
+
+@torch.no_grad()
+def sample_latents(model: TransDiff, labels: Sequence[int], indices: Sequence[int], settings: SampleSettings,
+                   seed: int) -> list[torch.Tensor]:
+    """Latents of each MRAR round (one entry in 1-step mode); the last is the output."""
+    device, dtype = model_device_dtype(model)
+    noise = initial_noise(model, indices, seed).to(device=device, dtype=dtype)
+    gen = step_generators(indices, seed, device)
+    y = torch.as_tensor(list(labels), device=device, dtype=torch.long)
+    _, steps = model.sample(y, cfg=settings.cfg, steps=settings.sampling_steps, scale_0=settings.scale_0,
+                            scale_1=settings.scale_1, mrar_steps=settings.rounds, noise=noise, generator=gen,
+                            sampler=settings.sampler, return_steps=True)
+    return steps
+
+
+@torch.no_grad()
+def decode(tokenizer: Tokenizer, latents: torch.Tensor) -> torch.Tensor:
+    """Latents -> images in [-1, 1] on the CPU (the tokenizer runs in float32)."""
+    return tokenizer.decode(latents.float()).float().clamp(-1, 1).cpu()
+
+
+def available_memory(device: torch.device) -> int | None:
+    """Bytes free for a batch on `device`: the GPU's free memory, the host's MemAvailable (or free
+    pages) for the CPU; None when unknown."""
+    if device.type == "cuda":
+        return int(torch.cuda.mem_get_info(device)[0])
+    if device.type != "cpu":
+        return None
+    try:
+        with open("/proc/meminfo") as f:
+            for line in f:
+                if line.startswith("MemAvailable:"):
+                    return int(line.split()[1]) * 1024
+    except OSError:
+        pass
+    try:
+        return os.sysconf("SC_AVPHYS_PAGES") * os.sysconf("SC_PAGE_SIZE")
+    except (ValueError, OSError, AttributeError):
+        return None
+
+
+def batch_bytes(model: TransDiff, tokenizer: Tokenizer, batch_size: int, settings: SampleSettings) -> int:
+    """A rough lower bound of the activation memory of one batch: the transformer's token states
+    and attention scores (doubled under guidance) with the per-round latents kept, plus the
+    decoded images and the tokenizer's widest feature map (128 channels for a VAE)."""
+    mc = model.cfg
+    rows = batch_size * (2 if any(c != 1.0 for c in settings.cfg) else 1)
+    tokens = mc.buffer_size + mc.num_tokens * (mc.mrar_steps if mc.mrar else 1)
+    depth = mc.encoder_depth + mc.decoder_depth
+    per_row = 4 * (tokens * mc.width * (8 + 2 * depth) + mc.heads * tokens * tokens)
+    latents = 4 * batch_size * mc.num_tokens * mc.token_dim * (settings.rounds + 2)
+    side = int(getattr(tokenizer, "image_size", None) or mc.latent_size)
+    feature = 3 if tokenizer.kind == "pixels" else 128
+    pixels = 4 * batch_size * side * side * (3 + feature)
+    return rows * per_row + latents + pixels
+
+
+def check_batch_fits(model: TransDiff, tokenizer: Tokenizer, batch_size: int, settings: SampleSettings) -> None:
+    """Refuse a batch that cannot fit in memory before it is allocated, with a batch size that can."""
+    device, _ = model_device_dtype(model)
+    free = available_memory(device)
+    need = batch_bytes(model, tokenizer, batch_size, settings)
+    if free is None or need <= free * 0.8:
+        return
+    fits = max(1, int(batch_size * free * 0.5 / need))
+    raise TransDiffError(f"--batch-size {batch_size} needs about {_size(need)} for activations but only "
+                         f"{_size(free)} is available on {device}: try --batch-size {fits}")
+
+
+def _size(n: int) -> str:
+    return f"{n / 2**30:.1f} GiB" if n >= 2**30 else f"{n / 2**20:.0f} MiB"
+
+
+@dataclass
+class Batch:
+    indices: list[int]
+    labels: list[int]
+    images: torch.Tensor  # (B, C, H, W) in [-1, 1], CPU
+    steps: list[torch.Tensor] | None = None  # decoded image of every MRAR round, with save_steps
+
+
+def generate(model: TransDiff, tokenizer: Tokenizer, labels: Sequence[int], settings: SampleSettings, *,
+             seed: int = 0, batch_size: int = 16, indices: Sequence[int] | None = None,
+             save_steps: bool = False) -> Iterator[Batch]:
+    """Generate image `indices[j]` of class `labels[j]` for every j, `batch_size` at a time.
+    `indices` (default 0..N-1) are the global image numbers that seed the noise: a rank given a
+    slice of them draws exactly the images a single process would."""
+    if batch_size < 1:
+        raise TransDiffError(f"--batch-size must be at least 1, not {batch_size}")
+    check_seed(seed)
+    check_batch_fits(model, tokenizer, min(batch_size, max(1, len(labels))), settings)
+    indices = list(range(len(labels))) if indices is None else list(indices)
+    if len(indices) != len(labels):
+        raise ValueError("indices and labels differ in length")
+    for start in range(0, len(labels), batch_size):
+        idx = indices[start:start + batch_size]
+        lab = [int(v) for v in labels[start:start + batch_size]]
+        steps = sample_latents(model, lab, idx, settings, seed)
+        if save_steps:  # every round's latents through the tokenizer in one call
+            decoded = list(decode(tokenizer, torch.cat(steps)).split(len(idx)))
+            yield Batch(idx, lab, decoded[-1], decoded)
+        else:
+            yield Batch(idx, lab, decode(tokenizer, steps[-1]))
+
+
+def write_npz(path: str | Path, images: np.ndarray, labels: Sequence[int]) -> Path:
+    """The ADM / torch-fidelity convention: `arr_0` uint8 (N, H, W, C), plus `labels`."""
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    arr = images if images.shape[-1] != 1 else np.repeat(images, 3, axis=-1)
+    np.savez(path, arr_0=arr, labels=np.asarray(labels, dtype=np.int64))
+    return path
+
+
+def generate_arrays(model: TransDiff, tokenizer: Tokenizer, labels: Sequence[int], settings: SampleSettings, *,
+                    seed: int = 0, batch_size: int = 16, indices: Sequence[int] | None = None,
+                    on_batch: Any = None) -> np.ndarray:
+    """All images as one uint8 (N, H, W, C) array (for FID: no PNG round trip)."""
+    arrays = []
+    for batch in generate(model, tokenizer, labels, settings, seed=seed, batch_size=batch_size, indices=indices):
+        arrays.append(to_uint8(batch.images))
+        if on_batch is not None:
+            on_batch(len(batch.indices))
+    return np.concatenate(arrays)
+
+
+@dataclass
+class Written:
+    out: Path
+    pngs: list[Path] = field(default_factory=list)
+    grid: Path | None = None
+    strips: list[Path] = field(default_factory=list)
+    npz: Path | None = None
+    info: Path | None = None
+
+
+def file_name(index: int, label: int) -> str:
+    return f"{index:05d}_class{label}.png"
+
+
+SAMPLES_JSON = "samples.json"
+
+
+def check_outputs(out: str | Path, npz: str | Path | None = None, overwrite: bool = False) -> None:
+    """Everything about `--out` / `--npz` that can fail, checked before any work (writes nothing
+    but the folder above `--out`)."""
+    if npz is not None:
+        check_file_target(npz, "--npz")
+    _check_out(Path(out), overwrite)
+    ensure_dir(Path(out).resolve().parent, "--out")
+
+
+def _check_out(out: Path, overwrite: bool) -> None:
+    if out.exists() and not out.is_dir():
+        raise TransDiffError(f"--out {out} is a file, not a folder")
+    if out.is_dir() and not overwrite and not (out / SAMPLES_JSON).is_file() and any(out.iterdir()):
+        raise TransDiffError(f"--out {out} is not empty and holds no earlier `sample` output: choose a new or "
+                             "empty folder, or pass --overwrite to replace it")
+    full = out.resolve()
+    if out.is_dir() and any(out.iterdir()) and full in (Path.cwd(), *Path.cwd().parents):
+        raise TransDiffError(f"--out {out} is the current folder (or holds it) and is not empty: "
+                             "choose a new or empty folder")
+
+
+def prepare_out(out: Path, overwrite: bool = False) -> Path:
+    """Check `--out` before any work and return a fresh staging folder beside it. A folder holding
+    anything but an earlier `sample` output (a samples.json) is refused unless `overwrite`."""
+    _check_out(out, overwrite)
+    full = out.resolve()
+    ensure_dir(full.parent, "--out")
+    for stale in full.parent.glob(f".{full.name}.tmp-*"):  # left by a killed run
+        shutil.rmtree(stale, ignore_errors=True)
+    return ensure_dir(full.parent / f".{full.name}.tmp-{uuid.uuid4().hex[:8]}", "--out")
+
+
+def swap_in(staging: Path, out: Path) -> None:
+    """Replace `out` by `staging` with renames: the old outputs stay whole until the new are."""
+    try:
+        if out.is_dir() and any(out.iterdir()):
+            full = out.resolve()
+            old = full.parent / f".{full.name}.old-{uuid.uuid4().hex[:8]}"
+            os.replace(out, old)
+            os.replace(staging, out)
+            shutil.rmtree(old, ignore_errors=True)
+        else:
+            if out.is_dir():
+                out.rmdir()
+            os.replace(staging, out)
+    except OSError as e:
+        raise os_error(e, out, "--out") from None
+
+
+def generate_to_folder(model: TransDiff, tokenizer: Tokenizer, labels: Sequence[int], settings: SampleSettings,
+                       out: str | Path, *, seed: int = 0, batch_size: int = 16, save_steps: bool = False,
+                       npz: str | Path | None = None, nrow: int | None = None,
+                       class_names: Sequence[str] | None = None, info: dict[str, Any] | None = None,
+                       on_batch: Any = None, overwrite: bool = False) -> Written:
+    """One PNG per image, `grid.png` (the first GRID_MAX images), with `save_steps` a strip of each
+    MRAR round per image under `steps/`, optional `.npz`, and `samples.json` (what was done).
+    `on_batch(n)` is called after every batch with its size (a progress bar).
+    Everything is written into a fresh folder beside `out` that replaces it at the end, so a rerun
+    never mixes old and new images and a killed run leaves the old outputs as they were."""
+    out = Path(out)
+    check_seed(seed)
+    if npz is not None:
+        npz = check_file_target(npz, "--npz")
+    staging = prepare_out(out, overwrite)
+    npz_at = None
+    if npz is not None:
+        inside = npz.resolve().is_relative_to(out.resolve())
+        npz_at = staging / npz.resolve().relative_to(out.resolve()) if inside else npz
+    try:
+        w = _write_samples(model, tokenizer, labels, settings, staging, seed=seed, batch_size=batch_size,
+                           save_steps=save_steps, npz=npz_at, nrow=nrow, class_names=class_names, info=info,
+                           on_batch=on_batch)
+    except BaseException:
+        shutil.rmtree(staging, ignore_errors=True)
+        raise
+    swap_in(staging, out)
+    moved = lambda p: None if p is None else out / p.relative_to(staging)  # noqa: E731
+    return Written(out, [moved(p) for p in w.pngs], moved(w.grid), [moved(p) for p in w.strips],
+                   npz, moved(w.info))
+
+
+def _write_samples(model: TransDiff, tokenizer: Tokenizer, labels: Sequence[int], settings: SampleSettings,
+                   out: Path, *, seed: int, batch_size: int, save_steps: bool, npz: Path | None,
+                   nrow: int | None, class_names: Sequence[str] | None, info: dict[str, Any] | None,
+                   on_batch: Any) -> Written:
+    w = Written(out)
+    shown: list[torch.Tensor] = []
+    arrays: list[np.ndarray] = []
+    n_classes = model.cfg.num_classes
+    for batch in generate(model, tokenizer, labels, settings, seed=seed, batch_size=batch_size,
+                          save_steps=save_steps):
+        names = [file_name(i, y) for i, y in zip(batch.indices, batch.labels)]
+        w.pngs += save_pngs(batch.images, out, names)
+        if len(shown) < GRID_MAX:
+            shown += list(batch.images[: GRID_MAX - len(shown)])
+        if npz is not None:
+            arrays.append(to_uint8(batch.images))
+        if batch.steps is not None:
+            per_image = torch.stack(batch.steps, dim=1)  # (B, rounds, C, H, W)
+            for name, strip in zip(names, per_image):
+                p = out / "steps" / name.replace(".png", "_steps.png")
+                p.parent.mkdir(exist_ok=True)
+                make_grid(strip, nrow=strip.shape[0]).save(p)
+                w.strips.append(p)
+        if on_batch is not None:
+            on_batch(len(batch.indices))
+    if shown:
+        grid = torch.stack(shown)
+        w.grid = out / "grid.png"
+        make_grid(grid, nrow=nrow if nrow and nrow <= 32 else None).save(w.grid)
+    if npz is not None:
+        w.npz = write_npz(npz, np.concatenate(arrays), labels)
+    doc = {"settings": settings.to_dict(), "seed": seed, "batch_size": batch_size,
+           "images": [{"file": p.name, "class": int(y), "name": class_label(int(y), n_classes, class_names)}
+                      for p, y in zip(w.pngs, labels)],
+           **(info or {})}
+    w.info = out / SAMPLES_JSON
+    w.info.write_text(json.dumps(doc, indent=1))
+    return w
+
+
+# --------------------------------------------------------------------------- loading for generation
+def open_checkpoint(ckpt: str | Path | None, *, weights: str = "ema", size: str | None = None,
+                    device: torch.device, precision: str = "auto", compile: bool = False) -> Checkpoint:
+    """Load `ckpt` (default: the newest run under runs/) and ready its model for generation."""
+    path = newest_run_checkpoint("runs") if ckpt is None else ckpt
+    ck = load_checkpoint(path, weights=weights, size=size, device="cpu")
+    ck.model = prepare(ck.model, device, precision, compile)
+    return ck
+
+
+def tokenizer_spec(ck: Any, vae: str | None) -> Any:
+    """`--vae` if given, else the tokenizer the checkpoint names (published files name none)."""
+    spec: Any = vae if vae else ck.meta.get("tokenizer")
+    if spec is None:
+        raise TransDiffError(f"{ck.path} does not say which tokenizer it was trained with (published "
+                             "checkpoints do not): pass --vae kl16:PATH (the KL-16 VAE checkpoint)")
+    return spec
+
+
+def open_tokenizer(ck: Checkpoint, vae: str | None, device: torch.device) -> Tokenizer:
+    """`--vae` if given, else the tokenizer the checkpoint was trained with; its latents must be the
+    model's."""
+    spec = tokenizer_spec(ck, vae)
+    mc = ck.config
+    tok = load_tokenizer(spec, image_size=mc.latent_size, image_channels=mc.latent_channels, device=device)
+    got = getattr(tok, "latent_channels", mc.latent_channels)
+    if got != mc.latent_channels:
+        raise TransDiffError(f"the tokenizer gives {got}-channel latents but the model was trained on "
+                             f"{mc.latent_channels}-channel latents: wrong --vae?")
+    if getattr(tok, "image_channels", 3) not in (1, 3):
+        raise TransDiffError(f"tokenizer {spec!r} turns these {mc.latent_channels}-channel latents into "
+                             f"{tok.image_channels}-channel arrays, not images: pass --vae kl16:PATH")
+    return tok
+
+
+def grid_rows(num_per_class: int) -> int | None:
+    """One class per grid row when that stays readable."""
+    return num_per_class if 1 < num_per_class <= 32 else None
+
+
+# --------------------------------------------------------------------------- MRAR diversity
+@torch.no_grad()
+def mrar_feature_diversity(model: TransDiff, labels: Sequence[int], settings: SampleSettings, *,
+                           seed: int = 0, num_refs: int = 1, batch_size: int = 16
+                           ) -> tuple[torch.Tensor, torch.Tensor]:
+    """The diversity measure of an MRAR model's features, which depend on the images it sampled.
+    For every label, `num_refs` MRAR samples are drawn; with their rounds 0..K-2 as references the
+    encoder gives the K blocks of features that condition the last image. Returns (per label: the
+    measure of all K blocks together, the same feature count as the 1-step model's; per round k and
+    label: the measure of block k alone), each averaged over the `num_refs` samples."""
+    mc = model.cfg
+    r = mc.ref_tokens
+    rounds = settings.rounds
+    expanded = [int(y) for y in labels for _ in range(num_refs)]
+    full, blocks = [], []
+    for start in range(0, len(expanded), batch_size):
+        lab = expanded[start:start + batch_size]
+        idx = list(range(start, start + len(lab)))
+        steps = sample_latents(model, lab, idx, settings, seed)
+        refs = torch.cat([model.reference_tokens(s) for s in steps[:-1]], dim=1) if rounds > 1 else None
+        y = torch.as_tensor(lab, device=steps[0].device)
+        feats = model.features(model.class_emb(y), refs).float()
+        full.append(cosine_measure(feats))
+        blocks.append(torch.stack([cosine_measure(feats[:, k * r:(k + 1) * r]) for k in range(rounds)]))
+    per_label = torch.cat(full).view(len(labels), num_refs).mean(1)
+    per_round = torch.cat(blocks, dim=1).view(rounds, len(labels), num_refs).mean(2)
+    return per_label.cpu(), per_round.cpu()
+
+
+def measure_diversity(model: TransDiff, labels: Sequence[int], settings: SampleSettings, *, seed: int = 0,
+                      num_refs: int = 1, batch_size: int = 64) -> tuple[torch.Tensor, torch.Tensor | None]:
+    """The paper's measure per label, and in MRAR mode per round (`mrar_feature_diversity`). In 1-step
+    mode (an MRAR checkpoint too: its first block, which sees no references) nothing is sampled."""
+    if settings.mode == "mrar":
+        return mrar_feature_diversity(model, labels, settings, seed=seed, num_refs=num_refs, batch_size=batch_size)
+    device, _ = model_device_dtype(model)
+    per_label = [diversity(model, torch.tensor(list(labels[i:i + batch_size]), device=device))
+                 for i in range(0, len(labels), batch_size)]
+    return torch.cat(per_label).cpu(), None

@@ -1,0 +1,114 @@
+"""The run folder: `runs/<name>/` with config.yaml, metrics.jsonl, loss.png, samples/, checkpoints/."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+from typing import Any
+
+import yaml
+
+from ..errors import TransDiffError
+from ..fs import atomic_write, write_text_atomic
+
+
+class RunDir:
+    def __init__(self, root: str | Path):
+        self.root = Path(root)
+        self.checkpoints = self.root / "checkpoints"
+        self.samples = self.root / "samples"
+        self.metrics = self.root / "metrics.jsonl"
+        self.config = self.root / "config.yaml"
+        self.loss_plot = self.root / "loss.png"
+
+    def has_checkpoint(self) -> bool:
+        return (self.checkpoints / "LATEST").is_file()
+
+    def create(self) -> None:
+        for d in (self.root, self.checkpoints, self.samples):
+            d.mkdir(parents=True, exist_ok=True)
+
+    def write_config(self, doc: dict[str, Any]) -> None:
+        write_text_atomic(self.config, yaml.safe_dump(doc, sort_keys=False))
+
+    def check_config(self, doc: dict[str, Any], keys: tuple[str, ...] = ("model",)) -> None:
+        """A run folder belongs to one model: refuse to resume it with a different one."""
+        if not self.config.is_file():
+            return
+        try:
+            old = yaml.safe_load(self.config.read_text()) or {}
+        except yaml.YAMLError as e:
+            where = getattr(e, "problem_mark", None)
+            at = f" (line {where.line + 1})" if where is not None else ""
+            raise TransDiffError(f"{self.config} is not a valid run config{at}: "
+                                 f"{getattr(e, 'problem', None) or e}; fix or delete it") from None
+        if not isinstance(old, dict):
+            raise TransDiffError(f"{self.config} is not a valid run config (not a mapping); "
+                                 "fix or delete it")
+        for key in keys:
+            if old.get(key) != doc.get(key):
+                diff = sorted(k for k in set(old.get(key, {})) | set(doc.get(key, {}))
+                              if old.get(key, {}).get(k) != doc.get(key, {}).get(k))
+                raise TransDiffError(
+                    f"run folder {self.root} holds a run with a different {key} config "
+                    f"({', '.join(diff[:4])} differ); pass another --run-dir (or --name)")
+
+    def append_metrics(self, rows: list[dict[str, Any]]) -> None:
+        with self.metrics.open("a") as f:
+            for row in rows:
+                f.write(json.dumps(row) + "\n")
+
+    def _lines(self) -> list[tuple[str, dict[str, Any]]]:
+        """Each complete row with its text; a torn line (a crash or a full disk mid-write) is
+        skipped."""
+        if not self.metrics.is_file():
+            return []
+        rows = []
+        for line in self.metrics.read_text(errors="replace").splitlines():
+            try:
+                row = json.loads(line)
+            except ValueError:
+                continue
+            if isinstance(row, dict):
+                rows.append((line, row))
+        return rows
+
+    def truncate_metrics(self, step: int) -> None:
+        """On resume, drop rows logged after the checkpoint we continue from (all of them for a
+        run killed before its first checkpoint), and any torn line."""
+        if not self.metrics.is_file():
+            return
+        keep = [line for line, row in self._lines() if row.get("step", 0) <= step]
+        write_text_atomic(self.metrics, "".join(line + "\n" for line in keep))
+
+    def read_metrics(self) -> list[dict[str, Any]]:
+        return [row for _, row in self._lines()]
+
+    def plot_loss(self) -> Path | None:
+        rows = [r for r in self.read_metrics() if "loss" in r]
+        if not rows:
+            return None
+        import matplotlib
+
+        matplotlib.use("Agg")
+        import matplotlib.pyplot as plt
+
+        steps = [r["step"] for r in rows]
+        loss = [r["loss"] for r in rows]
+        fig, ax = plt.subplots(figsize=(6, 3.5), dpi=120)
+        ax.plot(steps, loss, lw=1, alpha=0.5, label="loss")
+        if len(loss) >= 5:  # a moving average makes the trend readable
+            w = max(2, len(loss) // 20)
+            smooth = [sum(loss[max(0, i - w + 1):i + 1]) / len(loss[max(0, i - w + 1):i + 1])
+                      for i in range(len(loss))]
+            ax.plot(steps, smooth, lw=2, label=f"moving average ({w})")
+        ax.set_xlabel("step")
+        ax.set_ylabel("flow-matching loss")
+        ax.set_title(self.root.name)
+        ax.grid(alpha=0.3)
+        ax.legend()
+        fig.tight_layout()
+        with atomic_write(self.loss_plot, suffix=".png") as tmp:
+            fig.savefig(tmp)
+        plt.close(fig)
+        return self.loss_plot

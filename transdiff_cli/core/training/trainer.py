@@ -1,0 +1,399 @@
+"""The trainer behind `train` and `finetune-mrar`: one loop for 1-step and MRAR models, on one CPU
+or on many GPUs under torchrun (DDP).
+
+Randomness (noise, times, class dropout) is drawn for the *global* batch from a generator seeded
+by (seed, step, micro-step), and every rank takes its slice; data order is a seeded permutation
+per epoch, sliced the same way. So a run's result does not depend on how the batch is split across
+processes, and a resumed run continues exactly where the interrupted one stopped.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import math
+import os
+import shutil
+import signal
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import torch
+from torch.nn.parallel import DistributedDataParallel as DDP
+from torch.utils.data import DataLoader
+
+from ..data.images import save_grid
+from ..device import autocast_dtype
+from ..distributed import DistInfo, all_reduce_mean, barrier
+from ..errors import TransDiffError
+from ..io.checkpoint import load_checkpoint, load_train_state, mark_latest, recover, resolve, save_checkpoint
+from ..model.config import ModelConfig
+from ..model.transdiff import TransDiff
+from ..reporting import Reporter, Update
+from ..sampling import flow
+from .optim import EMA, lr_at, make_optimizer
+from .run_dir import RunDir
+from .train_config import TrainConfig
+
+DUMP_GRADS_ENV = "TRANSDIFF_DUMP_FIRST_GRADS"  # file to save the first step's gradients to
+
+
+@dataclass
+class TrainResult:
+    step: int
+    checkpoint: Path | None
+    stopped_early: bool = False
+    summary: dict[str, Any] = field(default_factory=dict)
+    is_main: bool = True  # rank 0: the process that reports
+
+
+class _StopFlag:
+    """SIGINT/SIGTERM ask the loop to save a checkpoint and stop at the next step boundary."""
+
+    def __init__(self) -> None:
+        self.raised: str | None = None
+        self._old: dict[int, Any] = {}
+
+    def __enter__(self) -> _StopFlag:
+        for sig in (signal.SIGINT, signal.SIGTERM):
+            try:
+                self._old[sig] = signal.signal(sig, self._handle)
+            except ValueError:  # not the main thread
+                pass
+        return self
+
+    def _handle(self, signum: int, frame: Any) -> None:
+        if self.raised:  # second Ctrl-C: give up at once
+            raise KeyboardInterrupt
+        self.raised = signal.Signals(signum).name
+
+    def __exit__(self, *exc: Any) -> None:
+        for sig, handler in self._old.items():
+            signal.signal(sig, handler)
+
+
+def global_draws(model_cfg: ModelConfig, global_batch: int, rank_slice: slice, seed: int,
+                 step: int, micro: int, device: torch.device, dtype: torch.dtype,
+                 dropout: bool) -> dict[str, Any]:
+    """Noise, timesteps and the class-dropout mask for this rank's slice of the global batch."""
+    g = torch.Generator(device=device)
+    g.manual_seed((seed * 1_000_003 + step * 1009 + micro) % (2**63))
+    m = model_cfg.diffusion_batch_mul
+    images = model_cfg.mrar_steps if model_cfg.mrar else 1
+    drop = None
+    if dropout and model_cfg.label_drop_prob > 0:
+        drop = (torch.rand(global_batch, device=device, generator=g)
+                < model_cfg.label_drop_prob)[rank_slice]
+    noise, times = [], []
+    shape = (m, global_batch, model_cfg.num_tokens, model_cfg.token_dim)
+    for _ in range(images):
+        n = torch.randn(shape, device=device, generator=g, dtype=dtype)
+        t = flow.sample_timesteps(m * global_batch, device, generator=g).view(m, global_batch)
+        noise.append(n[:, rank_slice].reshape(-1, *shape[2:]))
+        times.append(t[:, rank_slice].reshape(-1))
+    if not model_cfg.mrar:
+        return {"noise": noise[0], "timesteps": times[0], "drop": drop}
+    return {"noise": noise, "timesteps": times, "drop": drop}
+
+
+def epoch_indices(n: int, seed: int, epoch: int, per_step: int, micro_batch: int, world: int,
+                  rank: int) -> list[int]:
+    """This rank's sample indices for one epoch: a seeded permutation cut into global steps of
+    `per_step` samples; inside each micro-batch rank r takes the r-th contiguous slice."""
+    g = torch.Generator().manual_seed((seed * 7919 + epoch) % (2**63))
+    perm = torch.randperm(n, generator=g).tolist()
+    local = micro_batch // world
+    out: list[int] = []
+    for start in range(0, len(perm) - per_step + 1, per_step):
+        for mb in range(start, start + per_step, micro_batch):
+            out.extend(perm[mb + rank * local: mb + (rank + 1) * local])
+    return out
+
+
+def _collate(batch: list[tuple[torch.Tensor, int]]) -> tuple[torch.Tensor, torch.Tensor]:
+    latents = torch.stack([torch.as_tensor(b[0]) for b in batch])
+    labels = torch.tensor([int(b[1]) for b in batch], dtype=torch.long)
+    return latents, labels
+
+
+class Trainer:
+    def __init__(self, model_cfg: ModelConfig, cfg: TrainConfig, data: Any, run: RunDir,
+                 device: torch.device, dist: DistInfo, meta: dict[str, Any],
+                 init_state: dict[str, torch.Tensor] | None = None,
+                 init_ema: dict[str, torch.Tensor] | None = None,
+                 reporter: Reporter | None = None, progress: bool = True):
+        cfg.validate()
+        self.model_cfg, self.cfg, self.data, self.run = model_cfg, cfg, data, run
+        self.device, self.dist, self.meta = device, dist, meta
+        self.reporter = reporter or Reporter()
+        self.show_progress = progress and dist.is_main
+        world = dist.world_size
+        if cfg.batch_size % (world * cfg.grad_accum):
+            raise TransDiffError(f"--batch-size {cfg.batch_size} must be divisible by processes "
+                                 f"({world}) x --grad-accum ({cfg.grad_accum})")
+        self.micro_batch = cfg.batch_size // cfg.grad_accum  # global micro-batch
+        self.local_batch = self.micro_batch // world
+        n = len(data.dataset)
+        if n < cfg.batch_size:
+            raise TransDiffError(f"the data has {n} samples, fewer than --batch-size "
+                                 f"{cfg.batch_size}")
+        self.steps_per_epoch = n // cfg.batch_size
+        self.total = cfg.max_steps if cfg.max_steps is not None else \
+            math.ceil(cfg.epochs * self.steps_per_epoch)
+        self.warmup_steps = cfg.warmup_for(self.steps_per_epoch)
+
+        torch.manual_seed(cfg.seed)  # same initial weights on every rank and every rerun
+        self.model = TransDiff(model_cfg)
+        if init_state is not None:
+            self.model.load_state_dict(init_state)
+        if not model_cfg.mrar:  # 1-step: z_proj's output is overwritten by the mask token
+            self.model.z_proj.requires_grad_(False)
+        if cfg.only_train_diff:  # encoder, class and condition embeddings frozen (DESIGN §8)
+            for name, p in self.model.named_parameters():
+                p.requires_grad_(name.startswith("decoder."))
+        self.model.to(device)
+        self.ema = EMA(self.model, cfg.ema_rate, cfg.ema_warmup)
+        if init_ema is not None:
+            self.ema.load({k: v.to(device) for k, v in init_ema.items()})
+        self.opt = make_optimizer(self.model, cfg, device)
+        self.step, self.epoch, self.batch_pos = 0, 0, 0
+        self.resumed_from: Path | None = None
+        self._resume()
+        self.ddp = DDP(self.model, device_ids=[device.index] if device.type == "cuda" else None) \
+            if dist.enabled else None
+        self.autocast_dtype = autocast_dtype(device, cfg.precision)
+        self.evaluator = None
+        if cfg.eval_every:  # quality during training (FID of the EMA model)
+            from .train_eval import TrainingEvaluator
+
+            self.evaluator = TrainingEvaluator(cfg, model_cfg, data.tokenizer, dist, device, run)
+        self.tb = None
+        if cfg.tensorboard and dist.is_main:
+            from .tensorboard_log import TensorBoardLog
+
+            self.tb = TensorBoardLog(run.root / "tensorboard")
+
+    # ------------------------------------------------------------------ state
+    def _resume(self) -> None:
+        if self.dist.is_main:  # rank 0 holds the run folder's lock
+            recover(self.run.checkpoints)
+        barrier(self.dist)
+        if not self.run.has_checkpoint():
+            if self.dist.is_main:  # rows of a run killed before its first checkpoint
+                self.run.truncate_metrics(0)
+            return
+        folder = resolve(self.run.root)
+        ck = load_checkpoint(folder, weights="model", keep_raw=True)
+        if ck.config != self.model_cfg:
+            raise TransDiffError(f"{folder} was trained with a different model config; "
+                                 "pass another --run-dir")
+        state = load_train_state(folder)
+        if state is None:
+            raise TransDiffError(f"{folder} has no training state to resume from")
+        self.model.load_state_dict(ck.raw_model)
+        self.ema.load({k: v.to(self.device) for k, v in (ck.raw_ema or ck.raw_model).items()})
+        self.opt.load_state_dict(state["optimizer"])
+        self.step, self.epoch, self.batch_pos = state["step"], state["epoch"], state["batch_pos"]
+        self.resumed_from = folder
+        torch.set_rng_state(state["rng_cpu"])
+        if self.device.type == "cuda" and state.get("rng_cuda") is not None:
+            torch.cuda.set_rng_state(state["rng_cuda"], self.device)
+        if self.dist.is_main:
+            self.run.truncate_metrics(self.step)
+            self.reporter.message(f"resuming {self.run.root} from step {self.step}")
+
+    def save(self) -> Path | None:
+        """Rank 0 writes weights, EMA and the training state to a new step folder atomically."""
+        path = None
+        if self.dist.is_main:
+            name = f"step_{self.step:07d}"
+            train_state = {
+                "step": self.step, "epoch": self.epoch, "batch_pos": self.batch_pos,
+                "optimizer": self.opt.state_dict(), "rng_cpu": torch.get_rng_state(),
+                "rng_cuda": torch.cuda.get_rng_state(self.device)
+                if self.device.type == "cuda" else None,
+                "world_size": self.dist.world_size,
+            }
+            meta = dict(self.meta, step=self.step, train=self.cfg.to_dict())
+            path = save_checkpoint(self.run.checkpoints / name, self.model.state_dict(),
+                                   self.model_cfg, meta, ema_state=self.ema.state_dict(self.model),
+                                   train_state=train_state)
+            mark_latest(self.run.checkpoints, name)
+            recover(self.run.checkpoints)  # drops hidden leftovers of interrupted commits
+            self._prune()
+        barrier(self.dist)
+        return path
+
+    def _prune(self) -> None:
+        steps = sorted(self.run.checkpoints.glob("step_*"))
+        for old in steps[:-self.cfg.keep_last] if self.cfg.keep_last > 0 else []:
+            shutil.rmtree(old, ignore_errors=True)
+
+    @torch.no_grad()
+    def sample_grid(self) -> Path | None:
+        """A grid of EMA samples (rows = classes), seeded so grids of different steps compare."""
+        if not self.dist.is_main:
+            return None
+        with torch.random.fork_rng(devices=[]):  # building a model must not move the run's RNG
+            model = TransDiff(self.model_cfg).to(self.device)
+        model.load_state_dict(self.ema.state_dict(self.model))
+        model.eval()
+        k = min(self.cfg.grid_classes, self.model_cfg.num_classes)
+        labels = torch.arange(k, device=self.device).repeat_interleave(self.cfg.grid_per_class)
+        g = torch.Generator(device=self.device).manual_seed(self.cfg.seed)
+        latents = model.sample(labels, generator=g, steps=self.cfg.sample_steps)
+        images = self.data.tokenizer.decode(latents.float())
+        path = save_grid(images, self.run.samples / f"step_{self.step:07d}.png",
+                         nrow=self.cfg.grid_per_class)
+        save_grid(images, self.run.samples / "latest.png", nrow=self.cfg.grid_per_class)
+        if self.tb is not None:
+            self.tb.image("samples", path, self.step)
+        return path
+
+    def evaluate(self) -> None:
+        """FID (+ IS or class fidelity) of the EMA model: every rank draws its share."""
+        row = self.evaluator(self.ema.state_dict(self.model), self.step)
+        if row is not None:
+            extra = f", class fidelity {row['class_fidelity']:.3f}" if "class_fidelity" in row else \
+                (f", IS {row['inception_score']:.2f}" if row.get("inception_score") is not None else "")
+            self.reporter.message(f"step {self.step}: FID {row['fid']:.3f}{extra} ({row['eval_images']} EMA "
+                               f"images, {row['eval_seconds']} s)")
+            if self.tb is not None:
+                self.tb.scalars(row, "eval/")
+
+    # ------------------------------------------------------------------ loop
+    def _loader(self) -> DataLoader:
+        idx = epoch_indices(len(self.data.dataset), self.cfg.seed, self.epoch, self.cfg.batch_size,
+                            self.micro_batch, self.dist.world_size, self.dist.rank)
+        per_step_local = self.local_batch * self.cfg.grad_accum
+        idx = idx[self.batch_pos * per_step_local:]
+        return DataLoader(self.data.dataset, batch_size=self.local_batch, sampler=idx,
+                          drop_last=True, collate_fn=_collate, num_workers=self.cfg.num_workers,
+                          pin_memory=self.device.type == "cuda")
+
+    def _micro_step(self, latents: torch.Tensor, labels: torch.Tensor, micro: int) -> torch.Tensor:
+        rank_slice = slice(self.dist.rank * self.local_batch, (self.dist.rank + 1) * self.local_batch)
+        draws = global_draws(self.model_cfg, self.micro_batch, rank_slice, self.cfg.seed, self.step,
+                             micro, self.device, torch.float32, dropout=True)
+        net = self.ddp or self.model
+        sync = self.ddp is None or micro == self.cfg.grad_accum - 1
+        ctx = contextlib.nullcontext() if sync else self.ddp.no_sync()
+        amp = torch.autocast(self.device.type, dtype=self.autocast_dtype) \
+            if self.autocast_dtype else contextlib.nullcontext()
+        with ctx:
+            with amp:
+                loss = net(latents, labels, **draws)
+            (loss / self.cfg.grad_accum).backward()
+        return loss.detach()
+
+    def train(self) -> TrainResult:
+        cfg = self.cfg
+        if self.dist.is_main:
+            self.run.create()
+        barrier(self.dist)
+        self.model.train()
+        params = [p for p in self.model.parameters() if p.requires_grad]
+        start_step, t0 = self.step, time.time()
+        window: list[torch.Tensor] = []
+        window_t, window_start = time.time(), self.step
+        last_ckpt: Path | None = None
+        stopped = None
+        bar = self.reporter.progress("training", self.total, self.step, unit="img/s",
+                                     fields={"loss": float("nan"), "lr": 0.0, "ips": 0.0}) \
+            if self.show_progress else contextlib.nullcontext(None)
+        with _StopFlag() as stop, bar as progress:
+            while self.step < self.total and stopped is None:
+                it = iter(self._loader())
+                steps_left_in_epoch = self.steps_per_epoch - self.batch_pos
+                for _ in range(min(steps_left_in_epoch, self.total - self.step)):
+                    losses = []
+                    for micro in range(cfg.grad_accum):
+                        latents, labels = next(it)
+                        latents = latents.to(self.device, non_blocking=True)
+                        labels = labels.to(self.device, non_blocking=True)
+                        losses.append(self._micro_step(latents, labels, micro))
+                    if self.step == 0 and DUMP_GRADS_ENV in os.environ and self.dist.is_main:
+                        self._dump_grads(Path(os.environ[DUMP_GRADS_ENV]))
+                    grad_norm = torch.nn.utils.clip_grad_norm_(params, cfg.grad_clip)
+                    lr = lr_at(self.step, self.total, cfg, self.warmup_steps)
+                    for group in self.opt.param_groups:
+                        group["lr"] = lr
+                    self.opt.step()
+                    self.opt.zero_grad(set_to_none=True)
+                    self.ema.update(self.model, self.step)
+                    self.step += 1
+                    self.batch_pos += 1
+                    window.append(torch.stack([torch.stack(losses).mean(), grad_norm.float()]))
+                    boundary = self.step % cfg.log_every == 0 or self.step == self.total
+                    if stop.raised and not self.dist.enabled:
+                        boundary = True
+                    if boundary:
+                        stopped = self._log(window, window_t, window_start, lr, progress, stop)
+                        window, window_t, window_start = [], time.time(), self.step
+                        if stopped:
+                            break
+                    if self.step % cfg.ckpt_every == 0 and self.step < self.total:
+                        last_ckpt = self.save()
+                        if cfg.sample_every is None:
+                            self.sample_grid()
+                    if cfg.sample_every and self.step % cfg.sample_every == 0:
+                        self.sample_grid()
+                    if self.evaluator is not None and self.step % cfg.eval_every == 0:
+                        self.evaluate()
+                if self.batch_pos >= self.steps_per_epoch:
+                    self.epoch += 1
+                    self.batch_pos = 0
+        if self.step == start_step and self.resumed_from is not None:
+            last_ckpt = self.resumed_from  # a finished run: its final checkpoint stays untouched
+        elif self.step != start_step or last_ckpt is None:
+            last_ckpt = self.save()
+        grid = self.sample_grid()
+        if self.dist.is_main:
+            self.run.plot_loss()
+        if self.tb is not None:
+            self.tb.close()
+        elapsed = time.time() - t0
+        summary = {"step": self.step, "total_steps": self.total, "seconds": round(elapsed, 1),
+                   "images_per_s": round((self.step - start_step) * cfg.batch_size
+                                         / max(elapsed, 1e-9), 2),
+                   "checkpoint": str(last_ckpt) if last_ckpt else None,
+                   "grid": str(grid) if grid else None, "stopped_by": stopped}
+        return TrainResult(self.step, last_ckpt, stopped is not None, summary, self.dist.is_main)
+
+    def _dump_grads(self, path: Path) -> None:
+        """Debugging aid: the first step's (all-reduced) gradients, to compare process layouts."""
+        grads = {k: p.grad.detach().cpu().clone() for k, p in self.model.named_parameters()
+                 if p.grad is not None}
+        torch.save(grads, path)
+
+    def _log(self, window: list[torch.Tensor], t_start: float, step_start: int, lr: float,
+             progress: Update | None, stop: _StopFlag) -> str | None:
+        """Read the window's losses (the only host sync), check them, write metrics; returns why
+        the run must stop, if it must."""
+        vals = torch.stack(window)
+        vals = all_reduce_mean(vals, self.dist)
+        flag = torch.tensor([1.0 if stop.raised else 0.0], device=self.device)
+        flag = all_reduce_mean(flag, self.dist)
+        vals = vals.cpu()
+        dt = max(time.time() - t_start, 1e-9)
+        ips = (self.step - step_start) * self.cfg.batch_size / dt
+        if not torch.isfinite(vals[:, 0]).all():
+            bad = step_start + int((~torch.isfinite(vals[:, 0])).nonzero()[0]) + 1
+            latest = self.run.checkpoints / "LATEST"
+            keep = latest.read_text().strip() if latest.is_file() else "none yet"
+            raise TransDiffError(f"the loss became non-finite at step {bad}; stopped without "
+                                 f"saving (last good checkpoint: {keep}); try a lower --lr")
+        if self.dist.is_main:
+            rows = [{"step": step_start + i + 1, "loss": float(v[0]), "grad_norm": float(v[1]),
+                     "lr": lr, "images_per_s": round(ips, 2), "epoch": self.epoch}
+                    for i, v in enumerate(vals)]
+            self.run.append_metrics(rows)
+            if self.tb is not None:
+                for row in rows:
+                    self.tb.scalars(row, "train/")
+            if progress is not None:
+                progress(self.step, loss=float(vals[:, 0].mean()), lr=lr, ips=ips)
+        if flag.item() > 0:
+            return stop.raised or "signal"
+        return None
