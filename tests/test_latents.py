@@ -311,5 +311,5 @@ def test_open_training_data(digits_cache: Path, image_folder: Path) -> None:
     assert cached.tokenizer.spec() == from_images.tokenizer.spec() and len(cached.dataset) == 1797
     with pytest.raises(TransDiffError, match="does not match"):
         open_training_data(str(digits_cache), vae="kl16:/nowhere/kl16.ckpt")
-    with pytest.raises(TransDiffError, match="--vae"):
+    with pytest.raises(TransDiffError, match="`vae`"):
         open_training_data(str(image_folder))  # an image folder needs a tokenizer

@@ -61,3 +61,39 @@ def test_no_terminal_libraries_below_the_commands():
     core = {m: p for m, p in mods.items() if m.startswith("transdiff_cli.core") or m == "transdiff_cli.pipeline"}
     offenders = {m: sorted(t for t in imports(m, p) if t.split(".")[0] in ("typer", "rich")) for m, p in core.items()}
     assert not {m: t for m, t in offenders.items() if t}
+
+
+def test_core_messages_name_parameters_not_flags():
+    """Below the commands, messages name parameters (`sampling_steps`); the CLI maps them to flags."""
+    import io
+    import re
+    import tokenize
+
+    flag = re.compile(r"--[a-z]")
+    argv = re.compile(r"--(nproc_per_node|nnodes|node_rank|master_addr|master_port)")
+    found = []
+    for m, p in modules().items():
+        if not (m.startswith("transdiff_cli.core") or m == "transdiff_cli.pipeline"):
+            continue
+        for t in tokenize.generate_tokens(io.StringIO(p.read_text()).readline):
+            if t.type == tokenize.STRING and flag.search(t.string) and not argv.search(t.line):
+                found.append(f"{p.name}:{t.start[0]}")
+    assert not found
+
+
+def test_parameter_names_become_flags_on_the_command_line(tmp_path):
+    import pytest
+    from typer.testing import CliRunner
+
+    from transdiff_cli.cli import app
+    from transdiff_cli.core.errors import TransDiffError
+    from transdiff_cli.core.model.config import ModelConfig
+    from transdiff_cli.core.sampling.generate import sample_settings
+
+    with pytest.raises(TransDiffError, match="`sampling_steps` must be at least 1"):  # the API's spelling
+        sample_settings(ModelConfig(num_classes=2, latent_channels=1, latent_size=4, patch_size=2), sampling_steps=0)
+    from test_generate import make_tiny
+
+    ck = make_tiny(tmp_path / "ck")
+    r = CliRunner().invoke(app, ["sample", "--ckpt", str(ck), "--sampling-steps", "0", "--out", str(tmp_path / "o")])
+    assert r.exit_code == 2 and "--sampling-steps must be at least 1" in r.output and "`" not in r.output

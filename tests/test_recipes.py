@@ -49,7 +49,7 @@ def test_warmup_in_epochs():
     cfg = TrainConfig(warmup_steps=None, warmup_epochs=2.5, lr=1.0)
     assert cfg.warmup_for(steps_per_epoch=4) == 10
     assert lr_at(4, 100, cfg, cfg.warmup_for(4)) == pytest.approx(0.5) and lr_at(10, 100, cfg, 10) == 1.0
-    with pytest.raises(TransDiffError, match="--warmup-steps .* or --warmup-epochs"):
+    with pytest.raises(TransDiffError, match="`warmup_steps` .* or `warmup_epochs`"):
         TrainConfig(warmup_steps=5, warmup_epochs=1.0).validate()
 
 

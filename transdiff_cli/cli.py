@@ -6,7 +6,7 @@ import typer
 
 from . import __version__
 from .commands import diversity, encode_latents, fid, finetune_mrar, fuse, sample, train
-from .commands._common import user_errors
+from .commands._common import register_flags, user_errors
 from .core.distributed import adopt_slurm_launch
 
 app = typer.Typer(
@@ -39,6 +39,7 @@ def root(version: bool = typer.Option(False, "--version", "-V", callback=show_ve
 
 for module in (encode_latents, train, finetune_mrar, sample, fuse, diversity, fid):
     module.register(app)
+register_flags(typer.main.get_command(app))  # core messages name parameters; errors show the flags
 
 
 def main() -> None:

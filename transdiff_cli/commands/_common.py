@@ -4,10 +4,12 @@ from __future__ import annotations
 
 import contextlib
 import functools
+import re
 import warnings
 from collections.abc import Callable, Iterator
 from typing import Any
 
+import click
 import typer
 from rich.console import Console
 from rich.markup import escape
@@ -28,9 +30,32 @@ from ..core.reporting import Reporter, Update
 
 console = Console(stderr=True)
 
+_PARAM = re.compile(r"`([a-z][a-z0-9_]*)`")
+
+
+FLAGS: dict[str, str] = {}  # parameter name -> flag, for every option of the app (`register_flags`)
+
+
+def register_flags(root: click.Command) -> None:
+    """Record every `--flag` of the app under its parameter spelling (scale_0 -> --scale-0)."""
+    for cmd in [root, *getattr(root, "commands", {}).values()]:
+        for param in cmd.params:
+            FLAGS.update({opt[2:].replace("-", "_"): opt for opt in getattr(param, "opts", []) if opt.startswith("--")})
+
+
+def cli_words(text: str) -> str:
+    """The core names parameters (`sampling_steps`, as the Python API spells them); on the command
+    line those are flags (--sampling-steps). Other quoted words stay as they are."""
+    return _PARAM.sub(lambda m: FLAGS.get(m.group(1), m.group(0)), text)
+
+
+def warn(text: str) -> None:
+    console.print(f"[yellow]warning:[/] {escape(cli_words(text))}")
+
+
 def _show_warning(message: Warning | str, category: type[Warning], *args: Any, **kwargs: Any) -> None:
     """Warnings from the core as one yellow line, without Python's source-location prefix."""
-    console.print(f"[yellow]warning:[/] {escape(str(message))}")
+    warn(str(message))
 
 
 def user_errors(fn: Callable[..., Any]) -> Callable[..., Any]:
@@ -43,7 +68,7 @@ def user_errors(fn: Callable[..., Any]) -> Callable[..., Any]:
                 warnings.showwarning = _show_warning
                 return fn(*args, **kwargs)
         except TransDiffError as e:
-            typer.secho(f"error: {e}", fg="red", err=True)
+            typer.secho(f"error: {cli_words(str(e))}", fg="red", err=True)
             raise typer.Exit(e.exit_code) from None
         except OSError as e:  # a full or read-only disk, a file where a folder should be
             where = f"{e.filename}: " if e.filename else ""
@@ -91,10 +116,10 @@ class RichReporter(Reporter):
     """The core's messages and progress on the terminal: rich bars with rate, elapsed time and ETA."""
 
     def message(self, text: str) -> None:
-        console.print(text, markup=False, highlight=False)
+        console.print(cli_words(text), markup=False, highlight=False)
 
     def warning(self, text: str) -> None:
-        console.print(f"[yellow]warning:[/] {escape(text)}")
+        warn(text)
 
     @contextlib.contextmanager
     def progress(self, description: str, total: int, completed: int = 0, unit: str = "",

@@ -31,7 +31,7 @@ from ..core.sampling.generate import (
 )
 from ..core.validate import check_seed
 from . import _sampling_options as so
-from ._common import console, print_json, print_settings, user_errors
+from ._common import console, print_json, print_settings, user_errors, warn
 
 HELP = """Generate class-conditional images (1-step or MRAR) into PNG files and a grid.
 
@@ -134,7 +134,7 @@ def register(app: typer.Typer) -> None:
             notes.append("--save-steps: 1-step sampling has a single step; each strip holds one image")
         picked = resolve_classes(classes, mc.num_classes, ck.class_names, warnings=notes)
         for note in notes:
-            console.print(f"[yellow]warning:[/] {escape(note)}")
+            warn(note)
         labels = [y for y in picked for _ in range(num)]
         tokenizer = open_tokenizer(ck, vae, dev)
         check_seed(seed)  # fail before the work starts, not after minutes of sampling

@@ -1,4 +1,4 @@
-"""Device choice: CUDA when present, else MPS, else CPU; an explicit `--device` wins."""
+"""Device choice: CUDA when present, else MPS, else CPU; an explicit `device` wins."""
 
 from __future__ import annotations
 
@@ -24,13 +24,13 @@ def resolve_device(requested: str | None = None) -> torch.device:
         raise TransDiffError(f"unknown device {requested!r} (use cpu, cuda, cuda:N or mps)") from e
     if dev.type == "cuda":
         if not torch.cuda.is_available():
-            raise TransDiffError(f"--device {requested}: CUDA is not available on this machine")
+            raise TransDiffError(f"`device` {requested}: CUDA is not available on this machine")
         if dev.index is not None and dev.index >= torch.cuda.device_count():
-            raise TransDiffError(f"--device {requested}: only {torch.cuda.device_count()} "
+            raise TransDiffError(f"`device` {requested}: only {torch.cuda.device_count()} "
                                  "CUDA device(s) present")
     if dev.type == "mps" and not (getattr(torch.backends, "mps", None)
                                   and torch.backends.mps.is_available()):
-        raise TransDiffError(f"--device {requested}: MPS is not available on this machine")
+        raise TransDiffError(f"`device` {requested}: MPS is not available on this machine")
     return dev
 
 
@@ -43,7 +43,7 @@ def _check_precision(precision: str, device: torch.device) -> str:
     if name != "auto" and name not in PRECISIONS:
         raise TransDiffError(f"unknown precision {precision!r} (auto, fp32, bf16 or fp16)")
     if name == "fp16" and device.type == "cpu":
-        raise TransDiffError("--precision fp16 needs a GPU; use bf16 or auto on CPU")
+        raise TransDiffError("`precision` fp16 needs a GPU; use bf16 or auto on CPU")
     if name == "bf16" and device.type == "cpu":
         warn_if_emulated_bf16()
     return name

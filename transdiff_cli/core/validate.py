@@ -11,7 +11,7 @@ SEED_MAX = 2**63 - 1  # torch and numpy seeds use every bit below this; nothing 
 SCALE_MAX = 1e4  # larger guidance or noise scales overflow float32 sampling
 
 
-def check_seed(seed: int, option: str = "--seed") -> int:
+def check_seed(seed: int, option: str = "`seed`") -> int:
     if not isinstance(seed, int) or isinstance(seed, bool) or not 0 <= seed <= SEED_MAX:
         raise TransDiffError(f"{option} {seed} is out of range: give an integer from 0 to 2**63-1 "
                              f"({SEED_MAX})")

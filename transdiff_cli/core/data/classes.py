@@ -1,4 +1,4 @@
-"""`--class` values -> class indices: an integer, a name from the checkpoint's own class list, or an
+"""`class` values -> class indices: an integer, a name from the checkpoint's own class list, or an
 ImageNet name (timm's ImageNetInfo: exact synonym first, e.g. "tiger" -> 292 "tiger, Panthera
 tigris", then a unique prefix). Unknown or ambiguous names fail with the closest candidates."""
 
@@ -57,7 +57,7 @@ def _index(text: str, num_classes: int) -> int:
     try:
         index = int(text)
     except ValueError:
-        raise TransDiffError(f"--class index:{text}: not an integer") from None
+        raise TransDiffError(f"`class` index:{text}: not an integer") from None
     if not 0 <= index < num_classes:
         raise TransDiffError(f"class index {index} is out of range: the checkpoint has {num_classes} "
                              f"classes (0-{num_classes - 1})")
@@ -71,7 +71,7 @@ def resolve_class(value: str | int, num_classes: int, class_names: Sequence[str]
     and `warnings` is told when the two readings differ."""
     text = str(value).strip()
     if not text:
-        raise TransDiffError("empty --class value")
+        raise TransDiffError("empty `class` value")
     kind, sep, rest = text.partition(":")
     if sep and kind in ("index", "name"):
         if kind == "index":
@@ -81,13 +81,13 @@ def resolve_class(value: str | int, num_classes: int, class_names: Sequence[str]
         named = [i for i, n in enumerate(class_names or []) if str(n).strip() == text and i < num_classes]
         if named and not 0 <= int(text) < num_classes:
             if warnings is not None:
-                warnings.append(f"--class {text} is read as the class named {text!r} (index {named[0]}): "
+                warnings.append(f"`class` {text} is read as the class named {text!r} (index {named[0]}): "
                                 f"there is no index {text}")
             return named[0]
         index = _index(text, num_classes)
         if named and named[0] != index and warnings is not None:
-            warnings.append(f"--class {text} is read as index {index} ({class_names[index]!r}), but class "
-                            f"{named[0]} is named {text!r}: pass --class name:{text} for that one, or "
+            warnings.append(f"`class` {text} is read as index {index} ({class_names[index]!r}), but class "
+                            f"{named[0]} is named {text!r}: pass `class` name:{text} for that one, or "
                             f"index:{text} to keep this reading")
         return index
     return _by_name(text, num_classes, class_names)
@@ -95,7 +95,7 @@ def resolve_class(value: str | int, num_classes: int, class_names: Sequence[str]
 
 def _by_name(text: str, num_classes: int, class_names: Sequence[str] | None) -> int:
     if not text:
-        raise TransDiffError("empty --class name")
+        raise TransDiffError("empty `class` name")
     # the checkpoint's own names first (digits, shapes, ...): they are what it was trained on
     tables: list[tuple[str, Sequence[str], bool]] = []
     if class_names:
@@ -120,7 +120,7 @@ def _by_name(text: str, num_classes: int, class_names: Sequence[str] | None) -> 
 
 def resolve_classes(values: Sequence[str | int] | None, num_classes: int,
                     class_names: Sequence[str] | None = None, warnings: list[str] | None = None) -> list[int]:
-    """Several `--class` values, each possibly a comma list ("207,tiger"). A value that is itself a
+    """Several `class` values, each possibly a comma list ("207,tiger"). A value that is itself a
     whole name with commas ("tiger, Panthera tigris") is tried whole first. None/empty -> every class."""
     if not values:
         return list(range(num_classes))

@@ -249,7 +249,7 @@ def open_image_dataset(data: str, image_size: int | None = None, flip: bool | No
     """`digits`, `shapes`, or an image folder (its `train/` split, or `val/` when train=False, when
     present). `flip` None means the dataset's default (off for digits)."""
     if image_size is not None and image_size < 1:
-        raise TransDiffError(f"--image-size must be positive, got {image_size}")
+        raise TransDiffError(f"`image_size` must be positive, got {image_size}")
     if data == "digits":
         return DigitsDataset(image_size, flip)
     if data == "shapes":
@@ -261,7 +261,7 @@ def open_image_dataset(data: str, image_size: int | None = None, flip: bool | No
         raise TransDiffError(f"unknown dataset {data!r}: use digits, shapes or an image folder "
                              "(DIR/train/<class>/*.JPEG)")
     if not path.is_dir():
-        raise TransDiffError(f"--data {data}: not a folder (expected DIR/train/<class>/*.JPEG or DIR/<class>/*.png)")
+        raise TransDiffError(f"`data` {data}: not a folder (expected DIR/train/<class>/*.JPEG or DIR/<class>/*.png)")
     root = _folder_root(path.resolve(), train)
     dataset = ImageFolderDataset(root, image_size, flip)
     if len(dataset) == 0:

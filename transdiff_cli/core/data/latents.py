@@ -1,5 +1,5 @@
 """Cached latents: `encode_latents` writes them, `LatentDataset` / `GroupedDataset` read them, and
-`open_training_data` gives the trainer one dataset whatever `--data` names.
+`open_training_data` gives the trainer one dataset whatever `data` names.
 
 On-disk format (one folder): `shard-NNNNN.safetensors` holding `moments` and `moments_flip`
 (N, 2C, h, w) (posterior mean || log-variance of each image and of its mirror), `labels`, `indices`
@@ -216,10 +216,10 @@ def open_training_data(data: str, vae: str | None = None, image_size: int | None
         manifest = read_manifest(folder)
         spec = manifest["tokenizer"]
         if vae is not None and not same_tokenizer(vae, spec):
-            raise TransDiffError(f"--vae {vae} does not match the tokenizer the latents in {data} were "
+            raise TransDiffError(f"`vae` {vae} does not match the tokenizer the latents in {data} were "
                                  f"encoded with ({spec['kind']}{':' + spec['path'] if spec.get('path') else ''})")
         if image_size is not None and image_size != manifest["image_size"]:
-            raise TransDiffError(f"--image-size {image_size}, but the latents in {data} were encoded at "
+            raise TransDiffError(f"`image_size` {image_size}, but the latents in {data} were encoded at "
                                  f"{manifest['image_size']}")
         base: Dataset = LatentDataset(folder, flip=manifest["flip_default"] if flip is None else flip)
         tokenizer = load_tokenizer(spec, device=device)
@@ -228,7 +228,7 @@ def open_training_data(data: str, vae: str | None = None, image_size: int | None
         images = open_image_dataset(data, image_size, flip)
         if vae is None:
             if data not in BUILTIN:
-                raise TransDiffError("an image folder needs --vae (kl16:PATH, diffusers:DIR or pixels), "
+                raise TransDiffError("an image folder needs `vae` (kl16:PATH, diffusers:DIR or pixels), "
                                      "or encode it first with `transdiff encode-latents`")
             vae = "pixels"
         tokenizer = _tokenizer_for(vae, images, device)
@@ -267,10 +267,10 @@ def _check_out_dir(out: Path, identity: dict[str, Any]) -> dict[str, Any] | None
     if not out.exists():
         return None
     if not out.is_dir():
-        raise TransDiffError(f"--out {out} is a file, not a folder")
+        raise TransDiffError(f"`out` {out} is a file, not a folder")
     if not (out / MANIFEST).is_file():
         if any(p.name != LOCK for p in out.iterdir()):
-            raise TransDiffError(f"--out {out} is not empty and holds no encode-latents manifest: "
+            raise TransDiffError(f"`out` {out} is not empty and holds no encode-latents manifest: "
                                  "choose an empty or new folder")
         return None
     manifest = read_manifest(out)
@@ -278,8 +278,8 @@ def _check_out_dir(out: Path, identity: dict[str, Any]) -> dict[str, Any] | None
     diff = [k for k in identity if old[k] != identity[k]]
     if diff:
         k = diff[0]
-        raise TransDiffError(f"--out {out} already holds latents of a different job ({k}: {old[k]} there, "
-                             f"{identity[k]} now): choose another --out folder")
+        raise TransDiffError(f"`out` {out} already holds latents of a different job ({k}: {old[k]} there, "
+                             f"{identity[k]} now): choose another `out` folder")
     return manifest
 
 
@@ -351,19 +351,19 @@ def encode_latents(data: str, tokenizer_spec: str | None, out_dir: str | Path, i
     dist = dist or DistInfo()
     out = Path(out_dir).expanduser()
     if batch_size < 1 or shard_size < 1:
-        raise TransDiffError("--batch-size and --shard-size must be at least 1")
+        raise TransDiffError("`batch_size` and `shard_size` must be at least 1")
     # Everything that can fail on the user's input fails here, before anything is written.
     dataset = open_image_dataset(data, image_size, flip=False)
     if tokenizer_spec is None:
         if data not in BUILTIN:
-            raise TransDiffError("an image folder needs --vae kl16:PATH, diffusers:DIR or pixels")
+            raise TransDiffError("an image folder needs `vae` kl16:PATH, diffusers:DIR or pixels")
         tokenizer_spec = "pixels"
     tokenizer = _tokenizer_for(tokenizer_spec, dataset, device)
     identity = _job_identity(data, tokenizer, dataset)
     previous = _check_out_dir(out, identity)
-    lock = FolderLock(out, "--out") if dist.is_main else None  # one writer per folder
+    lock = FolderLock(out, "`out`") if dist.is_main else None  # one writer per folder
     if lock is not None:
-        ensure_dir(out, "--out")
+        ensure_dir(out, "`out`")
         lock.acquire()
     try:
         if previous is not None:

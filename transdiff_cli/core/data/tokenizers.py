@@ -57,7 +57,7 @@ def parse_tokenizer_spec(spec: str | dict[str, Any]) -> dict[str, Any]:
     elif spec_d.get("path"):
         spec_d["path"] = str(Path(spec_d["path"]).expanduser().absolute())
     if spec_d.get("kind") in ("kl16", "diffusers") and not spec_d.get("path"):
-        raise TransDiffError(f"--vae {spec_d['kind']} needs a path: {spec_d['kind']}:/path/to/"
+        raise TransDiffError(f"`vae` {spec_d['kind']} needs a path: {spec_d['kind']}:/path/to/"
                              + ("kl16.ckpt" if spec_d["kind"] == "kl16" else "vae_folder"))
     return spec_d
 

@@ -36,7 +36,7 @@ class VAETokenizer(Tokenizer):
     def image_size(self, size: int) -> None:
         if size % self.downsample:
             raise TransDiffError(f"image size {size} is not a multiple of the VAE's downsampling factor "
-                                 f"{self.downsample} (use --image-size)")
+                                 f"{self.downsample} (use `image_size`)")
         self._image_size = int(size)
 
     @property
@@ -87,7 +87,7 @@ def _load_diffusers_folder(path: Path) -> Any:
     from diffusers import AutoencoderKL
 
     if not (path / "config.json").is_file():
-        raise TransDiffError(f"diffusers VAE folder not found at {path}: pass --vae diffusers:DIR with a local "
+        raise TransDiffError(f"diffusers VAE folder not found at {path}: pass `vae` diffusers:DIR with a local "
                              "AutoencoderKL folder (config.json + diffusion_pytorch_model.safetensors)")
     try:
         return AutoencoderKL.from_pretrained(str(path), local_files_only=True)
@@ -99,7 +99,7 @@ def _load_diffusers_folder(path: Path) -> Any:
 def _read_kl16(path: Path) -> dict[str, torch.Tensor]:
     if not path.is_file():
         raise TransDiffError(f"KL-16 VAE not found at {path}: download kl16.ckpt from the MAR release and pass "
-                             "--vae kl16:/path/to/kl16.ckpt")
+                             "`vae` kl16:/path/to/kl16.ckpt")
     try:
         ckpt = torch.load(path, map_location="cpu", weights_only=True)
     except Exception as e:  # zip/pickle errors of every kind for a corrupt or foreign file

@@ -36,7 +36,7 @@ def inception_weights_path(weights: str | Path | None = None) -> Path:
         raise TransDiffError(
             f"Inception weights file not found: {path}. FID/IS need torch-fidelity's InceptionV3 "
             f"weights {INCEPTION_FILE}; download it where there is internet from {INCEPTION_URL} "
-            f"and pass --inception-weights PATH (or set {INCEPTION_ENV}); nothing is downloaded here")
+            f"and pass `inception_weights` PATH (or set {INCEPTION_ENV}); nothing is downloaded here")
     return path
 
 
@@ -145,7 +145,7 @@ def make_extractor(features: str, inception_weights: str | Path | None = None,
         return InceptionExtractor(inception_weights, device)
     if features == "digits":
         return DigitsExtractor(device)
-    raise TransDiffError(f"--features must be one of {', '.join(FEATURES)}, not {features!r}")
+    raise TransDiffError(f"`features` must be one of {', '.join(FEATURES)}, not {features!r}")
 
 
 def statistics(features: torch.Tensor) -> Stats:

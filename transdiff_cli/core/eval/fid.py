@@ -1,7 +1,7 @@
 """FID, Inception Score and precision/recall through torch-fidelity, offline.
 
 Features come from torch-fidelity's own InceptionV3 (`inception-v3-compat`, the TF-FID port) built
-from a LOCAL weights file, or from the small digits classifier (`--features digits`). The metrics
+from a LOCAL weights file, or from the small digits classifier (`features` digits`). The metrics
 are torch-fidelity's functions applied to those features. A reference may be a folder or `.npz` of
 images, or ADM-style statistics (`mu`, `sigma`): torch-fidelity's released `calculate_metrics` has
 no `fid_statistics_file` argument (DESIGN §6), so the generated features' mean and covariance go
@@ -97,7 +97,7 @@ def load_input(path: str | Path, allow_stats: bool = False) -> ImageSet | Stats:
         keys = set(data.files)
         if {"mu", "sigma"} <= keys and (allow_stats or "arr_0" not in keys):
             if not allow_stats:
-                raise TransDiffError(f"{p} holds statistics (mu, sigma), not images: use it as --ref")
+                raise TransDiffError(f"{p} holds statistics (mu, sigma), not images: use it as `ref`")
             # ADM's files also carry their reference images (arr_0): read later, only for PR
             return Stats(data["mu"].astype(np.float64), data["sigma"].astype(np.float64), str(p),
                          p if "arr_0" in keys else None, str(data["features"]) if "features" in keys else None)
@@ -146,11 +146,11 @@ def prepare_reference(ref: ImageSet | Stats, extractor: Extractor, *, prc: bool 
     if isinstance(ref, Stats):
         if ref.features is not None and ref.features != extractor.identity():
             raise TransDiffError(f"{ref.source} holds statistics of other features ({ref.features}) than "
-                                 f"these ({extractor.identity()}): use the same --features and weights")
+                                 f"these ({extractor.identity()}): use the same `features` and weights")
         feats = None
         if prc:
             if ref.images_path is None:
-                raise TransDiffError(f"--prc needs reference images, not statistics (mu, sigma) alone: "
+                raise TransDiffError(f"`prc` needs reference images, not statistics (mu, sigma) alone: "
                                      f"{ref.source} has no arr_0")
             feats = cached_reference_features(ref.images_path, extractor, cache_dir, batch_size)
         return Reference(ref, feats, ref.source, None if feats is None else len(feats))
@@ -177,7 +177,7 @@ def generated_metrics(gen: ImageSet, ref: Reference, extractor: Extractor, *, is
         out.update(isc_features_to_metric(logits, splits=min(10, len(logits))))
     if prc:
         if ref.features is None:
-            raise TransDiffError("--prc needs reference images, not statistics (mu, sigma)")
+            raise TransDiffError("`prc` needs reference images, not statistics (mu, sigma)")
         out.update(prc_features_to_metric(feats.float(), ref.features.float(), prc_neighborhood=3,
                                           prc_batch_size=10000, save_cpu_ram=False, verbose=False))
     if extractor.name == "digits" and gen.labels is not None:

@@ -1,6 +1,6 @@
 """Reference sides for FID / precision-recall: the cached features of an ADM reference batch, the
 images of an encode-latents folder, and writing statistics (+ a reference batch) in ADM's layout
-for any dataset (`transdiff fid --save-stats`).
+for any dataset (`transdiff fid `save_stats`).
 
 ADM's `.npz` (`VIRTUAL_imagenet256_labeled.npz`) holds `mu`, `sigma` (Inception pool3 statistics
 of the training set) and `arr_0`, 10,000 reference images (uint8 NHWC). FID uses `mu`/`sigma`;
@@ -53,7 +53,7 @@ def cached_reference_features(npz: Path, extractor: Extractor, cache_dir: str | 
             np.save(tmp, feats.float().numpy())
     except OSError as e:
         raise TransDiffError(f"cannot write the feature cache {path.parent}: {e.strerror}; "
-                             "choose another --cache-dir") from None
+                             "choose another `cache_dir`") from None
     return feats
 
 
@@ -102,7 +102,7 @@ def save_reference_stats(ref: ImageSet, extractor: Extractor, out: str | Path, *
     that many reference images as `arr_0` (uint8 NHWC, RGB) with their `labels`: ADM's layout."""
     out = Path(out)
     if out.suffix != ".npz":
-        raise TransDiffError(f"--save-stats {out}: the file name must end in .npz")
+        raise TransDiffError(f"`save_stats` {out}: the file name must end in .npz")
     feats, _ = extractor(ref.images, batch_size)
     st = statistics(feats)
     arrays: dict[str, np.ndarray] = {"mu": st.mu.astype(np.float64), "sigma": st.sigma.astype(np.float64),

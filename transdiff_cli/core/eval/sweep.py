@@ -1,4 +1,4 @@
-"""Sampler sweeps for `transdiff fid --sweep`: one axis or a grid of two over cfg, scale_0, scale_1
+"""Sampler sweeps for `transdiff fid `sweep`: one axis or a grid of two over cfg, scale_0, scale_1
 and sampling_steps (how the authors chose their per-size settings), written as a table, JSON and a
 plot of FID and IS against the swept value."""
 
@@ -22,21 +22,21 @@ def parse_sweeps(specs: list[str] | None) -> list[tuple[str, list[float | int]]]
         name, eq, values = spec.partition("=")
         name = name.strip().replace("-", "_")
         if not eq or not values.strip():
-            raise TransDiffError(f"--sweep {spec!r}: write AXIS=V1,V2,... (axes: {', '.join(AXES)})")
+            raise TransDiffError(f"`sweep` {spec!r}: write AXIS=V1,V2,... (axes: {', '.join(AXES)})")
         if name not in AXES:
-            raise TransDiffError(f"--sweep: unknown axis {name!r}; choose from {', '.join(AXES)}")
+            raise TransDiffError(f"`sweep`: unknown axis {name!r}; choose from {', '.join(AXES)}")
         if name in (a for a, _ in axes):
-            raise TransDiffError(f"--sweep: axis {name} given twice")
+            raise TransDiffError(f"`sweep`: axis {name} given twice")
         try:
             parsed = [AXES[name](v.strip()) for v in values.split(",") if v.strip()]
         except ValueError:
-            raise TransDiffError(f"--sweep {spec!r}: values of {name} must be "
+            raise TransDiffError(f"`sweep` {spec!r}: values of {name} must be "
                                  f"{'integers' if AXES[name] is int else 'numbers'}") from None
         if name == "sampling_steps" and min(parsed) < 1:
-            raise TransDiffError("--sweep sampling_steps: values must be at least 1")
+            raise TransDiffError("`sweep` sampling_steps: values must be at least 1")
         axes.append((name, parsed))
     if len(axes) > 2:
-        raise TransDiffError("--sweep: at most two axes (a grid of two)")
+        raise TransDiffError("`sweep`: at most two axes (a grid of two)")
     return axes
 
 

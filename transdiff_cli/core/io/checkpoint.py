@@ -183,8 +183,8 @@ def newest_run_checkpoint(runs: str | Path = "runs") -> Path:
             return resolve(run)
         except TransDiffError:
             continue
-    raise TransDiffError(f"no --ckpt given and no trained run under {root}/ (train one with "
-                         "`transdiff train`, or pass --ckpt PATH)")
+    raise TransDiffError(f"no `ckpt` given and no trained run under {root}/ (train one with "
+                         "`transdiff train`, or pass `ckpt` PATH)")
 
 
 # ----------------------------------------------------------------------------- loading
@@ -273,7 +273,7 @@ def load_checkpoint(path: str | Path, *, weights: str = "ema", size: str | None 
     `size` checks the shapes against a named size; `heads` overrides the inferred head count
     of a published checkpoint whose size is not one of B/L/H."""
     if weights not in ("ema", "model"):
-        raise TransDiffError(f"--weights must be 'ema' or 'model', not {weights!r}")
+        raise TransDiffError(f"`weights` must be 'ema' or 'model', not {weights!r}")
     p = resolve(path)
     if p.is_file():
         ck = _torch_load_published(p)
@@ -308,7 +308,7 @@ def load_checkpoint(path: str | Path, *, weights: str = "ema", size: str | None 
 @dataclass
 class CheckpointInfo:
     """What a checkpoint is, read from its shapes and metadata without loading or allocating the
-    weights (`--dry-run`)."""
+    weights (`dry_run`)."""
 
     config: ModelConfig
     meta: dict[str, Any]
@@ -326,7 +326,7 @@ def inspect_checkpoint(path: str | Path, *, weights: str = "ema", size: str | No
     """Like `load_checkpoint`, but reads only shapes (memory-mapped `.pth`, safetensors headers)
     and checks them against the config on the meta device."""
     if weights not in ("ema", "model"):
-        raise TransDiffError(f"--weights must be 'ema' or 'model', not {weights!r}")
+        raise TransDiffError(f"`weights` must be 'ema' or 'model', not {weights!r}")
     p = resolve(path)
     if p.is_file():
         try:

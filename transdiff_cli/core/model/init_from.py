@@ -1,4 +1,4 @@
-"""Starting a training run from another checkpoint (`train --init-from`), possibly at another
+"""Starting a training run from another checkpoint (`train `init_from`), possibly at another
 resolution: the paper's 512 recipe fine-tunes the 256 model's decoder at 512 (DESIGN §8).
 
 The encoder keeps its geometry (buffer and condition slots), so every encoder tensor loads as is;
@@ -41,7 +41,7 @@ def target_config(src: ModelConfig, latent_channels: int, latent_size: int, num_
     """The source's config at the data's latent size: same encoder (its condition slots pinned),
     same decoder patch, so the decoder gets (latent_size / patch)^2 tokens."""
     if src.mrar:
-        raise TransDiffError("--init-from takes a 1-step checkpoint (an MRAR model's reference "
+        raise TransDiffError("`init_from` takes a 1-step checkpoint (an MRAR model's reference "
                              "grid is tied to its resolution; fine-tune MRAR with finetune-mrar)")
     if latent_channels != src.latent_channels:
         raise TransDiffError(f"the checkpoint has {src.latent_channels} latent channels, the data "
@@ -58,8 +58,8 @@ def check_widths(src: ModelConfig, want: ModelConfig, ckpt: str) -> None:
     for key in ("width", "decoder_width", "heads", "encoder_depth", "decoder_depth", "mlp_ratio"):
         a, b = getattr(src, key), getattr(want, key)
         if a != b:
-            raise TransDiffError(f"--init-from {ckpt} has {key} {a}, but the run asks for {b}: "
-                                 "drop --size/--config model overrides or pick a matching checkpoint")
+            raise TransDiffError(f"`init_from` {ckpt} has {key} {a}, but the run asks for {b}: "
+                                 "drop `size`/`config` model overrides or pick a matching checkpoint")
 
 
 def init_state(state: dict[str, torch.Tensor], cfg: ModelConfig, ckpt: str,
@@ -76,10 +76,10 @@ def init_state(state: dict[str, torch.Tensor], cfg: ModelConfig, ckpt: str,
         shapes = {k: v.shape for k, v in TransDiff(cfg).state_dict().items()}
     missing = sorted(set(shapes) - set(out))
     if missing:
-        raise TransDiffError(f"--init-from {ckpt} lacks {missing[0]} ({len(missing)} tensors missing)")
+        raise TransDiffError(f"`init_from` {ckpt} lacks {missing[0]} ({len(missing)} tensors missing)")
     for k, shape in shapes.items():
         if out[k].shape != shape:
-            raise TransDiffError(f"--init-from {ckpt} does not fit: {k} has shape "
+            raise TransDiffError(f"`init_from` {ckpt} does not fit: {k} has shape "
                                  f"{tuple(out[k].shape)}, the run needs {tuple(shape)}")
     return {k: out[k] for k in shapes}
 

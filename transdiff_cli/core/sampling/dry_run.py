@@ -1,4 +1,4 @@
-"""`--dry-run`: everything a generation run would use, resolved without loading weights, sampling or
+"""`dry_run`: everything a generation run would use, resolved without loading weights, sampling or
 writing anything, as one JSON-able dict (checked before launching 50,000 images on 8 GPUs)."""
 
 from __future__ import annotations
@@ -23,7 +23,7 @@ def _tokenizer(spec: Any) -> dict[str, Any]:
     if d.get("path"):
         local = local_path(d["path"])
         if not local.exists():
-            raise TransDiffError(f"--vae {d['kind']}:{d['path']}: not found")
+            raise TransDiffError(f"`vae` {d['kind']}:{d['path']}: not found")
         out["local_path"] = str(local)
     return out
 

@@ -126,5 +126,5 @@ def parse_cfg(value: float | str | Sequence[float], steps: int) -> list[float]:
     if len(values) == 1:
         return values * steps
     if len(values) != steps:
-        raise TransDiffError(f"--cfg has {len(values)} values but there are {steps} MRAR steps")
+        raise TransDiffError(f"`cfg` has {len(values)} values but there are {steps} MRAR steps")
     return values

@@ -26,7 +26,7 @@ def fuse_mask(n: int, ratio: float = 0.5, pattern: str = "halves", seed: int = 0
     halves: the first positions (0-127 of 256 at ratio 0.5, the paper's default); interleave: spread
     evenly (A, B, A, B, ... at 0.5); random: a seeded random subset."""
     if not 0.0 <= ratio <= 1.0:
-        raise TransDiffError(f"--ratio must be between 0 and 1, not {ratio}")
+        raise TransDiffError(f"`ratio` must be between 0 and 1, not {ratio}")
     k = round(ratio * n)
     if pattern == "halves":
         return torch.arange(n) < k
@@ -37,7 +37,7 @@ def fuse_mask(n: int, ratio: float = 0.5, pattern: str = "halves", seed: int = 0
         mask = torch.zeros(n, dtype=torch.bool)
         mask[torch.randperm(n, generator=torch.Generator().manual_seed(seed))[:k]] = True
         return mask
-    raise TransDiffError(f"--pattern must be one of {', '.join(PATTERNS)}, not {pattern!r}")
+    raise TransDiffError(f"`pattern` must be one of {', '.join(PATTERNS)}, not {pattern!r}")
 
 
 def fuse_features(features_a: torch.Tensor, features_b: torch.Tensor, mask: torch.Tensor) -> torch.Tensor:

@@ -68,21 +68,21 @@ def sample_settings(config: ModelConfig, *, mode: str | None = None, steps: int 
     src["mode"] = FLAG if mode else CHECKPOINT
     mode = mode or ("mrar" if config.mrar else "1step")
     if mode not in MODES:
-        raise TransDiffError(f"--mode must be one of {', '.join(MODES)}, not {mode!r}")
+        raise TransDiffError(f"`mode` must be one of {', '.join(MODES)}, not {mode!r}")
     if sampler is not None and sampler not in SAMPLERS:
-        raise TransDiffError(f"--sampler must be one of {', '.join(SAMPLERS)}, not {sampler!r}")
+        raise TransDiffError(f"`sampler` must be one of {', '.join(SAMPLERS)}, not {sampler!r}")
     if mode == "mrar" and not config.mrar:
-        raise TransDiffError("--mode mrar needs an MRAR checkpoint; this one is a 1-step model "
-                             "(fine-tune it with `transdiff finetune-mrar`, or use --mode 1step)")
+        raise TransDiffError("`mode` mrar needs an MRAR checkpoint; this one is a 1-step model "
+                             "(fine-tune it with `transdiff finetune-mrar`, or use `mode` 1step)")
     if mode == "mrar":
         rounds = config.mrar_steps if steps is None else steps
         src["rounds"] = CHECKPOINT if steps is None else FLAG
         if not 1 <= rounds <= config.mrar_steps:
-            raise TransDiffError(f"--steps {rounds}: the checkpoint was trained with {config.mrar_steps} "
+            raise TransDiffError(f"`steps` {rounds}: the checkpoint was trained with {config.mrar_steps} "
                                  f"MRAR steps; choose 1-{config.mrar_steps}")
     else:
         if steps is not None:
-            notes.append(f"--steps {steps} is ignored in 1-step mode")
+            notes.append(f"`steps` {steps} is ignored in 1-step mode")
         rounds = 1  # an MRAR checkpoint in 1-step mode: its first step only
         src["rounds"] = "1-step mode"
     if cfg is None or cfg == "":
@@ -91,11 +91,11 @@ def sample_settings(config: ModelConfig, *, mode: str | None = None, steps: int 
         scales = _parse_cfg(cfg, rounds, mode)
     s = d.sampling_steps if sampling_steps is None else sampling_steps
     if s < 1:
-        raise TransDiffError(f"--sampling-steps must be at least 1, not {s}")
+        raise TransDiffError(f"`sampling_steps` must be at least 1, not {s}")
     for v in scales:  # nan / inf would give black images, 1e308 overflows float32
-        check_scale(v, "--cfg" if cfg not in (None, "") else "the checkpoint's cfg")
-    s0 = check_scale(d.scale_0 if scale_0 is None else scale_0, "--scale-0")
-    s1 = check_scale(d.scale_1 if scale_1 is None else scale_1, "--scale-1")
+        check_scale(v, "`cfg`" if cfg not in (None, "") else "the checkpoint's cfg")
+    s0 = check_scale(d.scale_0 if scale_0 is None else scale_0, "`scale_0`")
+    s1 = check_scale(d.scale_1 if scale_1 is None else scale_1, "`scale_1`")
     for name, given in (("cfg", cfg not in (None, "")), ("scale_0", scale_0 is not None),
                         ("scale_1", scale_1 is not None), ("sampling_steps", sampling_steps is not None),
                         ("sampler", sampler is not None)):
@@ -114,12 +114,12 @@ def _parse_cfg(cfg: str | float | Sequence[float], rounds: int, mode: str) -> li
     try:
         values = flow.parse_cfg(cfg, rounds)
     except ValueError as e:
-        raise TransDiffError(f"--cfg {cfg!r} is not a number or a comma-separated list of numbers") from e
+        raise TransDiffError(f"`cfg` {cfg!r} is not a number or a comma-separated list of numbers") from e
     except TransDiffError as e:
         if mode == "1step":
-            raise TransDiffError(f"--cfg {cfg!r} gives a list, but 1-step sampling takes one scale "
-                                 "(per-step lists are for --mode mrar)") from e
-        raise TransDiffError(f"--cfg {cfg!r} has the wrong length: give one scale or {rounds} "
+            raise TransDiffError(f"`cfg` {cfg!r} gives a list, but 1-step sampling takes one scale "
+                                 "(per-step lists are for `mode` mrar)") from e
+        raise TransDiffError(f"`cfg` {cfg!r} has the wrong length: give one scale or {rounds} "
                              f"(one per MRAR step)") from e
     return values
 
@@ -218,8 +218,8 @@ def check_batch_fits(model: TransDiff, tokenizer: Tokenizer, batch_size: int, se
     if free is None or need <= free * 0.8:
         return
     fits = max(1, int(batch_size * free * 0.5 / need))
-    raise TransDiffError(f"--batch-size {batch_size} needs about {_size(need)} for activations but only "
-                         f"{_size(free)} is available on {device}: try --batch-size {fits}")
+    raise TransDiffError(f"`batch_size` {batch_size} needs about {_size(need)} for activations but only "
+                         f"{_size(free)} is available on {device}: try `batch_size` {fits}")
 
 
 def _size(n: int) -> str:
@@ -241,7 +241,7 @@ def generate(model: TransDiff, tokenizer: Tokenizer, labels: Sequence[int], sett
     `indices` (default 0..N-1) are the global image numbers that seed the noise: a rank given a
     slice of them draws exactly the images a single process would."""
     if batch_size < 1:
-        raise TransDiffError(f"--batch-size must be at least 1, not {batch_size}")
+        raise TransDiffError(f"`batch_size` must be at least 1, not {batch_size}")
     check_seed(seed)
     check_batch_fits(model, tokenizer, min(batch_size, max(1, len(labels))), settings)
     indices = list(range(len(labels))) if indices is None else list(indices)
@@ -297,35 +297,35 @@ SAMPLES_JSON = "samples.json"
 
 
 def check_outputs(out: str | Path, npz: str | Path | None = None, overwrite: bool = False) -> None:
-    """Everything about `--out` / `--npz` that can fail, checked before any work (writes nothing
-    but the folder above `--out`)."""
+    """Everything about `out` / `npz` that can fail, checked before any work (writes nothing
+    but the folder above `out`)."""
     if npz is not None:
-        check_file_target(npz, "--npz")
+        check_file_target(npz, "`npz`")
     _check_out(Path(out), overwrite)
-    ensure_dir(Path(out).resolve().parent, "--out")
+    ensure_dir(Path(out).resolve().parent, "`out`")
 
 
 def _check_out(out: Path, overwrite: bool) -> None:
     if out.exists() and not out.is_dir():
-        raise TransDiffError(f"--out {out} is a file, not a folder")
+        raise TransDiffError(f"`out` {out} is a file, not a folder")
     if out.is_dir() and not overwrite and not (out / SAMPLES_JSON).is_file() and any(out.iterdir()):
-        raise TransDiffError(f"--out {out} is not empty and holds no earlier `sample` output: choose a new or "
-                             "empty folder, or pass --overwrite to replace it")
+        raise TransDiffError(f"`out` {out} is not empty and holds no earlier `sample` output: choose a new or "
+                             "empty folder, or pass `overwrite` to replace it")
     full = out.resolve()
     if out.is_dir() and any(out.iterdir()) and full in (Path.cwd(), *Path.cwd().parents):
-        raise TransDiffError(f"--out {out} is the current folder (or holds it) and is not empty: "
+        raise TransDiffError(f"`out` {out} is the current folder (or holds it) and is not empty: "
                              "choose a new or empty folder")
 
 
 def prepare_out(out: Path, overwrite: bool = False) -> Path:
-    """Check `--out` before any work and return a fresh staging folder beside it. A folder holding
+    """Check `out` before any work and return a fresh staging folder beside it. A folder holding
     anything but an earlier `sample` output (a samples.json) is refused unless `overwrite`."""
     _check_out(out, overwrite)
     full = out.resolve()
-    ensure_dir(full.parent, "--out")
+    ensure_dir(full.parent, "`out`")
     for stale in full.parent.glob(f".{full.name}.tmp-*"):  # left by a killed run
         shutil.rmtree(stale, ignore_errors=True)
-    return ensure_dir(full.parent / f".{full.name}.tmp-{uuid.uuid4().hex[:8]}", "--out")
+    return ensure_dir(full.parent / f".{full.name}.tmp-{uuid.uuid4().hex[:8]}", "`out`")
 
 
 def swap_in(staging: Path, out: Path) -> None:
@@ -342,7 +342,7 @@ def swap_in(staging: Path, out: Path) -> None:
                 out.rmdir()
             os.replace(staging, out)
     except OSError as e:
-        raise os_error(e, out, "--out") from None
+        raise os_error(e, out, "`out`") from None
 
 
 def generate_to_folder(model: TransDiff, tokenizer: Tokenizer, labels: Sequence[int], settings: SampleSettings,
@@ -358,7 +358,7 @@ def generate_to_folder(model: TransDiff, tokenizer: Tokenizer, labels: Sequence[
     out = Path(out)
     check_seed(seed)
     if npz is not None:
-        npz = check_file_target(npz, "--npz")
+        npz = check_file_target(npz, "`npz`")
     staging = prepare_out(out, overwrite)
     npz_at = None
     if npz is not None:
@@ -428,16 +428,16 @@ def open_checkpoint(ckpt: str | Path | None, *, weights: str = "ema", size: str 
 
 
 def tokenizer_spec(ck: Any, vae: str | None) -> Any:
-    """`--vae` if given, else the tokenizer the checkpoint names (published files name none)."""
+    """`vae` if given, else the tokenizer the checkpoint names (published files name none)."""
     spec: Any = vae if vae else ck.meta.get("tokenizer")
     if spec is None:
         raise TransDiffError(f"{ck.path} does not say which tokenizer it was trained with (published "
-                             "checkpoints do not): pass --vae kl16:PATH (the KL-16 VAE checkpoint)")
+                             "checkpoints do not): pass `vae` kl16:PATH (the KL-16 VAE checkpoint)")
     return spec
 
 
 def open_tokenizer(ck: Checkpoint, vae: str | None, device: torch.device) -> Tokenizer:
-    """`--vae` if given, else the tokenizer the checkpoint was trained with; its latents must be the
+    """`vae` if given, else the tokenizer the checkpoint was trained with; its latents must be the
     model's."""
     spec = tokenizer_spec(ck, vae)
     mc = ck.config
@@ -445,10 +445,10 @@ def open_tokenizer(ck: Checkpoint, vae: str | None, device: torch.device) -> Tok
     got = getattr(tok, "latent_channels", mc.latent_channels)
     if got != mc.latent_channels:
         raise TransDiffError(f"the tokenizer gives {got}-channel latents but the model was trained on "
-                             f"{mc.latent_channels}-channel latents: wrong --vae?")
+                             f"{mc.latent_channels}-channel latents: wrong `vae`?")
     if getattr(tok, "image_channels", 3) not in (1, 3):
         raise TransDiffError(f"tokenizer {spec!r} turns these {mc.latent_channels}-channel latents into "
-                             f"{tok.image_channels}-channel arrays, not images: pass --vae kl16:PATH")
+                             f"{tok.image_channels}-channel arrays, not images: pass `vae` kl16:PATH")
     return tok
 
 

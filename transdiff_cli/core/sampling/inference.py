@@ -25,8 +25,8 @@ def compile_decoder(model: TransDiff, device: torch.device) -> None:
     """torch.compile the decoder's sampling step (the only per-step work). The module itself is
     not replaced, so state-dict keys stay unchanged; the plain path (cache=False) stays eager."""
     if device.type == "cpu" and not any(shutil.which(c) for c in ("c++", "g++", "clang++")):
-        raise TransDiffError("--compile on CPU needs a C++ compiler (g++ or clang++) on PATH; "
-                             "install one or run without --compile")
+        raise TransDiffError("`compile` on CPU needs a C++ compiler (g++ or clang++) on PATH; "
+                             "install one or run without `compile`")
     dec = model.decoder
     if getattr(dec, "_compiled_step", False):
         return
@@ -37,8 +37,8 @@ def compile_decoder(model: TransDiff, device: torch.device) -> None:
             return compiled(*args, **kwargs)
         except Exception as e:  # dynamo/inductor failures surface at the first call
             if type(e).__module__.startswith("torch._"):
-                raise TransDiffError(f"--compile failed ({type(e).__name__}: {str(e).splitlines()[0][:200]}); "
-                                     "run without --compile") from e
+                raise TransDiffError(f"`compile` failed ({type(e).__name__}: {str(e).splitlines()[0][:200]}); "
+                                     "run without `compile`") from e
             raise
 
     dec.forward_step = forward_step

@@ -1,4 +1,4 @@
-"""Fixed MRAR training groups (`finetune-mrar --groups FILE`), as the authors train with
+"""Fixed MRAR training groups (`finetune-mrar `groups` FILE`), as the authors train with
 (`Imagenet2012_mrar_files.txt`): JSON lines `{"cate": "n01440764", "files": [K file names]}`.
 
 An item of the data is known by (class folder, file name): for an image folder its class folder
@@ -34,7 +34,7 @@ def read_groups(path: str | Path, group_size: int) -> list[Group]:
     try:
         text = p.read_text()
     except OSError as e:
-        raise TransDiffError(f"--groups {p}: cannot read the file ({e.strerror or e})") from None
+        raise TransDiffError(f"`groups` {p}: cannot read the file ({e.strerror or e})") from None
     groups = []
     for n, line in enumerate(text.splitlines(), 1):
         if not line.strip():
@@ -42,16 +42,16 @@ def read_groups(path: str | Path, group_size: int) -> list[Group]:
         try:
             doc = json.loads(line)
         except ValueError as e:
-            raise TransDiffError(f"--groups {p} line {n}: not JSON ({e.msg})") from None
+            raise TransDiffError(f"`groups` {p} line {n}: not JSON ({e.msg})") from None
         if not (isinstance(doc, dict) and isinstance(doc.get("cate"), str) and isinstance(doc.get("files"), list)
                 and all(isinstance(f, str) for f in doc["files"])):
-            raise TransDiffError(f'--groups {p} line {n}: expected {{"cate": CLASS, "files": [FILE, ...]}}')
+            raise TransDiffError(f'`groups` {p} line {n}: expected {{"cate": CLASS, "files": [FILE, ...]}}')
         if len(doc["files"]) != group_size:
-            raise TransDiffError(f"--groups {p} line {n}: {len(doc['files'])} files, but MRAR trains on "
-                                 f"groups of {group_size} (--mrar-steps)")
+            raise TransDiffError(f"`groups` {p} line {n}: {len(doc['files'])} files, but MRAR trains on "
+                                 f"groups of {group_size} (`mrar_steps`)")
         groups.append(Group(doc["cate"], [Path(f).name for f in doc["files"]], n))
     if not groups:
-        raise TransDiffError(f"--groups {p}: no groups in the file")
+        raise TransDiffError(f"`groups` {p}: no groups in the file")
     return groups
 
 
@@ -67,15 +67,15 @@ def item_keys(base: Any) -> list[tuple[str, str]]:
         return _image_keys(images, list(range(len(images))))
     manifest = getattr(base, "manifest", None)
     if manifest is None:
-        raise TransDiffError("--groups needs training data read from images or encode-latents latents")
+        raise TransDiffError("`groups` needs training data read from images or encode-latents latents")
     source = manifest["job"]["data"]
     try:
         images = open_image_dataset(source, manifest["image_size"], flip=False)
     except TransDiffError as e:
-        raise TransDiffError(f"--groups: the image folder the latents in {base.folder} were encoded from "
+        raise TransDiffError(f"`groups`: the image folder the latents in {base.folder} were encoded from "
                              f"cannot be read ({e})") from None
     if len(images) != manifest["num_images"]:
-        raise TransDiffError(f"--groups: {source} holds {len(images)} images now, {manifest['num_images']} "
+        raise TransDiffError(f"`groups`: {source} holds {len(images)} images now, {manifest['num_images']} "
                              f"when the latents in {base.folder} were encoded: the folder changed")
     return _image_keys(images, base.indices)
 
@@ -104,6 +104,6 @@ def fixed_groups(base: Dataset, path: str | Path, group_size: int) -> FixedGroup
         idx = [where.get((g.cate, f)) for f in g.files]
         if None in idx:
             missing = g.files[idx.index(None)]
-            raise TransDiffError(f"--groups {path} line {g.line}: {g.cate}/{missing} is not in the training data")
+            raise TransDiffError(f"`groups` {path} line {g.line}: {g.cate}/{missing} is not in the training data")
         out.append(idx)
     return FixedGroupDataset(base, out, str(path))

@@ -51,7 +51,7 @@ class RunDir:
                               if old.get(key, {}).get(k) != doc.get(key, {}).get(k))
                 raise TransDiffError(
                     f"run folder {self.root} holds a run with a different {key} config "
-                    f"({', '.join(diff[:4])} differ); pass another --run-dir (or --name)")
+                    f"({', '.join(diff[:4])} differ); pass another `run_dir` (or `name`)")
 
     def append_metrics(self, rows: list[dict[str, Any]]) -> None:
         with self.metrics.open("a") as f:

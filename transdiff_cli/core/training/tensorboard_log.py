@@ -1,4 +1,4 @@
-"""Optional TensorBoard logging of a training run (`train --tensorboard`, extra `[tensorboard]`):
+"""Optional TensorBoard logging of a training run (`train `tensorboard`, extra `[tensorboard]`):
 the scalars of metrics.jsonl and the sample grids, under runs/<name>/tensorboard."""
 
 from __future__ import annotations
@@ -16,7 +16,7 @@ class TensorBoardLog:
         try:
             from torch.utils.tensorboard import SummaryWriter
         except ImportError:  # torch's writer needs the tensorboard package
-            raise TransDiffError("--tensorboard needs the tensorboard package: "
+            raise TransDiffError("`tensorboard` needs the tensorboard package: "
                                  "pip install -e \".[tensorboard]\" (or pip install tensorboard)") from None
         self.writer = SummaryWriter(log_dir=str(folder))
 

@@ -71,31 +71,31 @@ class TrainConfig:
 
     def validate(self) -> None:
         if self.batch_size < 1 or self.grad_accum < 1:
-            raise TransDiffError("--batch-size and --grad-accum must be positive")
+            raise TransDiffError("`batch_size` and `grad_accum` must be positive")
         if self.max_steps is not None and self.epochs is not None:
-            raise TransDiffError("give either --max-steps or --epochs, not both")
+            raise TransDiffError("give either `max_steps` or `epochs`, not both")
         if self.max_steps is None and self.epochs is None:
-            raise TransDiffError("give --max-steps or --epochs")
+            raise TransDiffError("give `max_steps` or `epochs`")
         if self.warmup_steps is not None and self.warmup_epochs is not None:
-            raise TransDiffError(f"give either --warmup-steps ({self.warmup_steps}) or --warmup-epochs "
+            raise TransDiffError(f"give either `warmup_steps` ({self.warmup_steps}) or `warmup_epochs` "
                                  f"({self.warmup_epochs:g}), not both")
         if (self.warmup_steps or 0) < 0 or (self.warmup_epochs or 0) < 0:
-            raise TransDiffError("--warmup-steps and --warmup-epochs must not be negative")
+            raise TransDiffError("`warmup_steps` and `warmup_epochs` must not be negative")
         if self.schedule not in ("constant", "cosine"):
             raise TransDiffError(f"unknown lr schedule {self.schedule!r} (constant or cosine)")
         if not 0.0 <= self.ema_rate < 1.0:
-            raise TransDiffError("--ema-rate must be in [0, 1)")
+            raise TransDiffError("`ema_rate` must be in [0, 1)")
         check_seed(self.seed)
         if self.eval_every is not None and self.eval_every < 0:
-            raise TransDiffError("--eval-every must be positive (0: no evaluation)")
+            raise TransDiffError("`eval_every` must be positive (0: no evaluation)")
         if self.eval_every:
             if not self.eval_ref:
-                raise TransDiffError("--eval-every needs a reference: --eval-ref DIR|NPZ|digits (e.g. ADM's "
+                raise TransDiffError("`eval_every` needs a reference: `eval_ref` DIR|NPZ|digits (e.g. ADM's "
                                      "VIRTUAL_imagenet256_labeled.npz)")
             if self.eval_images < 2:
-                raise TransDiffError("--eval-images must be at least 2")
+                raise TransDiffError("`eval_images` must be at least 2")
             if self.eval_features not in ("inception", "digits"):
-                raise TransDiffError(f"--eval-features must be inception or digits, not {self.eval_features!r}")
+                raise TransDiffError(f"`eval_features` must be inception or digits, not {self.eval_features!r}")
 
 
 # Per-size training defaults. B/L/H: the authors' README recipe for L (DESIGN §8): AdamW 0.9/0.95,

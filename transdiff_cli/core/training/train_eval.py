@@ -1,4 +1,4 @@
-"""Quality during training (`train --eval-every N`): FID (+ IS, or class fidelity with the digits
+"""Quality during training (`train `eval_every` N`): FID (+ IS, or class fidelity with the digits
 features) of the EMA model every N steps, logged into metrics.jsonl and drawn as fid.png.
 
 Every rank draws its share of the `eval_images` class-balanced images (image i of class i mod C,
@@ -36,7 +36,7 @@ def check_eval_config(cfg: TrainConfig) -> None:
     if not cfg.eval_every:
         return
     if cfg.eval_ref != BUILTIN_DIGITS and not Path(cfg.eval_ref).exists():
-        raise TransDiffError(f"--eval-ref not found: {cfg.eval_ref}")
+        raise TransDiffError(f"`eval_ref` not found: {cfg.eval_ref}")
     if cfg.eval_features == "inception":
         from ..eval.features import inception_weights_path
 

@@ -59,7 +59,7 @@ def _split_yaml(doc: dict[str, Any]) -> tuple[dict[str, Any], dict[str, Any]]:
 
 def _merge_train(base: dict[str, Any], yaml_train: dict[str, Any],
                  cli_train: dict[str, Any]) -> dict[str, Any]:
-    """Preset < YAML < flags; a user who gives only --epochs (or only --max-steps) means it."""
+    """Preset < YAML < flags; a user who gives only `epochs` (or only `max_steps`) means it."""
     user = {**yaml_train, **cli_train}
     merged = {**base, **user}
     if "epochs" in user and "max_steps" not in user:
@@ -123,7 +123,7 @@ def prepare(req: RunRequest, locks: contextlib.ExitStack | None = None) -> tuple
         tcfg = TrainConfig.from_dict(merged)
         tcfg.validate()
         if tcfg.only_train_diff:
-            raise TransDiffError("--only-train-diff needs --init-from CKPT: the frozen encoder "
+            raise TransDiffError("`only_train_diff` needs `init_from` CKPT: the frozen encoder "
                                  "must come from a trained model")
         data = _open_data(tcfg, None, device)
         model_over = {**yaml_model, **cli_model}
@@ -147,7 +147,7 @@ def prepare(req: RunRequest, locks: contextlib.ExitStack | None = None) -> tuple
         if "data" not in {**yaml_train, **cli_train}:
             if not data_default:
                 raise TransDiffError(f"{req.finetune_from} does not say what data it was trained "
-                                     "on: pass --data (a latents folder or image folder)")
+                                     "on: pass `data` (a latents folder or image folder)")
             tcfg_d["data"] = data_default
             tcfg_d.setdefault("vae", None)
             if src.meta.get("train", {}).get("vae") and "vae" not in cli_train:
@@ -175,16 +175,16 @@ def prepare(req: RunRequest, locks: contextlib.ExitStack | None = None) -> tuple
 
     run = RunDir(req.run_dir or Path("runs") / (req.name or default_name))
     if dist.is_main and locks is not None:  # one writer per run folder (rank 0 speaks for all)
-        ensure_dir(run.root, "--run-dir")
-        locks.enter_context(FolderLock(run.root, "--run-dir"))
+        ensure_dir(run.root, "`run_dir`")
+        locks.enter_context(FolderLock(run.root, "`run_dir`"))
     if run.has_checkpoint():
         if req.resume is False:
             raise TransDiffError(f"run folder {run.root} already holds checkpoints; pass another "
-                                 "--run-dir (or --name), or --resume to continue it")
+                                 "`run_dir` (or `name`), or `resume` to continue it")
         run.check_config({"model": model_cfg.to_dict()})
         init_state = init_ema = None  # the trainer resumes from the run's own checkpoint
     elif req.resume is True:
-        raise TransDiffError(f"--resume: no checkpoint in {run.root} to resume from")
+        raise TransDiffError(f"`resume`: no checkpoint in {run.root} to resume from")
     class_names = list(data.class_names)
     if req.finetune_from is not None and src.class_names and len(src.class_names) >= len(class_names):
         class_names = list(src.class_names)
@@ -204,7 +204,7 @@ def prepare(req: RunRequest, locks: contextlib.ExitStack | None = None) -> tuple
 def _init_from(req: RunRequest, yaml_model: dict[str, Any], yaml_train: dict[str, Any],
                cli_train: dict[str, Any], cli_model: dict[str, Any], device: torch.device,
                is_main: bool) -> tuple[TrainConfig, Any, ModelConfig, dict, dict]:
-    """`train --init-from CKPT`: the run's configs, data and initial weights (raw, EMA) from a
+    """`train `init_from` CKPT`: the run's configs, data and initial weights (raw, EMA) from a
     checkpoint, at the data's resolution (the decoder position embedding grown to its grid)."""
     from ..data.latents import is_latent_folder
     from ..model import init_from as init
@@ -217,7 +217,7 @@ def _init_from(req: RunRequest, yaml_model: dict[str, Any], yaml_train: dict[str
     if "data" not in user_train:  # default: the data the checkpoint was trained on
         if not src.meta.get("data"):
             raise TransDiffError(f"{req.init_from} does not say what data it was trained on: "
-                                 "pass --data")
+                                 "pass `data`")
         tcfg_d["data"] = src.meta["data"]
         if "vae" not in user_train:
             tcfg_d["vae"] = (src.meta.get("train") or {}).get("vae")
@@ -242,8 +242,8 @@ def _init_from(req: RunRequest, yaml_model: dict[str, Any], yaml_train: dict[str
     if classes != one.num_classes:
         if tcfg.only_train_diff:
             raise TransDiffError(f"the data has {classes} classes but {req.init_from} "
-                                 f"{one.num_classes}: --only-train-diff keeps the class embedding "
-                                 "frozen, so it cannot learn new classes (drop --only-train-diff)")
+                                 f"{one.num_classes}: `only_train_diff` keeps the class embedding "
+                                 "frozen, so it cannot learn new classes (drop `only_train_diff`)")
         fresh = init.fresh_class_embedding(cfg, tcfg.seed)
         if is_main:
             (req.reporter or Reporter()).warning(f"the data has {classes} classes, {req.init_from} "

@@ -130,13 +130,13 @@ class Trainer:
         self.show_progress = progress and dist.is_main
         world = dist.world_size
         if cfg.batch_size % (world * cfg.grad_accum):
-            raise TransDiffError(f"--batch-size {cfg.batch_size} must be divisible by processes "
-                                 f"({world}) x --grad-accum ({cfg.grad_accum})")
+            raise TransDiffError(f"`batch_size` {cfg.batch_size} must be divisible by processes "
+                                 f"({world}) x `grad_accum` ({cfg.grad_accum})")
         self.micro_batch = cfg.batch_size // cfg.grad_accum  # global micro-batch
         self.local_batch = self.micro_batch // world
         n = len(data.dataset)
         if n < cfg.batch_size:
-            raise TransDiffError(f"the data has {n} samples, fewer than --batch-size "
+            raise TransDiffError(f"the data has {n} samples, fewer than `batch_size` "
                                  f"{cfg.batch_size}")
         self.steps_per_epoch = n // cfg.batch_size
         self.total = cfg.max_steps if cfg.max_steps is not None else \
@@ -187,7 +187,7 @@ class Trainer:
         ck = load_checkpoint(folder, weights="model", keep_raw=True)
         if ck.config != self.model_cfg:
             raise TransDiffError(f"{folder} was trained with a different model config; "
-                                 "pass another --run-dir")
+                                 "pass another `run_dir`")
         state = load_train_state(folder)
         if state is None:
             raise TransDiffError(f"{folder} has no training state to resume from")
@@ -383,7 +383,7 @@ class Trainer:
             latest = self.run.checkpoints / "LATEST"
             keep = latest.read_text().strip() if latest.is_file() else "none yet"
             raise TransDiffError(f"the loss became non-finite at step {bad}; stopped without "
-                                 f"saving (last good checkpoint: {keep}); try a lower --lr")
+                                 f"saving (last good checkpoint: {keep}); try a lower `lr`")
         if self.dist.is_main:
             rows = [{"step": step_start + i + 1, "loss": float(v[0]), "grad_norm": float(v[1]),
                      "lr": lr, "images_per_s": round(ips, 2), "epoch": self.epoch}
