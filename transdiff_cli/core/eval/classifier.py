@@ -22,7 +22,7 @@ import torch.nn.functional as F
 
 from ..errors import TransDiffError
 
-WEIGHTS = Path(__file__).resolve().parents[1] / "data" / "digits_classifier.safetensors"
+WEIGHTS = Path(__file__).resolve().parents[2] / "data" / "digits_classifier.safetensors"  # transdiff_cli/data
 IMAGE_SIZE = 8
 NUM_CLASSES = 10
 FEATURE_DIM = 128
