@@ -1,4 +1,4 @@
-"""Device choice: CUDA when present, else MPS, else CPU; an explicit `device` wins."""
+"""Device choice: CUDA when present, else MPS, else CPU; an explicit `--device` wins."""
 
 from __future__ import annotations
 

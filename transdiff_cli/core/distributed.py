@@ -1,5 +1,5 @@
 """torch.distributed helpers: the process group torchrun (or SLURM's srun) sets up, rank-0-only side
-effects, and relaunching a command through torchrun (`gpus` N` outside torchrun)."""
+effects, and relaunching a command through torchrun (`--gpus N` outside torchrun)."""
 
 from __future__ import annotations
 
@@ -101,7 +101,7 @@ def slurm_launch_env(environ: Mapping[str, str]) -> dict[str, str] | None:
 
 def adopt_slurm_launch() -> bool:
     """Under srun with several tasks, export torchrun's variables so that the command joins the
-    process group exactly as under torchrun. A single task is left alone (`gpus` N` still relaunches
+    process group exactly as under torchrun. A single task is left alone (`--gpus N` still relaunches
     through torchrun). Returns whether they were set."""
     env = slurm_launch_env(os.environ)
     if env is None or int(env["WORLD_SIZE"]) < 2:

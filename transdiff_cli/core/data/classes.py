@@ -1,4 +1,4 @@
-"""`class` values -> class indices: an integer, a name from the checkpoint's own class list, or an
+"""`--class` values -> class indices: an integer, a name from the checkpoint's own class list, or an
 ImageNet name (timm's ImageNetInfo: exact synonym first, e.g. "tiger" -> 292 "tiger, Panthera
 tigris", then a unique prefix). Unknown or ambiguous names fail with the closest candidates."""
 
@@ -120,7 +120,7 @@ def _by_name(text: str, num_classes: int, class_names: Sequence[str] | None) -> 
 
 def resolve_classes(values: Sequence[str | int] | None, num_classes: int,
                     class_names: Sequence[str] | None = None, warnings: list[str] | None = None) -> list[int]:
-    """Several `class` values, each possibly a comma list ("207,tiger"). A value that is itself a
+    """Several `--class` values, each possibly a comma list ("207,tiger"). A value that is itself a
     whole name with commas ("tiger, Panthera tigris") is tried whole first. None/empty -> every class."""
     if not values:
         return list(range(num_classes))

@@ -1,5 +1,5 @@
 """Cached latents: `encode_latents` writes them, `LatentDataset` / `GroupedDataset` read them, and
-`open_training_data` gives the trainer one dataset whatever `data` names.
+`open_training_data` gives the trainer one dataset whatever `--data` names.
 
 On-disk format (one folder): `shard-NNNNN.safetensors` holding `moments` and `moments_flip`
 (N, 2C, h, w) (posterior mean || log-variance of each image and of its mirror), `labels`, `indices`

@@ -5,7 +5,7 @@ Trained on scikit-learn's built-in 8x8 digits (pixel values 0..16 mapped to [-1,
 1797 images (stratified split, random_state 0), one-pixel random shifts and light noise as
 augmentation. Accuracy on the held-out 20 % (360 images) is stored in the weights file's
 metadata (`test_accuracy`: 0.9972 for the shipped file, 359 of 360). Its 128-dim penultimate
-features stand in for Inception's in `transdiff fid `features` digits`, and `class_fidelity` is the share of generated
+features stand in for Inception's in `transdiff fid --features digits`, and `class_fidelity` is the share of generated
 images it reads as the class they were conditioned on.
 """
 

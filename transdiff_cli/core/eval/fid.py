@@ -1,7 +1,7 @@
 """FID, Inception Score and precision/recall through torch-fidelity, offline.
 
 Features come from torch-fidelity's own InceptionV3 (`inception-v3-compat`, the TF-FID port) built
-from a LOCAL weights file, or from the small digits classifier (`features` digits`). The metrics
+from a LOCAL weights file, or from the small digits classifier (`--features digits`). The metrics
 are torch-fidelity's functions applied to those features. A reference may be a folder or `.npz` of
 images, or ADM-style statistics (`mu`, `sigma`): torch-fidelity's released `calculate_metrics` has
 no `fid_statistics_file` argument (DESIGN §6), so the generated features' mean and covariance go

@@ -1,6 +1,6 @@
 """Reference sides for FID / precision-recall: the cached features of an ADM reference batch, the
 images of an encode-latents folder, and writing statistics (+ a reference batch) in ADM's layout
-for any dataset (`transdiff fid `save_stats`).
+for any dataset (`transdiff fid --save-stats`).
 
 ADM's `.npz` (`VIRTUAL_imagenet256_labeled.npz`) holds `mu`, `sigma` (Inception pool3 statistics
 of the training set) and `arr_0`, 10,000 reference images (uint8 NHWC). FID uses `mu`/`sigma`;

@@ -1,4 +1,4 @@
-"""Sampler sweeps for `transdiff fid `sweep`: one axis or a grid of two over cfg, scale_0, scale_1
+"""Sampler sweeps for `transdiff fid --sweep`: one axis or a grid of two over cfg, scale_0, scale_1
 and sampling_steps (how the authors chose their per-size settings), written as a table, JSON and a
 plot of FID and IS against the swept value."""
 

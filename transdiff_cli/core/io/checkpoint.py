@@ -308,7 +308,7 @@ def load_checkpoint(path: str | Path, *, weights: str = "ema", size: str | None 
 @dataclass
 class CheckpointInfo:
     """What a checkpoint is, read from its shapes and metadata without loading or allocating the
-    weights (`dry_run`)."""
+    weights (`--dry-run`)."""
 
     config: ModelConfig
     meta: dict[str, Any]

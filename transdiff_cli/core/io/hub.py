@@ -30,7 +30,7 @@ class HubFile:
         return f"hf://{self.repo_id}/{self.filename}" + (f"@{self.revision}" if self.revision else "")
 
     def fetch_command(self) -> str:
-        rev = f" `revision` {self.revision}" if self.revision else ""
+        rev = f" --revision {self.revision}" if self.revision else ""
         return f"hf download {self.repo_id} {self.filename}{rev}"
 
 

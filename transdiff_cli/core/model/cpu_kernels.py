@@ -61,7 +61,7 @@ def fused_linear_supported(dtype: torch.dtype) -> bool:
 
 
 def inference_dtype(device: torch.device) -> torch.dtype:
-    """The fastest dtype that is correct for sampling on `device` (`precision` auto`): bfloat16
+    """The fastest dtype that is correct for sampling on `device` (`--precision auto`): bfloat16
     on GPUs that support it and on CPUs with native bf16, float32 elsewhere (emulated bf16 is
     slower than float32; MPS keeps float32)."""
     if device.type == "cuda":

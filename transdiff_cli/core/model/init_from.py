@@ -1,4 +1,4 @@
-"""Starting a training run from another checkpoint (`train `init_from`), possibly at another
+"""Starting a training run from another checkpoint (`train --init-from`), possibly at another
 resolution: the paper's 512 recipe fine-tunes the 256 model's decoder at 512 (DESIGN §8).
 
 The encoder keeps its geometry (buffer and condition slots), so every encoder tensor loads as is;

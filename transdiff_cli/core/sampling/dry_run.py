@@ -1,4 +1,4 @@
-"""`dry_run`: everything a generation run would use, resolved without loading weights, sampling or
+"""`--dry-run`: everything a generation run would use, resolved without loading weights, sampling or
 writing anything, as one JSON-able dict (checked before launching 50,000 images on 8 GPUs)."""
 
 from __future__ import annotations

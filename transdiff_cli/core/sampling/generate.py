@@ -297,8 +297,8 @@ SAMPLES_JSON = "samples.json"
 
 
 def check_outputs(out: str | Path, npz: str | Path | None = None, overwrite: bool = False) -> None:
-    """Everything about `out` / `npz` that can fail, checked before any work (writes nothing
-    but the folder above `out`)."""
+    """Everything about `--out` / `--npz` that can fail, checked before any work (writes nothing
+    but the folder above `--out`)."""
     if npz is not None:
         check_file_target(npz, "`npz`")
     _check_out(Path(out), overwrite)
@@ -318,7 +318,7 @@ def _check_out(out: Path, overwrite: bool) -> None:
 
 
 def prepare_out(out: Path, overwrite: bool = False) -> Path:
-    """Check `out` before any work and return a fresh staging folder beside it. A folder holding
+    """Check `--out` before any work and return a fresh staging folder beside it. A folder holding
     anything but an earlier `sample` output (a samples.json) is refused unless `overwrite`."""
     _check_out(out, overwrite)
     full = out.resolve()
@@ -428,7 +428,7 @@ def open_checkpoint(ckpt: str | Path | None, *, weights: str = "ema", size: str 
 
 
 def tokenizer_spec(ck: Any, vae: str | None) -> Any:
-    """`vae` if given, else the tokenizer the checkpoint names (published files name none)."""
+    """`--vae` if given, else the tokenizer the checkpoint names (published files name none)."""
     spec: Any = vae if vae else ck.meta.get("tokenizer")
     if spec is None:
         raise TransDiffError(f"{ck.path} does not say which tokenizer it was trained with (published "
@@ -437,7 +437,7 @@ def tokenizer_spec(ck: Any, vae: str | None) -> Any:
 
 
 def open_tokenizer(ck: Checkpoint, vae: str | None, device: torch.device) -> Tokenizer:
-    """`vae` if given, else the tokenizer the checkpoint was trained with; its latents must be the
+    """`--vae` if given, else the tokenizer the checkpoint was trained with; its latents must be the
     model's."""
     spec = tokenizer_spec(ck, vae)
     mc = ck.config

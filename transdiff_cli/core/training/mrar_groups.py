@@ -1,4 +1,4 @@
-"""Fixed MRAR training groups (`finetune-mrar `groups` FILE`), as the authors train with
+"""Fixed MRAR training groups (`finetune-mrar --groups FILE`), as the authors train with
 (`Imagenet2012_mrar_files.txt`): JSON lines `{"cate": "n01440764", "files": [K file names]}`.
 
 An item of the data is known by (class folder, file name): for an image folder its class folder

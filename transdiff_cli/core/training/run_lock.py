@@ -28,7 +28,7 @@ def _alive(pid: int) -> bool:
 
 
 class FolderLock:
-    """`with FolderLock(folder, "`run_dir`"):` holds `folder/.transdiff.lock` for the block."""
+    """`with FolderLock(folder, "--run-dir"):` holds `folder/.transdiff.lock` for the block."""
 
     def __init__(self, folder: str | Path, option: str):
         self.path = Path(folder) / LOCK

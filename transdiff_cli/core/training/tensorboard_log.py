@@ -1,4 +1,4 @@
-"""Optional TensorBoard logging of a training run (`train `tensorboard`, extra `[tensorboard]`):
+"""Optional TensorBoard logging of a training run (`train --tensorboard`, extra `[tensorboard]`):
 the scalars of metrics.jsonl and the sample grids, under runs/<name>/tensorboard."""
 
 from __future__ import annotations

@@ -1,4 +1,4 @@
-"""Quality during training (`train `eval_every` N`): FID (+ IS, or class fidelity with the digits
+"""Quality during training (`train --eval-every N`): FID (+ IS, or class fidelity with the digits
 features) of the EMA model every N steps, logged into metrics.jsonl and drawn as fid.png.
 
 Every rank draws its share of the `eval_images` class-balanced images (image i of class i mod C,

@@ -59,7 +59,7 @@ def _split_yaml(doc: dict[str, Any]) -> tuple[dict[str, Any], dict[str, Any]]:
 
 def _merge_train(base: dict[str, Any], yaml_train: dict[str, Any],
                  cli_train: dict[str, Any]) -> dict[str, Any]:
-    """Preset < YAML < flags; a user who gives only `epochs` (or only `max_steps`) means it."""
+    """Preset < YAML < flags; a user who gives only --epochs (or only --max-steps) means it."""
     user = {**yaml_train, **cli_train}
     merged = {**base, **user}
     if "epochs" in user and "max_steps" not in user:
@@ -204,7 +204,7 @@ def prepare(req: RunRequest, locks: contextlib.ExitStack | None = None) -> tuple
 def _init_from(req: RunRequest, yaml_model: dict[str, Any], yaml_train: dict[str, Any],
                cli_train: dict[str, Any], cli_model: dict[str, Any], device: torch.device,
                is_main: bool) -> tuple[TrainConfig, Any, ModelConfig, dict, dict]:
-    """`train `init_from` CKPT`: the run's configs, data and initial weights (raw, EMA) from a
+    """`train --init-from CKPT`: the run's configs, data and initial weights (raw, EMA) from a
     checkpoint, at the data's resolution (the decoder position embedding grown to its grid)."""
     from ..data.latents import is_latent_folder
     from ..model import init_from as init
