@@ -7,7 +7,6 @@ from pathlib import Path
 
 import numpy as np
 import torch
-import torchvision
 from PIL import Image
 
 
@@ -26,6 +25,13 @@ def to_pil(images: torch.Tensor) -> list[Image.Image]:
     return [_pil(arr) for arr in to_uint8(images)]
 
 
+def make_grid_tv(*args, **kwargs) -> torch.Tensor:
+    # imported on use: `import torchvision` costs ~3 s (its model zoo), paid by every CLI call otherwise
+    from torchvision.utils import make_grid as tv_make_grid
+
+    return tv_make_grid(*args, **kwargs)
+
+
 def make_grid(images: torch.Tensor, nrow: int | None = None, pad: int = 2,
               upscale: int | None = None) -> Image.Image:
     """A grid image (torchvision's, white padding); small images (digits are 8x8) are upscaled
@@ -36,7 +42,7 @@ def make_grid(images: torch.Tensor, nrow: int | None = None, pad: int = 2,
     if b == 1:  # torchvision returns a lone image unpadded; keep the border every grid has
         grid = torch.nn.functional.pad(arr[0], (pad, pad, pad, pad), value=255)
     else:  # it makes 1 channel 3
-        grid = torchvision.utils.make_grid(arr, nrow=nrow, padding=pad, pad_value=255)[:c]
+        grid = make_grid_tv(arr, nrow=nrow, padding=pad, pad_value=255)[:c]
     img = _pil(grid.permute(1, 2, 0).numpy())
     if upscale is None:
         upscale = max(1, 64 // max(h, w))
