@@ -4,13 +4,13 @@
 
 import json
 from pathlib import Path
-from unittest import mock
 
 import numpy as np
 import pytest
 import torch
 from PIL import Image
 from safetensors.torch import load_file
+from test_fid import random_inception_weights
 from typer.testing import CliRunner
 
 from transdiff_cli.cli import app
@@ -100,15 +100,7 @@ def test_fid_at_512_from_checkpoint_against_adm_stats(tmp_path, model_512, vae, 
 
     monkeypatch.setattr(fe.FeatureExtractorInceptionV3, "INPUT_IMAGE_SIZE", 75)
     monkeypatch.setattr(features, "FID_LAYER", "192")
-    torch.manual_seed(0)
-    with mock.patch.object(fe.FeatureExtractorInceptionV3, "load_state_dict", lambda self, *a, **k: None), \
-            mock.patch.object(fe, "load_state_dict_from_url", lambda *a, **k: {}):
-        net = fe.FeatureExtractorInceptionV3("inception-v3-compat", ["2048"], feature_extractor_weights_path=None)
-    for m in net.modules():
-        if isinstance(m, torch.nn.Conv2d):
-            torch.nn.init.kaiming_normal_(m.weight)
-    weights = tmp_path / "weights-inception-2015-12-05-6726825d.pth"
-    torch.save(net.state_dict(), weights)
+    weights = random_inception_weights(tmp_path / "weights-inception-2015-12-05-6726825d.pth")
     rng = np.random.default_rng(0)
     feats = rng.normal(size=(8, 192))
     ref = tmp_path / "VIRTUAL_imagenet512.npz"

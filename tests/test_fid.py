@@ -25,10 +25,9 @@ from transdiff_cli.core.sampling import generate_npz
 runner = CliRunner()
 
 
-@pytest.fixture(scope="module")
-def inception_weights(tmp_path_factory):
+def random_inception_weights(path):
     """torch-fidelity's InceptionV3 architecture with random (He-initialised, so activations neither
-    vanish nor explode through ~100 layers) weights, saved in its own state-dict format."""
+    vanish nor explode through ~100 layers) weights, saved in its own state-dict format at `path`."""
     from torch_fidelity import feature_extractor_inceptionv3 as fe
 
     torch.manual_seed(0)
@@ -39,9 +38,13 @@ def inception_weights(tmp_path_factory):
     for m in net.modules():
         if isinstance(m, torch.nn.Conv2d):
             torch.nn.init.kaiming_normal_(m.weight)
-    path = tmp_path_factory.mktemp("inception") / "weights-inception-2015-12-05-6726825d.pth"
     torch.save(net.state_dict(), path)
     return path
+
+
+@pytest.fixture(scope="module")
+def inception_weights(tmp_path_factory):
+    return random_inception_weights(tmp_path_factory.mktemp("inception") / "weights-inception-2015-12-05-6726825d.pth")
 
 
 def image_folder(folder, seed, low, high, n=3, size=16):

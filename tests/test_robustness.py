@@ -14,6 +14,7 @@ import numpy as np
 import pytest
 import torch
 import yaml
+from test_cli_errors import tiny_checkpoint
 from typer.testing import CliRunner
 
 from transdiff_cli.cli import app
@@ -21,9 +22,7 @@ from transdiff_cli.core.data.classes import resolve_classes
 from transdiff_cli.core.data.latents import open_training_data
 from transdiff_cli.core.errors import TransDiffError
 from transdiff_cli.core.io import checkpoint as checkpoint_mod
-from transdiff_cli.core.io.checkpoint import load_checkpoint, recover, resolve, save_checkpoint
-from transdiff_cli.core.model.config import ModelConfig
-from transdiff_cli.core.model.transdiff import TransDiff
+from transdiff_cli.core.io.checkpoint import load_checkpoint, recover, resolve
 from transdiff_cli.core.sampling import generate as generate_mod
 from transdiff_cli.core.sampling.generate import image_seed
 from transdiff_cli.core.training.run_dir import RunDir
@@ -57,16 +56,6 @@ def ok(args):
     result = invoke(args)
     assert result.exit_code == 0, (result.output, result.exception)
     return result
-
-
-def tiny_checkpoint(folder, num_classes=10, class_names=None):
-    torch.manual_seed(0)
-    cfg = ModelConfig(size="tiny", width=32, heads=2, encoder_depth=1, decoder_depth=1, num_classes=num_classes,
-                      latent_channels=1, latent_size=8, patch_size=2, sampling_steps=2)
-    model = TransDiff(cfg)
-    meta = {"tokenizer": {"kind": "pixels", "image_size": 8, "image_channels": 1, "scale_factor": 1.0},
-            "class_names": class_names}
-    return save_checkpoint(folder, model.state_dict(), cfg, meta, ema_state=model.state_dict())
 
 
 @pytest.fixture(scope="module")
