@@ -34,6 +34,7 @@ from _common import (
 )
 
 from transdiff_cli.core.sampling.inference import prepare
+from transdiff_cli.core.sampling.loop import sample_rounds
 
 
 def main() -> None:
@@ -67,8 +68,8 @@ def main() -> None:
 
     def run():
         gen.manual_seed(args.seed)
-        return model.sample(labels, cfg=args.cfg, steps=args.sampling_steps, noise=noise, generator=gen,
-                            cache=not args.no_cache)
+        return sample_rounds(model, labels, cfg=args.cfg, sampling_steps=args.sampling_steps, noise=noise,
+                             generator=gen, cache=not args.no_cache)[-1]
 
     result = {"mode": args.mode, "device": str(device), "precision": args.precision, "compile": args.compile,
               "batch": args.batch, "sampling_steps": args.sampling_steps, "cfg": args.cfg,

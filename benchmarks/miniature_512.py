@@ -28,7 +28,8 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 from transdiff_cli.core.data.images import to_uint8  # noqa: E402
 from transdiff_cli.core.data.tokenizers import load_tokenizer  # noqa: E402
 from transdiff_cli.core.io.checkpoint import load_checkpoint  # noqa: E402
-from transdiff_cli.core.sampling.generate import initial_noise  # noqa: E402
+from transdiff_cli.core.sampling.loop import sample_rounds  # noqa: E402
+from transdiff_cli.core.sampling.seeding import initial_noise  # noqa: E402
 
 CLASSES = ["red-circle", "green-square", "blue-triangle", "yellow-circle", "blue-square",
            "red-triangle"]
@@ -46,8 +47,8 @@ def samples(run: Path, classes: list[str], steps: int, seed: int) -> torch.Tenso
     ck = load_checkpoint(run)
     model = ck.model.eval()
     labels = torch.tensor([ck.class_names.index(c) for c in classes])
-    noise = initial_noise(model, list(range(len(classes))), seed)
-    latents = model.sample(labels, noise=noise, steps=steps)
+    noise = initial_noise(model.cfg, list(range(len(classes))), seed)
+    latents = sample_rounds(model, labels, noise=noise, sampling_steps=steps)[-1]
     return load_tokenizer(ck.meta["tokenizer"]).decode(latents).clamp(-1, 1)
 
 

@@ -39,7 +39,8 @@ from transdiff_cli.core.eval.diversity import diversity
 from transdiff_cli.core.eval.features import frechet_distance, statistics
 from transdiff_cli.core.io.checkpoint import load_checkpoint
 from transdiff_cli.core.sampling.fuse import fuse, save_figure
-from transdiff_cli.core.sampling.generate import decode, generate_arrays, mrar_feature_diversity, sample_settings
+from transdiff_cli.core.sampling.generate import decode_images, generate_arrays, mrar_feature_diversity
+from transdiff_cli.core.sampling.settings import sample_settings
 from transdiff_cli.core.training.train_run import RunRequest, run_training
 
 REPO = Path(__file__).resolve().parents[1]
@@ -320,7 +321,7 @@ def main() -> None:
     a, b = names.index("red-circle"), names.index("blue-square")
     settings = sample_settings(ck.model.cfg, mode="1step")
     fused = fuse(ck.model.eval(), a, b, settings, seed=0)
-    save_figure(decode(load_tokenizer(ck.meta["tokenizer"]), fused.latents),
+    save_figure(decode_images(load_tokenizer(ck.meta["tokenizer"]), fused.latents),
                 ["red-circle", "fused", "blue-square"], out / "fuse.png")
     results.update(minutes=(time.time() - t_start) / 60, machine=machine(), torch=torch.__version__,
                    command="python benchmarks/quality_small.py" + (" --quick" if quick else "")

@@ -9,8 +9,9 @@ import torch
 from transdiff_cli.core.model.config import preset
 from transdiff_cli.core.model.layers import Scratch, attend_heads_, split_heads_kv
 from transdiff_cli.core.model.transdiff import TransDiff
-from transdiff_cli.core.sampling import flow
 from transdiff_cli.core.sampling.inference import prepare
+from transdiff_cli.core.sampling.loop import sample_rounds
+from transdiff_cli.core.sampling.samplers import EulerMaruyama, EulerODE
 
 FP32_TOL = 1e-5
 # bf16 against the float32 reference, relative to the output's scale (its max |value|). bf16 keeps
@@ -50,7 +51,7 @@ def reference_em(model: TransDiff, c: torch.Tensor, noise: torch.Tensor, steps: 
                  scale_0: float, scale_1: float, gen: torch.Generator | None) -> torch.Tensor:
     """The paper's Euler-Maruyama loop written out literally (score form, drift per branch)."""
     b = noise.shape[0]
-    ts = flow.em_times(steps)
+    ts = EulerMaruyama(steps).grid
     x = noise
     for i in range(len(ts) - 1):
         t, dt = ts[i], ts[i + 1] - ts[i]
@@ -79,8 +80,8 @@ def test_1step_fast_equals_literal_reference(cfg):
         emb = model.class_embedding(labels)
         c = model.condition(model.features(torch.cat([emb, model.class_embedding(labels, null=True)])))
         want = model.to_latent(reference_em(model, c, noise, 7, cfg, 0.9, 0.8, torch.Generator().manual_seed(5)))
-    got = model.sample(labels, cfg=cfg, steps=7, scale_0=0.9, scale_1=0.8, noise=noise,
-                       generator=torch.Generator().manual_seed(5))
+    got = sample_rounds(model, labels, cfg=cfg, sampling_steps=7, scale_0=0.9, scale_1=0.8, noise=noise,
+                        generator=torch.Generator().manual_seed(5))[-1]
     assert (got - want).abs().max() <= FP32_TOL
 
 
@@ -91,9 +92,10 @@ def test_fast_equals_plain_path(mrar, cfg, sampler):
     model = make_model(mrar)
     labels = torch.tensor([1, 2])
     noise = torch.randn(2, 64, 4, generator=torch.Generator().manual_seed(2))
-    kw = dict(cfg=cfg, steps=6, scale_0=0.87, scale_1=0.91, noise=noise, sampler=sampler, return_steps=True)
-    fast, fast_steps = model.sample(labels, cache=True, generator=torch.Generator().manual_seed(3), **kw)
-    plain, plain_steps = model.sample(labels, cache=False, generator=torch.Generator().manual_seed(3), **kw)
+    kw = dict(cfg=cfg, sampling_steps=6, scale_0=0.87, scale_1=0.91, noise=noise, sampler=sampler)
+    fast_steps = sample_rounds(model, labels, cache=True, generator=torch.Generator().manual_seed(3), **kw)
+    plain_steps = sample_rounds(model, labels, cache=False, generator=torch.Generator().manual_seed(3), **kw)
+    fast, plain = fast_steps[-1], plain_steps[-1]
     assert (fast - plain).abs().max() <= FP32_TOL
     for a, b in zip(fast_steps, plain_steps):  # every MRAR round, not only the last
         assert (a - b).abs().max() <= FP32_TOL
@@ -106,9 +108,9 @@ def test_bf16_close_to_fp32(mrar, cfg):
     model16 = make_model(mrar, torch.bfloat16)
     labels = torch.tensor([0, 4])
     noise = torch.randn(2, 64, 4, generator=torch.Generator().manual_seed(4))
-    kw = dict(cfg=cfg, steps=10, scale_1=0.0, noise=noise)
-    ref = model.sample(labels, **kw)
-    got = model16.sample(labels, **kw)
+    kw = dict(cfg=cfg, sampling_steps=10, scale_1=0.0, noise=noise)
+    ref = sample_rounds(model, labels, **kw)[-1]
+    got = sample_rounds(model16, labels, **kw)[-1]
     assert got.dtype == torch.bfloat16
     assert (got.float() - ref).abs().max() <= BF16_REL_TOL * ref.abs().max()
 
@@ -137,9 +139,9 @@ def test_scratch_path_equals_plain_in_fp32(monkeypatch, mrar, cfg):
     model = make_model(mrar)
     labels = torch.tensor([1, 3])
     noise = torch.randn(2, 64, 4, generator=torch.Generator().manual_seed(5))
-    kw = dict(cfg=cfg, steps=6, scale_1=0.0, noise=noise)
-    fast = model.sample(labels, **kw)
-    plain = model.sample(labels, cache=False, **kw)
+    kw = dict(cfg=cfg, sampling_steps=6, scale_1=0.0, noise=noise)
+    fast = sample_rounds(model, labels, **kw)[-1]
+    plain = sample_rounds(model, labels, cache=False, **kw)[-1]
     assert (fast - plain).abs().max() <= FP32_TOL
 
 
@@ -149,10 +151,10 @@ def test_compiled_step_equals_plain_path():
     model = make_model(False)
     labels = torch.tensor([1, 3])
     noise = torch.randn(2, 64, 4, generator=torch.Generator().manual_seed(6))
-    kw = dict(cfg=1.5, steps=4, scale_1=0.0, noise=noise)
-    plain = model.sample(labels, cache=False, **kw)
+    kw = dict(cfg=1.5, sampling_steps=4, scale_1=0.0, noise=noise)
+    plain = sample_rounds(model, labels, cache=False, **kw)[-1]
     prepare(model, torch.device("cpu"), "fp32", compile=True)
-    assert (model.sample(labels, **kw) - plain).abs().max() <= FP32_TOL
+    assert (sample_rounds(model, labels, **kw)[-1] - plain).abs().max() <= FP32_TOL
 
 
 def test_schedule_matches_time_embedding():
@@ -169,3 +171,19 @@ def test_schedule_matches_time_embedding():
         want = blk.norm1(x) * (1 + scale1) + shift1
         got = torch.nn.functional.layer_norm(x, (64,), sched[i][0][0], sched[i][0][1], 1e-6)
         assert (got - want).abs().max() <= 1e-5
+
+
+def test_sampler_objects_own_their_grid_and_update():
+    """Euler-Maruyama evaluates at 1 .. 0.04 evenly then steps to 0 (paper, app. F); the ODE's
+    uniform Euler steps carry noise exactly to x0 under the constant true velocity eps - x0."""
+    em = EulerMaruyama(5, scale_0=1.0, scale_1=0.0)
+    assert em.times == pytest.approx([1.0, 0.76, 0.52, 0.28, 0.04]) and em.grid[-1] == 0.0
+    assert EulerMaruyama(1).times == [1.0]
+    ode = EulerODE(4)
+    assert ode.times == [1.0, 0.75, 0.5, 0.25]
+    x0, eps = torch.randn(2, 3, 4), torch.randn(2, 3, 4)
+    out = ode(lambda x, t: (eps - x0, None), eps)
+    assert (out - x0).abs().max() <= FP32_TOL
+    # guidance mixes the two branches' velocities: v_u + cfg (v_c - v_u)
+    guided = ode(lambda x, t: (eps - x0, torch.zeros_like(x0)), eps, cfg=2.0)
+    assert (guided - (eps - 2 * (eps - x0))).abs().max() <= FP32_TOL

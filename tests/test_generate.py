@@ -17,7 +17,8 @@ from transdiff_cli.core.io.checkpoint import load_checkpoint, save_checkpoint
 from transdiff_cli.core.model.config import ModelConfig
 from transdiff_cli.core.model.transdiff import TransDiff
 from transdiff_cli.core.sampling.fuse import fuse_mask
-from transdiff_cli.core.sampling.generate import mrar_feature_diversity, sample_settings
+from transdiff_cli.core.sampling.generate import mrar_feature_diversity
+from transdiff_cli.core.sampling.settings import sample_settings
 
 runner = CliRunner()
 DIGITS = [f"digit-{i}" for i in range(10)]

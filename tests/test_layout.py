@@ -89,7 +89,7 @@ def test_parameter_names_become_flags_on_the_command_line(tmp_path):
     from transdiff_cli.cli import app
     from transdiff_cli.core.errors import TransDiffError
     from transdiff_cli.core.model.config import ModelConfig
-    from transdiff_cli.core.sampling.generate import sample_settings
+    from transdiff_cli.core.sampling.settings import sample_settings
 
     with pytest.raises(TransDiffError, match="`sampling_steps` must be at least 1"):  # the API's spelling
         sample_settings(ModelConfig(num_classes=2, latent_channels=1, latent_size=4, patch_size=2), sampling_steps=0)

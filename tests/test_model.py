@@ -8,6 +8,7 @@ from transdiff_cli.core.io.checkpoint import load_checkpoint, save_checkpoint
 from transdiff_cli.core.model.config import IMAGENET_GEOMETRY, ModelConfig, preset
 from transdiff_cli.core.model.tokens import patchify, unpatchify
 from transdiff_cli.core.model.transdiff import TransDiff
+from transdiff_cli.core.sampling.loop import sample_rounds
 
 
 @pytest.mark.parametrize("size,paper,digits", [("B", 290e6, None), ("L", 683e6, None),
@@ -50,9 +51,8 @@ def test_mrar_loss_and_sampling_shapes():
     model = TransDiff(tiny_cfg(mrar=True)).eval()
     lat = torch.randn(2, 4, 1, 8, 8)
     assert model(lat, torch.tensor([0, 2])).ndim == 0
-    out, steps = model.sample(torch.tensor([1, 2]), cfg=[1.0, 2.0, 2.0, 2.0], steps=3,
-                              return_steps=True)
-    assert out.shape == (2, 1, 8, 8) and len(steps) == 4
+    steps = sample_rounds(model, torch.tensor([1, 2]), cfg=[1.0, 2.0, 2.0, 2.0], sampling_steps=3)
+    assert steps[-1].shape == (2, 1, 8, 8) and len(steps) == 4
 
 
 def test_cached_mrar_sampling_equals_plain_path():
@@ -61,9 +61,9 @@ def test_cached_mrar_sampling_equals_plain_path():
     for p in model.decoder.final_layer.parameters():  # make the decoder output non-zero
         torch.nn.init.normal_(p, std=0.1)
     noise = torch.randn(2, 16, 4)
-    kw = dict(cfg=[1.0, 1.5, 1.0, 3.0], steps=4, scale_1=0.0, noise=noise)
-    a = model.sample(torch.tensor([0, 1]), cache=True, **kw)
-    b = model.sample(torch.tensor([0, 1]), cache=False, **kw)
+    kw = dict(cfg=[1.0, 1.5, 1.0, 3.0], sampling_steps=4, scale_1=0.0, noise=noise)
+    a = sample_rounds(model, torch.tensor([0, 1]), cache=True, **kw)[-1]
+    b = sample_rounds(model, torch.tensor([0, 1]), cache=False, **kw)[-1]
     assert (a - b).abs().max() <= 1e-5
 
 
@@ -124,7 +124,7 @@ def test_condition_slots_separate_from_decoder_tokens(tmp_path):
     assert model.diffusion_pos_embed_learned.shape[1] == 16
     assert model.decoder.diffusion_pos_embed_learned.shape[1] == 64
     assert model.features(model.class_emb(torch.tensor([0, 1]))).shape == (2, 16, 32)
-    assert model.sample(torch.tensor([0, 1]), steps=2).shape == (2, 1, 16, 16)
+    assert sample_rounds(model, torch.tensor([0, 1]), sampling_steps=2)[-1].shape == (2, 1, 16, 16)
     assert model(torch.randn(2, 1, 16, 16), torch.tensor([0, 2])).ndim == 0
     save_checkpoint(tmp_path / "ck", model.state_dict(), cfg)
     assert load_checkpoint(tmp_path / "ck").config == cfg

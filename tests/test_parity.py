@@ -12,6 +12,7 @@ from safetensors.torch import load_file
 from transdiff_cli.core.eval.diversity import diversity
 from transdiff_cli.core.io.checkpoint import load_checkpoint
 from transdiff_cli.core.model.tokens import patchify
+from transdiff_cli.core.sampling.loop import sample_rounds
 
 TOL = 1e-4
 
@@ -80,9 +81,9 @@ def test_1step_training_loss(one, ref1):
 def test_1step_sampling(one, ref1, manifest, cfg_key, cfg):
     s = manifest["sampling"]
     for cache in (True, False):
-        out = one.sample(ref1["labels"], cfg=cfg, steps=s["num_sampling_steps"],
-                         scale_0=s["scale_0"], scale_1=s["scale_1"], noise=ref1["noise"],
-                         cache=cache)
+        out = sample_rounds(one, ref1["labels"], cfg=cfg, sampling_steps=s["num_sampling_steps"],
+                            scale_0=s["scale_0"], scale_1=s["scale_1"], noise=ref1["noise"],
+                            cache=cache)[-1]
         assert close(out, ref1[cfg_key]) <= TOL
 
 
@@ -118,9 +119,9 @@ def test_mrar_sampling(mrar, refm, manifest, cfg_key):
     # the fixture README: cfg 1 at every step, or 1, 1.5, 2, 2.5 for steps 0-3
     cfg = [1.0] * k if cfg_key == "sample_cfg1" else [1.0 + 0.5 * i for i in range(k)]
     for cache in (True, False):
-        out = mrar.sample(refm["labels"], cfg=cfg, steps=s["num_sampling_steps"],
-                          scale_0=s["scale_0"], scale_1=s["scale_1"], noise=refm["noise"],
-                          cache=cache)
+        out = sample_rounds(mrar, refm["labels"], cfg=cfg, sampling_steps=s["num_sampling_steps"],
+                            scale_0=s["scale_0"], scale_1=s["scale_1"], noise=refm["noise"],
+                            cache=cache)[-1]
         assert close(out, refm[cfg_key]) <= TOL
 
 

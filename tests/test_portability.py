@@ -16,6 +16,7 @@ from transdiff_cli.core.device import autocast_dtype, weights_dtype
 from transdiff_cli.core.errors import TransDiffError
 from transdiff_cli.core.model import cpu_kernels, layers
 from transdiff_cli.core.model.layers import Scratch, fast_attention, fast_linear
+from transdiff_cli.core.sampling.loop import sample_rounds
 
 BRANCHES = ("fused", "fp32-products", "plain")
 
@@ -110,9 +111,9 @@ def test_bf16_sampling_close_to_fp32_each_branch(monkeypatch, branch, mrar, cfg)
     torch.set_num_threads(1)
     labels = torch.tensor([0, 4])
     noise = torch.randn(2, 64, 4, generator=torch.Generator().manual_seed(4))
-    kw = dict(cfg=cfg, steps=6, scale_1=0.0, noise=noise)
-    ref = make_model(mrar).sample(labels, **kw)
-    got = make_model(mrar, torch.bfloat16).sample(labels, **kw)
+    kw = dict(cfg=cfg, sampling_steps=6, scale_1=0.0, noise=noise)
+    ref = sample_rounds(make_model(mrar), labels, **kw)[-1]
+    got = sample_rounds(make_model(mrar, torch.bfloat16), labels, **kw)[-1]
     assert got.dtype == torch.bfloat16
     assert (got.float() - ref).abs().max() <= BF16_REL_TOL * ref.abs().max()
 

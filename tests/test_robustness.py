@@ -24,7 +24,7 @@ from transdiff_cli.core.errors import TransDiffError
 from transdiff_cli.core.io import checkpoint as checkpoint_mod
 from transdiff_cli.core.io.checkpoint import load_checkpoint, recover, resolve
 from transdiff_cli.core.sampling import generate as generate_mod
-from transdiff_cli.core.sampling.generate import image_seed
+from transdiff_cli.core.sampling.seeding import image_seed
 from transdiff_cli.core.training.run_dir import RunDir
 from transdiff_cli.core.training.run_lock import LOCK, FolderLock
 

@@ -30,18 +30,10 @@ from .core.errors import TransDiffError
 from .core.io.checkpoint import Checkpoint
 from .core.model.config import ModelConfig
 from .core.sampling.fuse import fuse
-from .core.sampling.generate import (
-    SampleSettings,
-    checkpoint_settings,
-    decode,
-    initial_noise,
-    measure_diversity,
-    model_device_dtype,
-    open_checkpoint,
-    open_tokenizer,
-    sample_latents,
-    step_generators,
-)
+from .core.sampling.generate import decode_images, measure_diversity, open_checkpoint, open_tokenizer
+from .core.sampling.loop import decode, model_device_dtype, sample_latents
+from .core.sampling.seeding import initial_noise, step_generators
+from .core.sampling.settings import SampleSettings, checkpoint_settings
 
 Classes = int | str | Sequence[int | str] | None  # indices or names; None = every class
 
@@ -124,8 +116,8 @@ class TransDiffPipeline:
         """The sampling settings: what is not given comes from the checkpoint, or for a published file
         from the authors' evaluation table (as in the CLI); `settings.sources` says which."""
         notes: list[str] = []
-        settings = checkpoint_settings(self.checkpoint, mode=mode, steps=rounds, sampling_steps=sampling_steps, cfg=cfg,
-                                   scale_0=scale_0, scale_1=scale_1, sampler=sampler, warnings=notes)
+        settings = checkpoint_settings(self.checkpoint, mode=mode, rounds=rounds, sampling_steps=sampling_steps,
+                                       cfg=cfg, scale_0=scale_0, scale_1=scale_1, sampler=sampler, warnings=notes)
         for note in notes:
             warnings.warn(note, stacklevel=3)
         return settings
@@ -154,7 +146,7 @@ class TransDiffPipeline:
                 rounds_out = sample_latents(self.model, batch, range(start, start + len(batch)), settings, seed)
                 for k, lat in enumerate(rounds_out):  # each round decoded as the CLI decodes the output
                     latents[k].append(lat.float().cpu())
-                    images[k] += to_pil(decode(self.tokenizer, lat))
+                    images[k] += to_pil(decode_images(self.tokenizer, lat))
                 bar.update(len(batch))
         round_latents = [torch.cat(r) for r in latents]
         return TransDiffOutput(images[-1], labels, round_latents[-1], images, round_latents, settings, seed)
@@ -194,15 +186,13 @@ class TransDiffPipeline:
         c = model.condition(x) if condition is None else x
         n = c.shape[0]
         if noise is None:
-            noise = initial_noise(model, range(n), seed)
+            noise = initial_noise(model.cfg, range(n), seed)
         try:
-            lat = model.decode(c, noise.to(device=device, dtype=dtype), cfg=settings.cfg[0],
-                               sampling_steps=settings.sampling_steps, scale_0=settings.scale_0,
-                               scale_1=settings.scale_1, sampler=settings.sampler,
-                               generator=step_generators(range(n), seed, device))
+            lat = decode(model, c, noise.to(device=device, dtype=dtype), settings.make_sampler(),
+                         cfg=settings.cfg[0], generator=step_generators(range(n), seed, device))
         except ValueError as e:  # an MRAR condition with references under guidance
             raise TransDiffError(f"{e} (or decode with cfg=1)") from e
-        images = to_pil(decode(self.tokenizer, lat))
+        images = to_pil(decode_images(self.tokenizer, lat))
         return TransDiffOutput(images, [], lat.float().cpu(), [images], [lat.float().cpu()], settings, seed)
 
     # ------------------------------------------------------------------ the paper's analyses
@@ -216,7 +206,7 @@ class TransDiffPipeline:
                                  sampling_steps=sampling_steps, sampler=sampler)
         ya, yb = (resolve_class(v, self.config.num_classes, self.class_names) for v in (a, b))
         result = fuse(self.model, ya, yb, settings, ratio=ratio, pattern=pattern, seed=seed)
-        images = to_pil(decode(self.tokenizer, result.latents))
+        images = to_pil(decode_images(self.tokenizer, result.latents))
         return FuseOutput(images, result.latents.float().cpu(), result.mask.cpu(), (ya, yb))
 
     def diversity(self, classes: Classes = None, *, mode: str | None = None, num_refs: int = 1,

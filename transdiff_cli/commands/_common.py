@@ -37,10 +37,14 @@ FLAGS: dict[str, str] = {}  # parameter name -> flag, for every option of the ap
 
 
 def register_flags(root: click.Command) -> None:
-    """Record every `--flag` of the app under its parameter spelling (scale_0 -> --scale-0)."""
+    """Record every `--flag` of the app under its parameter spelling (scale_0 -> --scale-0), and under
+    the Python name where that differs (rounds -> --steps: the CLI keeps the paper code's flag)."""
     for cmd in [root, *getattr(root, "commands", {}).values()]:
         for param in cmd.params:
-            FLAGS.update({opt[2:].replace("-", "_"): opt for opt in getattr(param, "opts", []) if opt.startswith("--")})
+            flags = [opt for opt in getattr(param, "opts", []) if opt.startswith("--")]
+            FLAGS.update({opt[2:].replace("-", "_"): opt for opt in flags})
+            if flags and param.name:
+                FLAGS.setdefault(param.name, flags[0])
 
 
 def cli_words(text: str) -> str:

@@ -11,7 +11,7 @@ import typer
 Vae = Annotated[str | None, typer.Option("--vae", help="tokenizer, e.g. kl16:PATH or kl16:hf://OWNER/REPO/PATH "
                                          "(default: the checkpoint's)")]
 Mode = Annotated[str | None, typer.Option("--mode", help="1step or mrar (default: the checkpoint's kind)")]
-Rounds = Annotated[int | None, typer.Option("--steps", help="MRAR steps K (at most the trained K)")]
+Rounds = Annotated[int | None, typer.Option("--steps", help="MRAR rounds K (at most the trained K)")]
 SamplingSteps = Annotated[int | None, typer.Option("--sampling-steps", help="sampler steps per image")]
 Cfg = Annotated[str | None, typer.Option("--cfg", help="guidance scale, or one per MRAR step: 1,1.3,1.3,1.3")]
 Scale0 = Annotated[float | None, typer.Option("--scale-0", help="Euler-Maruyama drift scale")]

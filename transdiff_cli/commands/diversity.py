@@ -10,7 +10,8 @@ from rich.table import Table
 
 from ..core.data.classes import class_label, resolve_classes
 from ..core.device import resolve_device
-from ..core.sampling.generate import checkpoint_settings, measure_diversity, open_checkpoint
+from ..core.sampling.generate import measure_diversity, open_checkpoint
+from ..core.sampling.settings import checkpoint_settings
 from . import _sampling_options as so
 from ._common import console, print_settings, user_errors
 from .sample import help_text

@@ -19,8 +19,9 @@ from ..core.eval.fid_reference import save_reference_stats
 from ..core.eval.sweep import parse_sweeps, point_name, sweep_points, write_sweep
 from ..core.fs import ensure_dir
 from ..core.io.hub import hub_file, is_hub_id
-from ..core.sampling.generate import checkpoint_settings, open_checkpoint, open_tokenizer
+from ..core.sampling.generate import open_checkpoint, open_tokenizer
 from ..core.sampling.generate_npz import generate_npz, generation_identity, parts_dir, shard_size_for
+from ..core.sampling.settings import checkpoint_settings
 from . import _sampling_options as so
 from ._common import console, print_json, print_settings, user_errors
 from .sample import help_text, progress_bar
@@ -84,7 +85,7 @@ def register(app: typer.Typer) -> None:
         classes: list[str] = typer.Option(None, "--class", "-c", help="--ckpt: classes (default: all)"),
         vae: so.Vae = None,
         mode: so.Mode = None,
-        steps: so.Rounds = None,
+        rounds: so.Rounds = None,
         sampling_steps: so.SamplingSteps = None,
         cfg: so.Cfg = None,
         scale_0: so.Scale0 = None,
@@ -112,7 +113,7 @@ def register(app: typer.Typer) -> None:
             raise TransDiffError("--sweep needs --ckpt (it generates images for every setting)")
         if dry_run:
             _dry_run(ckpt, gen, ref, out, features=features, inception_weights=inception_weights, weights=weights,
-                     vae=vae, classes=classes, num_per_class=num_per_class, mode=mode, steps=steps,
+                     vae=vae, classes=classes, num_per_class=num_per_class, mode=mode, rounds=rounds,
                      sampling_steps=sampling_steps, cfg=cfg, scale_0=scale_0, scale_1=scale_1, sampler=sampler,
                      precision=precision, device=device, seed=seed, batch_size=batch_size)
             return
@@ -154,7 +155,7 @@ def register(app: typer.Typer) -> None:
                     _finish(metrics_of(gen), out)
                 return
             job = _Generation(ckpt, info, dev, vae=vae, classes=classes, num_per_class=num_per_class, mode=mode,
-                              steps=steps, seed=seed, batch_size=batch_size, shard_size=shard_size,
+                              rounds=rounds, seed=seed, batch_size=batch_size, shard_size=shard_size,
                               precision=precision, compile=compile, weights=weights)
             base = dict(sampling_steps=sampling_steps, cfg=cfg, scale_0=scale_0, scale_1=scale_1)
             if not axes:
@@ -183,20 +184,20 @@ def register(app: typer.Typer) -> None:
 class _Generation:
     """The checkpoint opened once; `run` draws one setting's images (resumably) into an .npz."""
 
-    def __init__(self, ckpt: Path, info: DistInfo, dev, *, vae, classes, num_per_class, mode, steps, seed,
+    def __init__(self, ckpt: Path, info: DistInfo, dev, *, vae, classes, num_per_class, mode, rounds, seed,
                  batch_size, shard_size, precision, compile, weights):
         self.ck = open_checkpoint(ckpt, weights=weights, device=dev, precision=precision, compile=compile)
         picked = resolve_classes(classes, self.ck.config.num_classes, self.ck.class_names)
         self.labels = [y for y in picked for _ in range(num_per_class)]
         self.num_classes, self.num_per_class = len(picked), num_per_class
         self.tokenizer = open_tokenizer(self.ck, vae, dev)
-        self.info, self.dev, self.mode, self.steps, self.seed = info, dev, mode, steps, seed
+        self.info, self.dev, self.mode, self.rounds, self.seed = info, dev, mode, rounds, seed
         self.batch_size, self.precision, self.compile, self.weights = batch_size, precision, compile, weights
         self.shard_size = shard_size_for(batch_size, shard_size) if shard_size else shard_size_for(batch_size)
         self.last_settings: dict = {}
 
     def run(self, path: Path, *, sampler: str, sampling_steps, cfg, scale_0, scale_1) -> Path:
-        settings = checkpoint_settings(self.ck, mode=self.mode, steps=self.steps, sampling_steps=sampling_steps,
+        settings = checkpoint_settings(self.ck, mode=self.mode, rounds=self.rounds, sampling_steps=sampling_steps,
                                        cfg=cfg, scale_0=scale_0, scale_1=scale_1, sampler=sampler)
         self.last_settings = settings.to_dict()
         identity = generation_identity(self.ck, weights=self.weights, settings=settings, seed=self.seed,

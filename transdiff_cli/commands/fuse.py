@@ -11,7 +11,8 @@ from ..core.data.classes import class_label, resolve_class
 from ..core.data.images import save_pngs
 from ..core.device import resolve_device
 from ..core.sampling.fuse import check_fuse, fuse, save_figure
-from ..core.sampling.generate import checkpoint_settings, decode, open_checkpoint, open_tokenizer
+from ..core.sampling.generate import decode_images, open_checkpoint, open_tokenizer
+from ..core.sampling.settings import checkpoint_settings
 from . import _sampling_options as so
 from ._common import console, print_settings, user_errors
 from .sample import help_text
@@ -61,7 +62,7 @@ def register(app: typer.Typer) -> None:
         check_fuse(mc, ratio, pattern, seed)
         print_settings(settings)
         result = fuse(ck.model, ya, yb, settings, ratio=ratio, pattern=pattern, seed=seed)
-        images = decode(tokenizer, result.latents)
+        images = decode_images(tokenizer, result.latents)
         name_a, name_b = (class_label(y, mc.num_classes, ck.class_names) for y in (ya, yb))
         n_a = int(result.mask.sum())
         titles = [f"A: {name_a} ({ya})", f"fused: {n_a}/{result.mask.numel()} slots from A, {pattern}",

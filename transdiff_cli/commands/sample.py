@@ -23,12 +23,12 @@ from ..core.device import resolve_device
 from ..core.sampling.generate import (
     check_batch_fits,
     check_outputs,
-    checkpoint_settings,
     generate_to_folder,
     grid_rows,
     open_checkpoint,
     open_tokenizer,
 )
+from ..core.sampling.settings import checkpoint_settings
 from ..core.validate import check_seed
 from . import _sampling_options as so
 from ._common import console, print_json, print_settings, user_errors, warn
@@ -92,7 +92,7 @@ def register(app: typer.Typer) -> None:
                                           "comma-separate for several (default: every class)"),
         num: int = typer.Option(4, "--num", "-n", min=1, help="images per class"),
         mode: so.Mode = None,
-        steps: so.Rounds = None,
+        rounds: so.Rounds = None,
         sampling_steps: so.SamplingSteps = None,
         cfg: so.Cfg = None,
         scale_0: so.Scale0 = None,
@@ -116,7 +116,7 @@ def register(app: typer.Typer) -> None:
             from ..core.sampling.dry_run import generation_plan
 
             plan = generation_plan(ckpt, weights=weights, size=size, vae=vae, classes=classes, num_per_class=num,
-                                   mode=mode, steps=steps, sampling_steps=sampling_steps, cfg=cfg, scale_0=scale_0,
+                                   mode=mode, rounds=rounds, sampling_steps=sampling_steps, cfg=cfg, scale_0=scale_0,
                                    scale_1=scale_1, sampler=sampler, precision=precision, device=device, seed=seed,
                                    batch_size=batch_size)
             plan["outputs"] = {"folder": str(out), "pngs": plan["num_images"], "grid": str(out / "grid.png"),
@@ -128,7 +128,7 @@ def register(app: typer.Typer) -> None:
         ck = open_checkpoint(ckpt, weights=weights, size=size, device=dev, precision=precision, compile=compile)
         mc = ck.config
         notes: list[str] = []
-        settings = checkpoint_settings(ck, mode=mode, steps=steps, sampling_steps=sampling_steps, cfg=cfg,
+        settings = checkpoint_settings(ck, mode=mode, rounds=rounds, sampling_steps=sampling_steps, cfg=cfg,
                                        scale_0=scale_0, scale_1=scale_1, sampler=sampler, warnings=notes)
         if save_steps and settings.rounds == 1:
             notes.append("--save-steps: 1-step sampling has a single step; each strip holds one image")

@@ -11,6 +11,7 @@ import torch.nn as nn
 from torch.utils.checkpoint import checkpoint
 
 from ..sampling import flow
+from ..sampling.samplers import VelocityFn
 from .config import ModelConfig
 from .layers import DecoderBlock, EncoderBlock, FinalLayer, Scratch, TimeEmbed, fast_linear, split_heads_kv
 from .tokens import patchify, unpatchify
@@ -239,63 +240,34 @@ class TransDiff(nn.Module):
             timesteps = flow.sample_timesteps(x0.shape[0], x0.device)
         return flow.flow_loss(lambda x, t: self.decoder(x, t, c=c), x0, timesteps, noise)
 
-    # ------------------------------------------------------------------ sampling
+    # ------------------------------------------------------------------ sampling building blocks
+    # The sampling loop (guidance batching, MRAR rounds, the sampler) is `sampling.loop`'s; the model
+    # exposes what the network computes for it.
     def null_condition(self, batch: int = 1) -> torch.Tensor:
         """CFG's unconditional condition without references: the null class's first features."""
         null = self.class_embedding(torch.zeros(batch, dtype=torch.long, device=self.fake_latent.device), null=True)
         return self.condition(self.features(null))
 
-    @torch.no_grad()
-    def decode(self, c: torch.Tensor, noise: torch.Tensor, *, cfg: float = 1.0, uncond: torch.Tensor | None = None,
-               sampling_steps: int | None = None, scale_0: float | None = None, scale_1: float | None = None,
-               sampler: str = "em", generator: flow.Generators = None, cache: bool = True) -> torch.Tensor:
-        """Latents (B, C, H, W) sampled from `noise` (B, N_d, token_dim) given the condition c
-        (B, n, D), e.g. `condition(features(...))`. With cfg != 1 the unconditional branch uses
-        `uncond` (default: `null_condition`, which fits conditions without MRAR references)."""
-        mc = self.cfg
-        guided = cfg != 1.0
-        if guided:
-            if uncond is None:
-                uncond = self.null_condition(c.shape[0]).to(c.dtype)
-            if uncond.shape[1:] != c.shape[1:]:
-                raise ValueError(f"uncond has shape {tuple(uncond.shape)}, the condition {tuple(c.shape)}: "
-                                 "a condition with MRAR references needs its own unconditional branch")
-            c = torch.cat([c, uncond.expand_as(c)])
-        tokens = self._decode(c, noise.to(c.dtype), cfg, guided, sampling_steps or mc.sampling_steps,
-                              mc.scale_0 if scale_0 is None else scale_0, mc.scale_1 if scale_1 is None else scale_1,
-                              sampler, generator, cache)
-        return self.to_latent(tokens)
+    def velocity(self, c: torch.Tensor, batch: int, guided: bool, times: Sequence[float] | None = None
+                 ) -> VelocityFn:
+        """The decoder's velocity under the fixed condition c (`batch` rows, or [cond; uncond] when
+        `guided`) as a sampler's velocity function. With the sampler's `times` this is the fast
+        path: the cross-attention keys/values and the time modulation of every step are computed
+        once per run, and the two guidance halves share one batch. Without, the plain network:
+        the condition re-projected at every step, as the reference does."""
+        if times is not None:
+            return self._fast_velocity(c, batch, guided, times)
+        dec = self.decoder
 
-    def _decode(self, c: torch.Tensor, noise: torch.Tensor, cfg_scale: float, guided_c: bool,
-                steps: int, scale_0: float, scale_1: float, sampler: str,
-                generator: flow.Generators, cache: bool) -> torch.Tensor:
-        """Run the sampler from `noise` given c = [cond; uncond] (guided_c) or cond only."""
-        b = noise.shape[0]
-        guided = cfg_scale != 1.0
-        if guided_c and not guided:
-            c = c[:b]
-        dtype = c.dtype
-        if cache:
-            velocity = self._fast_velocity(c, b, guided, flow.network_times(sampler, steps))
-            # the sampler state stays float32 even with low-precision weights: it accumulates
-            # small updates over many steps, where bfloat16's 8-bit mantissa would lose them
-            noise = noise.float()
-        else:  # the plain path: the condition re-projected at every step, as the reference does
-            def velocity(x: torch.Tensor, t: float):
-                xin = torch.cat([x, x]) if guided else x
-                ts = torch.full((xin.shape[0],), 1000.0 * t, device=x.device, dtype=x.dtype)
-                v = self.decoder(xin, ts, c=c)
-                return (v[:b], v[b:]) if guided else (v, None)
-        if sampler == "ode":
-            x = flow.euler_ode(velocity, noise, steps, cfg_scale)
-        else:
-            x = flow.euler_maruyama(velocity, noise, steps, cfg_scale, scale_0, scale_1, generator)
-        return x.to(dtype)
+        def velocity(x: torch.Tensor, t: float):
+            xin = torch.cat([x, x]) if guided else x
+            ts = torch.full((xin.shape[0],), 1000.0 * t, device=x.device, dtype=x.dtype)
+            v = dec(xin, ts, c=c)
+            return (v[:batch], v[batch:]) if guided else (v, None)
 
-    def _fast_velocity(self, c: torch.Tensor, batch: int, guided: bool, times: list[float]) -> flow.VelocityFn:
-        """Velocity closure over a fixed condition: its cross-attention keys/values and the
-        time-dependent modulation of every step are computed here, once per run; with CFG the
-        conditional and unconditional halves run as one batch."""
+        return velocity
+
+    def _fast_velocity(self, c: torch.Tensor, batch: int, guided: bool, times: Sequence[float]) -> VelocityFn:
         dtype = c.dtype
         dec = self.decoder
         scratch = Scratch() if Scratch.wanted(c.device, dtype, getattr(dec, "_compiled_step", False)) else None
@@ -313,68 +285,25 @@ class TransDiff(nn.Module):
 
         return velocity
 
-    @torch.no_grad()
-    def sample(self, labels: torch.Tensor, *, cfg: float | Sequence[float] | None = None,
-               steps: int | None = None, scale_0: float | None = None,
-               scale_1: float | None = None, mrar_steps: int | None = None,
-               noise: torch.Tensor | None = None, generator: flow.Generators = None,
-               sampler: str = "em", cache: bool = True,
-               return_steps: bool = False) -> torch.Tensor | tuple[torch.Tensor, list[torch.Tensor]]:
-        """Class-conditional latents (B, C, H, W). MRAR: `mrar_steps` rounds, each image fed back
-        as the next reference, the same initial noise reused at every round; returns the last.
-        `cfg` is one scale or (MRAR) one per round. Defaults come from the config."""
-        mc = self.cfg
-        steps = steps or mc.sampling_steps
-        scale_0 = mc.scale_0 if scale_0 is None else scale_0
-        scale_1 = mc.scale_1 if scale_1 is None else scale_1
-        rounds = (mrar_steps or mc.mrar_steps) if mc.mrar else 1
-        cfgs = flow.parse_cfg(mc.cfg_schedule()[:rounds] if cfg is None else cfg, rounds)
-        b = labels.shape[0]
-        dtype = self.class_emb.weight.dtype
-        if noise is None:
-            noise = flow.draw_noise(torch.empty(b, mc.num_tokens, mc.token_dim, device=labels.device,
-                                                dtype=dtype), generator)
-        noise = noise.to(dtype)
-        guided_any = any(s != 1.0 for s in cfgs)
-        class_emb = self.class_embedding(labels)
-        if guided_any:
-            class_emb = torch.cat([class_emb, self.class_embedding(labels, null=True)])
-        args = (steps, scale_0, scale_1, sampler, generator, cache)
-
-        if not mc.mrar:
-            c = self.condition(self.features(class_emb))
-            out = self.to_latent(self._decode(c, noise, cfgs[0], guided_any, *args))
-            return (out, [out]) if return_steps else out
-
-        images: list[torch.Tensor] = []
-        caches: list[dict] = [{} for _ in self.encoder_blocks]
-        feats = None
-        for k in range(rounds):
-            if cache:  # only the new block goes through the encoder; earlier keys/values reused
-                new = self._new_block_features(class_emb, images, k, caches)
-                feats = new if feats is None else torch.cat([feats, new], dim=1)
-            else:
-                refs = self._refs(images, guided_any)
-                feats = self.features(class_emb, refs)
-            c = self.condition(feats)
-            images.append(self.to_latent(self._decode(c, noise, cfgs[k], guided_any, *args)))
-        return (images[-1], images) if return_steps else images[-1]
-
-    def _refs(self, images: list[torch.Tensor], doubled: bool) -> torch.Tensor | None:
-        if not images:
-            return None
-        refs = torch.cat([self.reference_tokens(im) for im in images], dim=1)
-        return torch.cat([refs, refs]) if doubled else refs
-
-    def _new_block_features(self, class_emb: torch.Tensor, images: list[torch.Tensor], k: int,
-                            caches: list[dict]) -> torch.Tensor:
+    def round_features(self, class_emb: torch.Tensor, images: list[torch.Tensor], k: int,
+                       caches: list[dict]) -> torch.Tensor:
+        """MRAR round k's new block of features given the latents of rounds 0..k-1: only that block
+        goes through the encoder, the earlier blocks' keys/values are reused from `caches` (one
+        dict per encoder block, empty at round 0). Round 0 returns the first block."""
         cfg = self.cfg
         buf, r = cfg.buffer_size, cfg.ref_tokens
         if k == 0:
             start, stop = 0, buf + r
         else:
             start, stop = buf + k * r, buf + (k + 1) * r
-        refs = self._refs(images, class_emb.shape[0] != images[0].shape[0] if images else False)
+        refs = self.references(images, class_emb.shape[0] // images[0].shape[0] if images else 1)
         x = self._encoder_input(class_emb, refs, start, stop)
         x = self._blocks(x, self.attention_mask(stop, start), caches)
         return x[:, buf:] if k == 0 else x
+
+    def references(self, images: list[torch.Tensor], copies: int = 1) -> torch.Tensor | None:
+        """The reference tokens of earlier rounds' latents, repeated for the guidance copies."""
+        if not images:
+            return None
+        refs = torch.cat([self.reference_tokens(im) for im in images], dim=1)
+        return refs.repeat(copies, 1, 1) if copies > 1 else refs

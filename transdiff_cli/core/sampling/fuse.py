@@ -16,7 +16,9 @@ import torch
 from ..errors import TransDiffError
 from ..model.config import ModelConfig
 from ..model.transdiff import TransDiff
-from .generate import SampleSettings, image_seed, initial_noise, model_device_dtype
+from .loop import decode, model_device_dtype
+from .seeding import image_seed, initial_noise
+from .settings import SampleSettings
 
 PATTERNS = ("halves", "interleave", "random")
 
@@ -56,11 +58,10 @@ def decode_features(model: TransDiff, features: torch.Tensor, settings: SampleSe
     """Sample one latent from the given semantic features (1, n, D), with noise (initial and
     per-step) from `seed` alone, so different features decoded with one seed share all their noise."""
     device, dtype = model_device_dtype(model)
-    noise = initial_noise(model, [0], seed).to(device=device, dtype=dtype)
+    noise = initial_noise(model.cfg, [0], seed).to(device=device, dtype=dtype)
     gen = torch.Generator(device=device).manual_seed(image_seed(seed, 0, 1))
-    return model.decode(model.condition(features), noise, cfg=settings.cfg[0],
-                        sampling_steps=settings.sampling_steps, scale_0=settings.scale_0,
-                        scale_1=settings.scale_1, sampler=settings.sampler, generator=gen)
+    return decode(model, model.condition(features), noise, settings.make_sampler(), cfg=settings.cfg[0],
+                  generator=gen)
 
 
 def check_fuse(config: ModelConfig, ratio: float, pattern: str, seed: int) -> None:

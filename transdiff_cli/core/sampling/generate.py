@@ -1,10 +1,7 @@
-"""Class-conditional generation in batches: settings from the checkpoint and the user, seeded noise,
-decoding through the tokenizer, and writing PNGs, a grid and MRAR step strips into a fresh folder
-(the resumable FID `.npz` is `generate_npz`'s).
-
-Seeding: image i's initial noise and its Euler-Maruyama noise stream (scale_1 > 0) come from
-generators seeded by (seed, i), so an image does not depend on the batch size or on how images are
-split across torchrun ranks.
+"""Class-conditional generation in batches: the sampling loop (`loop.sample_latents`, seeded per
+image) run over batches, decoded through the tokenizer, and written as PNGs, a grid and MRAR round
+strips into a fresh folder (the resumable FID `.npz` is `generate_npz`'s); loading a checkpoint and
+its tokenizer for generation; the MRAR diversity measure.
 """
 
 from __future__ import annotations
@@ -14,7 +11,7 @@ import os
 import shutil
 import uuid
 from collections.abc import Iterator, Sequence
-from dataclasses import asdict, dataclass, field
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
@@ -28,148 +25,17 @@ from ..errors import TransDiffError
 from ..eval.diversity import cosine_measure, diversity
 from ..fs import check_file_target, ensure_dir, os_error
 from ..io.checkpoint import Checkpoint, load_checkpoint, newest_run_checkpoint
-from ..model.config import ModelConfig
 from ..model.transdiff import TransDiff
-from ..validate import check_scale, check_seed
-from . import flow
-from .eval_settings import CHECKPOINT, FLAG, SettingDefaults, checkpoint_defaults
+from ..validate import check_seed
 from .inference import prepare
+from .loop import model_device_dtype, sample_latents
+from .settings import SampleSettings
 
-MODES = ("1step", "mrar")
-SAMPLERS = ("em", "ode")
 GRID_MAX = 256  # images shown in grid.png; the PNG files and the .npz hold every image
 
 
-@dataclass
-class SampleSettings:
-    mode: str  # "1step" or "mrar"
-    rounds: int  # MRAR steps actually run (1 in 1-step mode)
-    cfg: list[float]  # one guidance scale per round
-    sampling_steps: int
-    scale_0: float
-    scale_1: float
-    sampler: str = "em"
-    sources: dict[str, str] = field(default_factory=dict)  # setting -> flag / checkpoint / table
-
-    def to_dict(self) -> dict[str, Any]:
-        return asdict(self)
-
-
-def sample_settings(config: ModelConfig, *, mode: str | None = None, steps: int | None = None,
-                    sampling_steps: int | None = None, cfg: str | float | Sequence[float] | None = None,
-                    scale_0: float | None = None, scale_1: float | None = None, sampler: str | None = None,
-                    warnings: list[str] | None = None, defaults: SettingDefaults | None = None) -> SampleSettings:
-    """The user's options checked against the checkpoint; anything not given comes from `defaults`
-    (`eval_settings.checkpoint_defaults`; None: the config's own stored settings). Each setting's
-    provenance is kept in `sources`. `warnings` collects notes to print."""
-    notes = warnings if warnings is not None else []
-    d = defaults or checkpoint_defaults(config, published=False)
-    src = dict(d.sources)
-    src["mode"] = FLAG if mode else CHECKPOINT
-    mode = mode or ("mrar" if config.mrar else "1step")
-    if mode not in MODES:
-        raise TransDiffError(f"`mode` must be one of {', '.join(MODES)}, not {mode!r}")
-    if sampler is not None and sampler not in SAMPLERS:
-        raise TransDiffError(f"`sampler` must be one of {', '.join(SAMPLERS)}, not {sampler!r}")
-    if mode == "mrar" and not config.mrar:
-        raise TransDiffError("`mode` mrar needs an MRAR checkpoint; this one is a 1-step model "
-                             "(fine-tune it with `transdiff finetune-mrar`, or use `mode` 1step)")
-    if mode == "mrar":
-        rounds = config.mrar_steps if steps is None else steps
-        src["rounds"] = CHECKPOINT if steps is None else FLAG
-        if not 1 <= rounds <= config.mrar_steps:
-            raise TransDiffError(f"`steps` {rounds}: the checkpoint was trained with {config.mrar_steps} "
-                                 f"MRAR steps; choose 1-{config.mrar_steps}")
-    else:
-        if steps is not None:
-            notes.append(f"`steps` {steps} is ignored in 1-step mode")
-        rounds = 1  # an MRAR checkpoint in 1-step mode: its first step only
-        src["rounds"] = "1-step mode"
-    if cfg is None or cfg == "":
-        scales = flow.parse_cfg(d.cfg[:rounds], rounds)
-    else:
-        scales = _parse_cfg(cfg, rounds, mode)
-    s = d.sampling_steps if sampling_steps is None else sampling_steps
-    if s < 1:
-        raise TransDiffError(f"`sampling_steps` must be at least 1, not {s}")
-    for v in scales:  # nan / inf would give black images, 1e308 overflows float32
-        check_scale(v, "`cfg`" if cfg not in (None, "") else "the checkpoint's cfg")
-    s0 = check_scale(d.scale_0 if scale_0 is None else scale_0, "`scale_0`")
-    s1 = check_scale(d.scale_1 if scale_1 is None else scale_1, "`scale_1`")
-    for name, given in (("cfg", cfg not in (None, "")), ("scale_0", scale_0 is not None),
-                        ("scale_1", scale_1 is not None), ("sampling_steps", sampling_steps is not None),
-                        ("sampler", sampler is not None)):
-        if given:
-            src[name] = FLAG
-    return SampleSettings(mode, rounds, scales, s, s0, s1, sampler or d.sampler, src)
-
-
-def checkpoint_settings(ck: Any, **options: Any) -> SampleSettings:
-    """`sample_settings` for a Checkpoint or CheckpointInfo (anything with `config` and `published`):
-    published files get the authors' evaluation table for their size, never their saved args."""
-    return sample_settings(ck.config, defaults=checkpoint_defaults(ck.config, ck.published), **options)
-
-
-def _parse_cfg(cfg: str | float | Sequence[float], rounds: int, mode: str) -> list[float]:
-    try:
-        values = flow.parse_cfg(cfg, rounds)
-    except ValueError as e:
-        raise TransDiffError(f"`cfg` {cfg!r} is not a number or a comma-separated list of numbers") from e
-    except TransDiffError as e:
-        if mode == "1step":
-            raise TransDiffError(f"`cfg` {cfg!r} gives a list, but 1-step sampling takes one scale "
-                                 "(per-step lists are for `mode` mrar)") from e
-        raise TransDiffError(f"`cfg` {cfg!r} has the wrong length: give one scale or {rounds} "
-                             f"(one per MRAR step)") from e
-    return values
-
-
-def image_seed(seed: int, *key: int) -> int:
-    """A 63-bit seed for (seed, key...): independent streams per image, no overlap across seeds.
-    Every bit of a seed up to 2**63-1 counts: the high word goes in as the spawn key (absent below
-    2**32, so those seeds give the images they always gave)."""
-    check_seed(seed)
-    high = seed >> 32
-    seq = np.random.SeedSequence([seed & 0xFFFFFFFF, *key], spawn_key=(high,) if high else ())
-    return int(seq.generate_state(2, np.uint64)[0] >> 1)
-
-
-def initial_noise(model: TransDiff, indices: Sequence[int], seed: int) -> torch.Tensor:
-    """(B, N_d, token_dim) noise, image i from generator (seed, i); drawn on the CPU so the same
-    seed gives the same start on every device."""
-    mc = model.cfg
-    rows = [torch.randn(mc.num_tokens, mc.token_dim, generator=torch.Generator().manual_seed(image_seed(seed, i)))
-            for i in indices]
-    return torch.stack(rows)
-
-
-def step_generators(indices: Sequence[int], seed: int, device: torch.device) -> list[torch.Generator]:
-    """The sampler's per-step noise, one stream per image (seed, i, 1): an image does not depend on
-    its batch or on the torchrun split."""
-    return [torch.Generator(device=device).manual_seed(image_seed(seed, i, 1)) for i in indices]
-
-
-def model_device_dtype(model: TransDiff) -> tuple[torch.device, torch.dtype]:
-    w = model.class_emb.weight
-    return w.device, w.dtype
-
-
 @torch.no_grad()
-def sample_latents(model: TransDiff, labels: Sequence[int], indices: Sequence[int], settings: SampleSettings,
-                   seed: int) -> list[torch.Tensor]:
-    """Latents of each MRAR round (one entry in 1-step mode); the last is the output."""
-    device, dtype = model_device_dtype(model)
-    noise = initial_noise(model, indices, seed).to(device=device, dtype=dtype)
-    gen = step_generators(indices, seed, device)
-    y = torch.as_tensor(list(labels), device=device, dtype=torch.long)
-    _, steps = model.sample(y, cfg=settings.cfg, steps=settings.sampling_steps, scale_0=settings.scale_0,
-                            scale_1=settings.scale_1, mrar_steps=settings.rounds, noise=noise, generator=gen,
-                            sampler=settings.sampler, return_steps=True)
-    return steps
-
-
-@torch.no_grad()
-def decode(tokenizer: Tokenizer, latents: torch.Tensor) -> torch.Tensor:
+def decode_images(tokenizer: Tokenizer, latents: torch.Tensor) -> torch.Tensor:
     """Latents -> images in [-1, 1] on the CPU (the tokenizer runs in float32)."""
     return tokenizer.decode(latents.float()).float().clamp(-1, 1).cpu()
 
@@ -252,10 +118,10 @@ def generate(model: TransDiff, tokenizer: Tokenizer, labels: Sequence[int], sett
         lab = [int(v) for v in labels[start:start + batch_size]]
         steps = sample_latents(model, lab, idx, settings, seed)
         if save_steps:  # every round's latents through the tokenizer in one call
-            decoded = list(decode(tokenizer, torch.cat(steps)).split(len(idx)))
+            decoded = list(decode_images(tokenizer, torch.cat(steps)).split(len(idx)))
             yield Batch(idx, lab, decoded[-1], decoded)
         else:
-            yield Batch(idx, lab, decode(tokenizer, steps[-1]))
+            yield Batch(idx, lab, decode_images(tokenizer, steps[-1]))
 
 
 def write_npz(path: str | Path, images: np.ndarray, labels: Sequence[int]) -> Path:

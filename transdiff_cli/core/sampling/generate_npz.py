@@ -33,7 +33,8 @@ from ..distributed import DistInfo, barrier
 from ..errors import TransDiffError
 from ..io.checkpoint import Checkpoint
 from ..model.transdiff import TransDiff
-from .generate import SampleSettings, generate
+from .generate import generate
+from .settings import SampleSettings
 
 FORMAT = "transdiff-generated/1"
 SHARD_IMAGES = 1024  # about this many images per shard (rounded up to whole batches)

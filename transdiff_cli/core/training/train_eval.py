@@ -24,7 +24,8 @@ from ..eval.fid import BUILTIN_DIGITS, Reference, fid_key, generated_metrics, pr
 from ..fs import atomic_write
 from ..model.config import ModelConfig
 from ..model.transdiff import TransDiff
-from ..sampling.generate import generate_arrays, sample_settings
+from ..sampling.generate import generate_arrays
+from ..sampling.settings import sample_settings
 from .run_dir import RunDir
 from .train_config import TrainConfig
 

@@ -32,6 +32,7 @@ from ..model.config import ModelConfig
 from ..model.transdiff import TransDiff
 from ..reporting import Reporter, Update
 from ..sampling import flow
+from ..sampling.loop import sample_rounds
 from .optim import EMA, lr_at, make_optimizer
 from .run_dir import RunDir
 from .train_config import TrainConfig
@@ -242,7 +243,7 @@ class Trainer:
         k = min(self.cfg.grid_classes, self.model_cfg.num_classes)
         labels = torch.arange(k, device=self.device).repeat_interleave(self.cfg.grid_per_class)
         g = torch.Generator(device=self.device).manual_seed(self.cfg.seed)
-        latents = model.sample(labels, generator=g, steps=self.cfg.sample_steps)
+        latents = sample_rounds(model, labels, generator=g, sampling_steps=self.cfg.sample_steps)[-1]
         images = self.data.tokenizer.decode(latents.float())
         path = save_grid(images, self.run.samples / f"step_{self.step:07d}.png",
                          nrow=self.cfg.grid_per_class)
