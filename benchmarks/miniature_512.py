@@ -89,7 +89,7 @@ def main() -> None:
     cfg = work / "model.yaml"
     cfg.write_text(yaml.safe_dump({
         "model": {"width": args.width, "heads": 2, "encoder_depth": 1, "decoder_depth": 2},
-        "train": {"grid_classes": 2, "grid_per_class": 2, "sample_steps": 4}}))
+        "train": {"grid_classes": 2, "grid_per_class": 2, "grid_sampling_steps": 4}}))
     common = ["--config", str(cfg), "--batch-size", str(args.batch_size), "--seed", str(args.seed),
               "--ckpt-every", "100000", "--log-every", "10", "--no-progress", "--device", "cpu",
               "--warmup-steps", "10"]

@@ -53,7 +53,7 @@ FULL = dict(seeds=[0, 1], steps_1step=630, steps_extra=300, per_class=50, sweep_
 QUICK = dict(seeds=[0], steps_1step=12, steps_extra=6, per_class=4, sweep_per_class=2,
              sweep_steps=[2, 4], sweep_scales=[(1.0, 1.0), (1.0, 0.0)], shapes_steps=6,
              model={"width": 32, "heads": 2, "encoder_depth": 1, "decoder_depth": 1},
-             finetune_batch=16, train={"grid_classes": 2, "grid_per_class": 2, "sample_steps": 4})
+             finetune_batch=16, train={"grid_classes": 2, "grid_per_class": 2, "grid_sampling_steps": 4})
 
 
 def log(msg: str) -> None:

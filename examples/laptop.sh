@@ -14,7 +14,7 @@ if [[ "${QUICK:-0}" == 1 ]]; then
     # a toy model, 2 sampler steps everywhere (also in the checkpoint grids), 2 optimizer steps
     mkdir -p runs
     printf 'model: {width: 32, heads: 2, encoder_depth: 1, decoder_depth: 1, sampling_steps: 2}\n%s\n' \
-        'train: {sample_steps: 2, grid_per_class: 1, grid_classes: 2}' > runs/quick.yaml
+        'train: {grid_sampling_steps: 2, grid_per_class: 1, grid_classes: 2}' > runs/quick.yaml
     TRAIN=(--config runs/quick.yaml --max-steps 2 --batch-size 16 --no-progress)
     FINETUNE=(--max-steps 2 --batch-size 8 --no-progress)
     FID=(--num-per-class 2)

@@ -19,7 +19,7 @@ from transdiff_cli.core.training.train_run import RunRequest, prepare
 
 runner = CliRunner()
 TINY = {"model": {"width": 32, "heads": 2, "encoder_depth": 1, "decoder_depth": 1},
-        "train": {"grid_classes": 2, "grid_per_class": 1, "sample_steps": 2}}
+        "train": {"grid_classes": 2, "grid_per_class": 1, "grid_sampling_steps": 2}}
 FAST = ["--batch-size", "8", "--log-every", "1", "--ckpt-every", "1000", "--no-progress",
         "--device", "cpu"]
 

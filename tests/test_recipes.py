@@ -53,6 +53,11 @@ def test_warmup_in_epochs():
         TrainConfig(warmup_steps=5, warmup_epochs=1.0).validate()
 
 
+def test_grid_sampling_steps_reads_its_old_name():
+    assert TrainConfig.from_dict({"sample_steps": 3}).grid_sampling_steps == 3
+    assert TrainConfig.from_dict({"grid_sampling_steps": 5}).grid_sampling_steps == 5
+
+
 def test_contradictory_warmup_flags_fail_in_one_line(tmp_path):
     one_line_error(["train", "--warmup-steps", 5, "--warmup-epochs", 1, "--run-dir", tmp_path / "r"],
                    "--warmup-steps", "--warmup-epochs")
@@ -67,7 +72,7 @@ def one_step_run(tmp_path_factory) -> Path:
     run_training(RunRequest(size="tiny", config_file=str(root / "tiny.yaml"), run_dir=str(root / "run"),
                             device="cpu", progress=False,
                             train_overrides={"max_steps": 3, "batch_size": 32, "ckpt_every": 1000, "log_every": 1,
-                                             "sample_steps": 1, "grid_classes": 1, "grid_per_class": 1}))
+                                             "grid_sampling_steps": 1, "grid_classes": 1, "grid_per_class": 1}))
     return root / "run"
 
 
@@ -75,7 +80,7 @@ def test_finetune_ema_starts_from_the_converted_source_ema(tmp_path, one_step_ru
     src = load_checkpoint(one_step_run, weights="model", keep_raw=True)
     assert not torch.equal(src.raw_ema["class_emb.weight"], src.raw_model["class_emb.weight"])
     req = RunRequest(finetune_from=str(one_step_run), run_dir=str(tmp_path / "mrar"), device="cpu", progress=False,
-                     train_overrides={"max_steps": 1, "batch_size": 16, "ckpt_every": 1000, "sample_steps": 1,
+                     train_overrides={"max_steps": 1, "batch_size": 16, "ckpt_every": 1000, "grid_sampling_steps": 1,
                                       "grid_classes": 1, "grid_per_class": 1})
     trainer, _ = prepare(req)
     want = init_mrar_from_1step(src.raw_ema, src.config, trainer.model_cfg)

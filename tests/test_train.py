@@ -61,7 +61,7 @@ def test_a_few_steps_reduce_the_loss_on_a_fixed_batch(tmp_path):
     mcfg = preset("tiny", **TINY["model"], latent_channels=1, latent_size=8, num_classes=10,
                   label_drop_prob=0.0)
     cfg = TrainConfig(batch_size=16, max_steps=60, base_lr=1e-2, warmup_steps=1, log_every=60,
-                      ckpt_every=1000, grid_classes=2, grid_per_class=2, sample_steps=2)
+                      ckpt_every=1000, grid_classes=2, grid_per_class=2, grid_sampling_steps=2)
     meta = {"tokenizer": data.tokenizer.spec(), "class_names": data.class_names}
     trainer = Trainer(mcfg, cfg, data, RunDir(tmp_path / "run"), torch.device("cpu"), DistInfo(),
                       meta, progress=False)
@@ -220,7 +220,7 @@ def test_finetune_mrar_from_published_checkpoint(tmp_path, fixtures, manifest):
     r = cli("encode-latents", "--data", str(tmp_path / "imgs"), "--vae", vae, "--out",
             str(tmp_path / "lat"), "--device", "cpu", "--quiet")
     assert r.returncode == 0, r.stderr
-    cheap_grid = tmp_path / "grid.yaml"  # the end-of-run sample grid: 2 images, 2 sampler steps
+    cheap_grid = tmp_path / "grid.yaml"  # the end-of-run grid: 2 images, 2 sampler steps (the old key)
     cheap_grid.write_text(yaml.safe_dump({"train": {"grid_classes": 2, "grid_per_class": 1,
                                                     "sample_steps": 2}}))
     r = cli("finetune-mrar", "--from", str(fixtures / "transdiff_1step.pth"), "--data",

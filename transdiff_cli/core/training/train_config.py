@@ -42,7 +42,7 @@ class TrainConfig:
     num_workers: int = 0
     grid_classes: int = 10
     grid_per_class: int = 8
-    sample_steps: int | None = None  # sampling steps of the grids; default: model's
+    grid_sampling_steps: int | None = None  # sampler steps of the grids; default: model's
     eval_every: int | None = None  # FID of the EMA model every N steps (None or 0: never)
     eval_images: int = 1000  # class-balanced images per evaluation
     eval_ref: str | None = None  # reference: folder, .npz (ADM), encode-latents folder or "digits"
@@ -67,6 +67,10 @@ class TrainConfig:
 
     @classmethod
     def from_dict(cls, d: dict[str, Any]) -> TrainConfig:
+        if "sample_steps" in d:  # grid_sampling_steps's old name, in run folders and YAML files
+            d = dict(d)
+            old = d.pop("sample_steps")
+            d.setdefault("grid_sampling_steps", old)
         return build_dataclass(cls, d, "training")
 
     def validate(self) -> None:

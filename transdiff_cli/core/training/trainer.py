@@ -243,7 +243,7 @@ class Trainer:
         k = min(self.cfg.grid_classes, self.model_cfg.num_classes)
         labels = torch.arange(k, device=self.device).repeat_interleave(self.cfg.grid_per_class)
         g = torch.Generator(device=self.device).manual_seed(self.cfg.seed)
-        latents = sample_rounds(model, labels, generator=g, sampling_steps=self.cfg.sample_steps)[-1]
+        latents = sample_rounds(model, labels, generator=g, sampling_steps=self.cfg.grid_sampling_steps)[-1]
         images = self.data.tokenizer.decode(latents.float())
         path = save_grid(images, self.run.samples / f"step_{self.step:07d}.png",
                          nrow=self.cfg.grid_per_class)
