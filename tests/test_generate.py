@@ -181,24 +181,24 @@ def test_fuse_needs_1step_checkpoint(tiny, tmp_path):
     assert result.exit_code == 2 and "1-step" in result.output
 
 
-def test_diversity_mrar_per_step(tiny):
+def test_diversity_mrar_per_round(tiny):
     result = invoke(["diversity", tiny["mrar"], "--classes", "0,digit-4", "--num-refs", 2,
                      "--sampling-steps", 2, "--json"])
     doc = json.loads(result.stdout)
     k = load_checkpoint(tiny["mrar"]).config.mrar_steps
     assert doc["mode"] == "mrar" and doc["classes"] == [0, 4] and len(doc["per_class"]) == 2
-    assert [s["step"] for s in doc["per_step"]] == list(range(k))
-    assert all(-1 <= v <= 1 for s in doc["per_step"] for v in s["per_class"])
+    assert [r["round"] for r in doc["per_round"]] == list(range(k))
+    assert all(-1 <= v <= 1 for r in doc["per_round"] for v in r["per_class"])
 
 
 def test_mrar_feature_diversity_first_block_matches_plain_measure(tiny):
     model = load_checkpoint(tiny["mrar"]).model.eval()
     settings = sample_settings(model.cfg, sampling_steps=2)
-    per_class, per_step = mrar_feature_diversity(model, [0, 3], settings, num_refs=1)
+    per_class, per_round = mrar_feature_diversity(model, [0, 3], settings, num_refs=1)
     # block 0 sees no reference: it is the model's first-block measure without any sampling
     plain = cosine_measure(model.features(model.class_emb(torch.tensor([0, 3]))))
-    assert torch.allclose(per_step[0], plain, atol=1e-6)
-    assert per_class.shape == (2,) and per_step.shape == (model.cfg.mrar_steps, 2)
+    assert torch.allclose(per_round[0], plain, atol=1e-6)
+    assert per_class.shape == (2,) and per_round.shape == (model.cfg.mrar_steps, 2)
 
 
 # --------------------------------------------------------------------------- classes and masks

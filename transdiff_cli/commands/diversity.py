@@ -20,9 +20,9 @@ HELP = """The paper's diversity measure of a checkpoint's semantic features: the
 cosine similarity of one image's features (lower = more diverse), per class and overall.
 
 1-step: the features the encoder gives each class. MRAR (--mode mrar): the features depend on the
-images sampled at earlier steps, so --num-refs MRAR samples per class are drawn (cheaply:
---sampling-steps, default 10) and, with their steps as references, the measure is taken over all K
-blocks of features (per_class) and over each step's block alone (per_step). --json prints the
+images sampled in earlier rounds, so --num-refs MRAR samples per class are drawn (cheaply:
+--sampling-steps, default 10) and, with their rounds as references, the measure is taken over all K
+blocks of features (per_class) and over each round's block alone (per_round). --json prints the
 result as JSON on stdout.
 
 Example:
@@ -66,11 +66,11 @@ def register(app: typer.Typer) -> None:
         doc: dict = {"checkpoint": ck.path.name if ck.path else None, "source": str(ck.path),
                      "weights": "model_ema" if weights == "ema" else "model", "mode": settings.mode,
                      "classes": labels}
-        per_class, per_step = measure_diversity(model, labels, settings, seed=seed, num_refs=num_refs,
-                                                batch_size=batch_size)
-        if per_step is not None:
-            doc["per_step"] = [{"step": k, "per_class": row.tolist(), "mean": row.mean().item()}
-                               for k, row in enumerate(per_step)]
+        per_class, per_round = measure_diversity(model, labels, settings, seed=seed, num_refs=num_refs,
+                                                 batch_size=batch_size)
+        if per_round is not None:
+            doc["per_round"] = [{"round": k, "per_class": row.tolist(), "mean": row.mean().item()}
+                                for k, row in enumerate(per_round)]
             doc.update(num_refs=num_refs, seed=seed, reference_sampling=settings.to_dict())
         per_class = per_class.double()
         doc["per_class"] = per_class.tolist()
@@ -86,13 +86,13 @@ def register(app: typer.Typer) -> None:
         table.add_column("class", justify="right")
         table.add_column("name")
         table.add_column("measure", justify="right")
-        steps = doc.get("per_step", [])
-        for s in steps:
-            table.add_column(f"step {s['step']}", justify="right")
+        rounds = doc.get("per_round", [])
+        for r in rounds:
+            table.add_column(f"round {r['round']}", justify="right")
         for i, y in enumerate(labels):
             table.add_row(str(y), class_label(y, mc.num_classes, ck.class_names), f"{doc['per_class'][i]:.4f}",
-                          *(f"{s['per_class'][i]:.4f}" for s in steps))
-        table.add_row("all", "mean", f"{doc['mean']:.4f}", *(f"{s['mean']:.4f}" for s in steps), style="bold")
+                          *(f"{r['per_class'][i]:.4f}" for r in rounds))
+        table.add_row("all", "mean", f"{doc['mean']:.4f}", *(f"{r['mean']:.4f}" for r in rounds), style="bold")
         from rich.console import Console
 
         Console().print(table)
