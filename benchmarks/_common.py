@@ -59,23 +59,23 @@ def random_model(args: argparse.Namespace, mrar: bool, device: torch.device | No
     """Random weights at the requested size with ImageNet geometry, built directly in the target
     dtype on `device`. The zero-initialised output layer is re-drawn so velocities (and timings of
     anything data-dependent) are realistic."""
-    cfg = preset(args.size, width=args.width, heads=args.heads, encoder_depth=args.encoder_depth,
+    config = preset(args.size, width=args.width, heads=args.heads, encoder_depth=args.encoder_depth,
                  decoder_depth=args.decoder_depth, mrar=mrar, **IMAGENET_GEOMETRY)
     torch.manual_seed(args.seed)
-    model = build_in_dtype(cfg, DTYPES[args.precision], device or torch.device("cpu"))
+    model = build_in_dtype(config, DTYPES[args.precision], device or torch.device("cpu"))
     for p in model.decoder.final_layer.linear.parameters():
         torch.nn.init.normal_(p, std=0.02)
     return model.eval()
 
 
-def build_in_dtype(cfg, dtype: torch.dtype, device: torch.device) -> TransDiff:
+def build_in_dtype(config, dtype: torch.dtype, device: torch.device) -> TransDiff:
     """Construct the model with its parameters created in `dtype` on `device` from the start, so a
     float32 (or host) copy of a large model is never materialised (peak ~ weight bytes in `dtype`)."""
     old = torch.get_default_dtype()
     torch.set_default_dtype(dtype)
     try:
         with device:
-            return TransDiff(cfg)
+            return TransDiff(config)
     finally:
         torch.set_default_dtype(old)
 

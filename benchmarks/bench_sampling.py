@@ -57,14 +57,14 @@ def main() -> None:
 
     rss_before = peak_rss_bytes()
     model = load_model(args, mrar, device)
-    if model.cfg.mrar != mrar:
-        p.error(f"the checkpoint is {'an MRAR' if model.cfg.mrar else 'a 1-step'} model; use --mode accordingly")
+    if model.config.mrar != mrar:
+        p.error(f"the checkpoint is {'an MRAR' if model.config.mrar else 'a 1-step'} model; use --mode accordingly")
     model = prepare(model, device, args.precision)
     weight_bytes = sum(t.numel() * t.element_size() for t in model.state_dict().values())
     gen = torch.Generator(device=device).manual_seed(args.seed)
-    labels = torch.randint(0, model.cfg.num_classes, (args.batch,), generator=gen, device=device)
-    noise = torch.randn(args.batch, model.cfg.num_tokens, model.cfg.token_dim, generator=gen, device=device)
-    rounds = model.cfg.mrar_steps if mrar else 1
+    labels = torch.randint(0, model.config.num_classes, (args.batch,), generator=gen, device=device)
+    noise = torch.randn(args.batch, model.config.num_tokens, model.config.token_dim, generator=gen, device=device)
+    rounds = model.config.mrar_steps if mrar else 1
 
     def run():
         gen.manual_seed(args.seed)
@@ -73,7 +73,7 @@ def main() -> None:
 
     result = {"mode": args.mode, "device": str(device), "precision": args.precision, "compile": args.compile,
               "batch": args.batch, "sampling_steps": args.sampling_steps, "cfg": args.cfg,
-              "config": {k: getattr(model.cfg, k) for k in
+              "config": {k: getattr(model.config, k) for k in
                          ("size", "width", "heads", "encoder_depth", "decoder_depth", "num_tokens",
                           "token_dim", "buffer_size", "mrar")},
               "weights": args.ckpt or "random"}

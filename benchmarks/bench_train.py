@@ -48,10 +48,10 @@ def main() -> None:
     autocast = args.precision == "bf16"
     args.precision = "fp32"  # master weights stay float32; bf16 means autocast
     model = random_model(args, args.mrar, device)
-    model.cfg.diffusion_batch_mul = args.diffusion_batch_mul
+    model.config.diffusion_batch_mul = args.diffusion_batch_mul
     model.train()
     opt = make_optimizer(model, args.optimizer, 1e-4 * args.batch / 256)
-    mc = model.cfg
+    mc = model.config
     gen = torch.Generator(device=device).manual_seed(args.seed)
     shape = (args.batch, mc.mrar_steps) if mc.mrar else (args.batch,)
     latents = torch.randn(*shape, mc.latent_channels, mc.latent_size, mc.latent_size, generator=gen, device=device)

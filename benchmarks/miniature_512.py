@@ -47,7 +47,7 @@ def samples(run: Path, classes: list[str], steps: int, seed: int) -> torch.Tenso
     ck = load_checkpoint(run)
     model = ck.model.eval()
     labels = torch.tensor([ck.class_names.index(c) for c in classes])
-    noise = initial_noise(model.cfg, list(range(len(classes))), seed)
+    noise = initial_noise(model.config, list(range(len(classes))), seed)
     latents = sample_rounds(model, labels, noise=noise, sampling_steps=steps)[-1]
     return load_tokenizer(ck.meta["tokenizer"]).decode(latents).clamp(-1, 1)
 
@@ -86,11 +86,11 @@ def main() -> None:
     args = ap.parse_args()
     work = args.work
     work.mkdir(parents=True, exist_ok=True)
-    cfg = work / "model.yaml"
-    cfg.write_text(yaml.safe_dump({
+    config_file = work / "model.yaml"
+    config_file.write_text(yaml.safe_dump({
         "model": {"width": args.width, "heads": 2, "encoder_depth": 1, "decoder_depth": 2},
         "train": {"grid_classes": 2, "grid_per_class": 2, "grid_sampling_steps": 4}}))
-    common = ["--config", str(cfg), "--batch-size", str(args.batch_size), "--seed", str(args.seed),
+    common = ["--config", str(config_file), "--batch-size", str(args.batch_size), "--seed", str(args.seed),
               "--ckpt-every", "100000", "--log-every", "10", "--no-progress", "--device", "cpu",
               "--warmup-steps", "10"]
     t0 = time.time()

@@ -93,8 +93,8 @@ class Evaluator:
         ck = load_checkpoint(ckpt)
         model = ck.model.eval()
         tok = load_tokenizer(ck.meta["tokenizer"])
-        settings = sample_settings(model.cfg, mode=mode, **sampling)
-        labels = [c for c in range(model.cfg.num_classes) for _ in range(per_class)]
+        settings = sample_settings(model.config, mode=mode, **sampling)
+        labels = [c for c in range(model.config.num_classes) for _ in range(per_class)]
         t0 = time.perf_counter()
         images = generate_arrays(model, tok, labels, settings, seed=seed, batch_size=200)
         secs = (time.perf_counter() - t0) / len(labels)
@@ -107,11 +107,11 @@ class Evaluator:
 
 def feature_diversity(ckpt: Path, mode: str, seed: int, quick: bool) -> dict[str, Any]:
     model = load_checkpoint(ckpt).model.eval()
-    labels = list(range(model.cfg.num_classes))
+    labels = list(range(model.config.num_classes))
     if mode == "1step":
         per = diversity(model, torch.tensor(labels))
         return {"per_class": per.tolist(), "mean": float(per.mean())}
-    settings = sample_settings(model.cfg, mode="mrar", sampling_steps=4 if quick else 25)
+    settings = sample_settings(model.config, mode="mrar", sampling_steps=4 if quick else 25)
     per, per_round = mrar_feature_diversity(model, labels, settings, seed=seed, num_refs=2 if quick else 8)
     return {"per_class": per.tolist(), "mean": float(per.mean()),
             "per_round_mean": per_round.mean(dim=1).tolist()}
@@ -121,8 +121,8 @@ def grid(ckpt: Path, mode: str, seed: int) -> torch.Tensor:
     ck = load_checkpoint(ckpt)
     model = ck.model.eval()
     tok = load_tokenizer(ck.meta["tokenizer"])
-    settings = sample_settings(model.cfg, mode=mode)
-    labels = [c for c in range(model.cfg.num_classes) for _ in range(8)]
+    settings = sample_settings(model.config, mode=mode)
+    labels = [c for c in range(model.config.num_classes) for _ in range(8)]
     images = generate_arrays(model, tok, labels, settings, seed=seed + 1000, batch_size=200)
     return torch.from_numpy(images).permute(0, 3, 1, 2).float() / 127.5 - 1
 
@@ -200,15 +200,15 @@ def report(results: dict[str, Any], args: argparse.Namespace) -> str:
     sweep = "\n".join(
         f"| {r['model']} | {r['sampling_steps']} | {r['scale_0']} / {r['scale_1']} | {r['fid']:.2f} | "
         f"{100 * r['class_fidelity']:.1f}% | {r['s_per_image']:.4f} |" for r in results["sweep"])
-    cfg = results["config"]
+    setup = results["config"]
     return "\n".join([
         "### Does MRAR beat 1-step? (digits, CPU)",
         "",
         f"Command: `{results['command']}` — {results['machine']}, torch {results['torch']}, "
-        f"seeds {cfg['seeds']}, {results['minutes']:.0f} minutes in all.",
-        f"1-step: the default `transdiff train` ({cfg['steps_1step']} steps); MRAR: `finetune-mrar` for "
-        f"{cfg['steps_extra']} steps (groups of 4 same-class digits, batch {cfg['finetune_batch']}); control: "
-        f"the 1-step model trained {cfg['steps_extra']} more steps. {cfg['per_class']} images per class "
+        f"seeds {setup['seeds']}, {results['minutes']:.0f} minutes in all.",
+        f"1-step: the default `transdiff train` ({setup['steps_1step']} steps); MRAR: `finetune-mrar` for "
+        f"{setup['steps_extra']} steps (groups of 4 same-class digits, batch {setup['finetune_batch']}); control: "
+        f"the 1-step model trained {setup['steps_extra']} more steps. {setup['per_class']} images per class "
         f"per model, the models' default sampler ({_sampler_text(results)}). FID uses the shipped digits "
         f"classifier's features against all 1,797 real digits; ± is the standard deviation over seeds.",
         "",
@@ -220,7 +220,7 @@ def report(results: dict[str, Any], args: argparse.Namespace) -> str:
         "",
         *verdict(results),
         "",
-        f"Sampler sweep (seed 0, {cfg['sweep_per_class']} images per class):",
+        f"Sampler sweep (seed 0, {setup['sweep_per_class']} images per class):",
         "",
         "| model | sampling steps | scale_0 / scale_1 | FID ↓ | class fidelity ↑ | s / image |",
         "| --- | --- | --- | --- | --- | --- |",
@@ -270,27 +270,27 @@ def main() -> None:
     args = ap.parse_args()
     if args.threads:
         torch.set_num_threads(args.threads)
-    cfg = dict(QUICK if args.quick else FULL)
-    CONFIG.update(cfg)
+    setup = dict(QUICK if args.quick else FULL)
+    CONFIG.update(setup)
     if args.seeds:
-        cfg["seeds"] = [int(s) for s in args.seeds.split(",")]
+        setup["seeds"] = [int(s) for s in args.seeds.split(",")]
     out = args.out or (REPO / "benchmarks" / ("quality_small_quick" if args.quick else "quality_small"))
     out.mkdir(parents=True, exist_ok=True)
     t_start = time.time()
     quick = args.quick
-    model = cfg["model"]
+    model = setup["model"]
     evaluate = Evaluator()
-    results: dict[str, Any] = {"config": {k: v for k, v in cfg.items()}, "seeds": [], "sweep": []}
+    results: dict[str, Any] = {"config": {k: v for k, v in setup.items()}, "seeds": [], "sweep": []}
     grids: dict[str, torch.Tensor] = {}
-    for seed in cfg["seeds"]:
+    for seed in setup["seeds"]:
         log(f"seed {seed}: training 1-step")
-        one = train(out, f"seed{seed}-1step", model=model, seed=seed, max_steps=cfg["steps_1step"])
+        one = train(out, f"seed{seed}-1step", model=model, seed=seed, max_steps=setup["steps_1step"])
         log(f"seed {seed}: fine-tuning MRAR")
         mrar = train(out, f"seed{seed}-mrar", model={}, seed=seed, finetune_from=str(one),
-                     max_steps=cfg["steps_extra"], batch_size=cfg["finetune_batch"])
+                     max_steps=setup["steps_extra"], batch_size=setup["finetune_batch"])
         log(f"seed {seed}: continuing 1-step (control)")
-        ctrl = _continue(out, one, seed, cfg, model)
-        ev = {name: evaluate(path, mode, cfg["per_class"], seed)
+        ctrl = _continue(out, one, seed, setup, model)
+        ev = {name: evaluate(path, mode, setup["per_class"], seed)
               for name, path, mode in (("1step", one, "1step"), ("1step_continued", ctrl, "1step"),
                                        ("mrar", mrar, "mrar"))}
         div = {"1step": feature_diversity(one, "1step", seed, quick),
@@ -300,14 +300,14 @@ def main() -> None:
                                  "runs": {"1step": str(one), "mrar": str(mrar), "control": str(ctrl)}})
         log(f"seed {seed}: " + ", ".join(f"{k} FID {v['fid']:.2f} fid.acc {v['class_fidelity']:.3f}"
                                          for k, v in ev.items()))
-        if seed == cfg["seeds"][0]:
+        if seed == setup["seeds"][0]:
             grids = {"1-step": grid(one, "1step", seed), "MRAR": grid(mrar, "mrar", seed)}
-            for steps in cfg["sweep_steps"]:
-                for i, (s0, s1) in enumerate(cfg["sweep_scales"]):
+            for steps in setup["sweep_steps"]:
+                for i, (s0, s1) in enumerate(setup["sweep_scales"]):
                     # MRAR costs 4 decodes per image: it is swept over steps at the default scales only
                     models = (("1-step", one, "1step"), ("MRAR", mrar, "mrar"))[: 2 if i == 0 else 1]
                     for name, path, mode in models:
-                        r = evaluate(path, mode, cfg["sweep_per_class"], seed, sampling_steps=steps,
+                        r = evaluate(path, mode, setup["sweep_per_class"], seed, sampling_steps=steps,
                                      scale_0=s0, scale_1=s1)
                         results["sweep"].append({"model": name, "sampling_steps": steps, "scale_0": s0,
                                                  "scale_1": s1, **{k: r[k] for k in ("fid", "class_fidelity",
@@ -315,11 +315,11 @@ def main() -> None:
             log("sampler sweep done")
     log("shapes: training for the fuse demo")
     shapes = train(out, "shapes-1step", model=model, seed=0, data="shapes", image_size=8,
-                   max_steps=cfg["shapes_steps"])
+                   max_steps=setup["shapes_steps"])
     ck = load_checkpoint(shapes)
     names = ck.class_names
     a, b = names.index("red-circle"), names.index("blue-square")
-    settings = sample_settings(ck.model.cfg, mode="1step")
+    settings = sample_settings(ck.model.config, mode="1step")
     fused = fuse(ck.model.eval(), a, b, settings, seed=0)
     save_figure(decode_images(load_tokenizer(ck.meta["tokenizer"]), fused.latents),
                 ["red-circle", "fused", "blue-square"], out / "fuse.png")
@@ -338,14 +338,14 @@ def main() -> None:
     print("\n".join(verdict(results)))
 
 
-def _continue(out: Path, one: Path, seed: int, cfg: dict[str, Any], model: dict) -> Path:
+def _continue(out: Path, one: Path, seed: int, setup: dict[str, Any], model: dict) -> Path:
     """The control: a copy of the 1-step run trained `steps_extra` more steps (same data order)."""
     import shutil
 
     ctrl = out / "runs" / f"seed{seed}-1step-continued"
     if not ctrl.exists():
         shutil.copytree(one, ctrl)
-    return train(out, ctrl.name, model=model, seed=seed, max_steps=cfg["steps_1step"] + cfg["steps_extra"])
+    return train(out, ctrl.name, model=model, seed=seed, max_steps=setup["steps_1step"] + setup["steps_extra"])
 
 
 def _git_rev() -> str:

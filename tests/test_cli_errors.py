@@ -30,12 +30,12 @@ def fails(args, *needles):
 
 def tiny_checkpoint(folder, num_classes=10, class_names=None):
     torch.manual_seed(0)
-    cfg = ModelConfig(size="tiny", width=32, heads=2, encoder_depth=1, decoder_depth=1, num_classes=num_classes,
+    config = ModelConfig(size="tiny", width=32, heads=2, encoder_depth=1, decoder_depth=1, num_classes=num_classes,
                       latent_channels=1, latent_size=8, patch_size=2, sampling_steps=2)
-    model = TransDiff(cfg)
+    model = TransDiff(config)
     meta = {"tokenizer": {"kind": "pixels", "image_size": 8, "image_channels": 1, "scale_factor": 1.0},
             "class_names": class_names}
-    return save_checkpoint(folder, model.state_dict(), cfg, meta, ema_state=model.state_dict())
+    return save_checkpoint(folder, model.state_dict(), config, meta, ema_state=model.state_dict())
 
 
 @pytest.fixture(scope="module")

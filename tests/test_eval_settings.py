@@ -116,10 +116,10 @@ def test_custom_size_published_fixture_ignores_saved_args(fixtures):
 
 
 def test_own_checkpoint_keeps_its_settings_and_sampling_prints_them(tmp_path):
-    cfg = ModelConfig(size="tiny", width=32, heads=2, encoder_depth=1, decoder_depth=1, num_classes=3,
+    config = ModelConfig(size="tiny", width=32, heads=2, encoder_depth=1, decoder_depth=1, num_classes=3,
                       latent_channels=1, latent_size=8, patch_size=2, sampling_steps=3, cfg=1.7, scale_0=0.9)
-    model = TransDiff(cfg)
-    ck = save_checkpoint(tmp_path / "ck", model.state_dict(), cfg,
+    model = TransDiff(config)
+    ck = save_checkpoint(tmp_path / "ck", model.state_dict(), config,
                          {"tokenizer": {"kind": "pixels", "image_size": 8, "image_channels": 1}})
     doc = dry_run("sample", "--ckpt", ck, "--scale-1", "0", "--out", tmp_path / "out")
     assert doc["checkpoint"]["kind"] == "transdiff-cli"

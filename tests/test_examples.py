@@ -42,12 +42,12 @@ def one_thread():
 
 def test_python_api_example_on_a_cli_run(tmp_path, monkeypatch, one_thread):
     # a run trained with the CLI from the tiny config, made smaller and shorter for the test
-    cfg = yaml.safe_load((EXAMPLES / "configs" / "tiny.yaml").read_text())
-    cfg["model"].update(width=32, encoder_depth=1, decoder_depth=1)
-    cfg["train"].update(grid_sampling_steps=2, grid_classes=2, grid_per_class=1)
-    (tmp_path / "cfg.yaml").write_text(yaml.safe_dump(cfg))
+    config = yaml.safe_load((EXAMPLES / "configs" / "tiny.yaml").read_text())
+    config["model"].update(width=32, encoder_depth=1, decoder_depth=1)
+    config["train"].update(grid_sampling_steps=2, grid_classes=2, grid_per_class=1)
+    (tmp_path / "config.yaml").write_text(yaml.safe_dump(config))
     run = tmp_path / "runs" / "digits-tiny"
-    result = CliRunner().invoke(app, ["train", "--config", str(tmp_path / "cfg.yaml"), "--run-dir", str(run),
+    result = CliRunner().invoke(app, ["train", "--config", str(tmp_path / "config.yaml"), "--run-dir", str(run),
                                       "--max-steps", "2", "--batch-size", "16", "--no-progress", "--device", "cpu"])
     assert result.exit_code == 0, result.output
     out = tmp_path / "api-out"

@@ -35,10 +35,10 @@ def one_thread():
 
 
 def make_model(mrar: bool, dtype=torch.float32) -> TransDiff:
-    cfg = preset("tiny", width=64, heads=2, encoder_depth=1, decoder_depth=2, num_classes=5,
+    config = preset("tiny", width=64, heads=2, encoder_depth=1, decoder_depth=2, num_classes=5,
                  latent_channels=4, latent_size=8, patch_size=1, buffer_size=16, mrar=mrar)
     torch.manual_seed(0)
-    model = TransDiff(cfg).eval()
+    model = TransDiff(config).eval()
     with torch.no_grad():  # trained-looking weights: non-zero output layer, sizeable modulation
         for p in model.decoder.final_layer.parameters():
             p.normal_(std=0.1)

@@ -140,11 +140,11 @@ def test_digits_classifier_and_class_fidelity():
 
 def test_fid_from_checkpoint_digits(tmp_path):
     torch.manual_seed(0)
-    cfg = ModelConfig(size="tiny", width=32, heads=2, encoder_depth=1, decoder_depth=1, num_classes=10,
+    config = ModelConfig(size="tiny", width=32, heads=2, encoder_depth=1, decoder_depth=1, num_classes=10,
                       latent_channels=1, latent_size=8, patch_size=2, sampling_steps=2)
-    model = TransDiff(cfg)
+    model = TransDiff(config)
     meta = {"tokenizer": {"kind": "pixels", "image_size": 8, "image_channels": 1, "scale_factor": 1.0}}
-    ck = save_checkpoint(tmp_path / "ck", model.state_dict(), cfg, meta)
+    ck = save_checkpoint(tmp_path / "ck", model.state_dict(), config, meta)
     fid_cli("--ckpt", ck, "--ref", "digits", "--features", "digits", "--num-per-class", 2, "--class", "0,1,2",
             "--prc", "--out", tmp_path / "o")
     gen = np.load(tmp_path / "o" / "generated.npz")
@@ -223,10 +223,10 @@ def test_save_stats_round_trip_folder_and_latent_cache(tmp_path):
 
 def tiny_checkpoint(path, seed=0):
     torch.manual_seed(seed)
-    cfg = ModelConfig(size="tiny", width=32, heads=2, encoder_depth=1, decoder_depth=1, num_classes=10,
+    config = ModelConfig(size="tiny", width=32, heads=2, encoder_depth=1, decoder_depth=1, num_classes=10,
                       latent_channels=1, latent_size=8, patch_size=2, sampling_steps=2)
     meta = {"tokenizer": {"kind": "pixels", "image_size": 8, "image_channels": 1, "scale_factor": 1.0}}
-    return save_checkpoint(path, TransDiff(cfg).state_dict(), cfg, meta)
+    return save_checkpoint(path, TransDiff(config).state_dict(), config, meta)
 
 
 def test_resumed_fid_ckpt_equals_uninterrupted_and_other_jobs_are_refused(tmp_path, monkeypatch):

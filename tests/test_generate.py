@@ -28,14 +28,14 @@ def make_tiny(folder, mrar=False, num_classes=10, class_names=DIGITS, seed=0):
     """A random-weight 8x8 one-channel model in our folder format (weights large enough to give
     images that depend on class and noise)."""
     torch.manual_seed(seed)
-    cfg = ModelConfig(size="tiny", width=32, heads=2, encoder_depth=1, decoder_depth=1, num_classes=num_classes,
+    config = ModelConfig(size="tiny", width=32, heads=2, encoder_depth=1, decoder_depth=1, num_classes=num_classes,
                       latent_channels=1, latent_size=8, patch_size=2, mrar=mrar, sampling_steps=3, cfg=1.5)
-    model = TransDiff(cfg)
+    model = TransDiff(config)
     for p in model.parameters():
         torch.nn.init.normal_(p, std=0.1)
     meta = {"tokenizer": {"kind": "pixels", "image_size": 8, "image_channels": 1, "scale_factor": 1.0},
             "class_names": class_names}
-    return save_checkpoint(folder, model.state_dict(), cfg, meta, ema_state=model.state_dict())
+    return save_checkpoint(folder, model.state_dict(), config, meta, ema_state=model.state_dict())
 
 
 def invoke(args):
@@ -193,12 +193,12 @@ def test_diversity_mrar_per_round(tiny):
 
 def test_mrar_feature_diversity_first_block_matches_plain_measure(tiny):
     model = load_checkpoint(tiny["mrar"]).model.eval()
-    settings = sample_settings(model.cfg, sampling_steps=2)
+    settings = sample_settings(model.config, sampling_steps=2)
     per_class, per_round = mrar_feature_diversity(model, [0, 3], settings, num_refs=1)
     # block 0 sees no reference: it is the model's first-block measure without any sampling
     plain = cosine_measure(model.features(model.class_emb(torch.tensor([0, 3]))))
     assert torch.allclose(per_round[0], plain, atol=1e-6)
-    assert per_class.shape == (2,) and per_round.shape == (model.cfg.mrar_steps, 2)
+    assert per_class.shape == (2,) and per_round.shape == (model.config.mrar_steps, 2)
 
 
 # --------------------------------------------------------------------------- classes and masks

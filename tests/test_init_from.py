@@ -76,10 +76,10 @@ def test_decoder_only_finetune_at_twice_the_resolution(source, tiny_yaml, tmp_pa
                      train_overrides={"image_size": 16, "only_train_diff": True, "max_steps": 2,
                                       "batch_size": 8, "log_every": 1, "ckpt_every": 1000})
     trainer, _ = prepare(req)
-    model, cfg = trainer.model, trainer.model_cfg
+    model, config = trainer.model, trainer.model_config
     # the encoder keeps its 16 slots; the decoder gets an 8x8 grid of 2x2 patches
-    assert cfg.latent_size == 16 and cfg.num_slots == src.config.num_slots == 16
-    assert cfg.num_tokens == 64 and model.decoder.diffusion_pos_embed_learned.shape[1] == 64
+    assert config.latent_size == 16 and config.num_slots == src.config.num_slots == 16
+    assert config.num_tokens == 64 and model.decoder.diffusion_pos_embed_learned.shape[1] == 64
     key = "decoder.diffusion_pos_embed_learned"
     assert torch.allclose(model.state_dict()[key], reference_grow(src.raw_model[key], 4, 8),
                           atol=1e-6)

@@ -32,7 +32,7 @@ def test_patchify_roundtrip_and_layout():
     assert torch.equal(unpatchify(t, 2, 3, 8), x)
 
 
-def tiny_cfg(**kw) -> ModelConfig:
+def tiny_config(**kw) -> ModelConfig:
     base = dict(width=32, heads=2, encoder_depth=1, decoder_depth=1, num_classes=3,
                 latent_channels=1, latent_size=8, diffusion_batch_mul=1)
     base.update(kw)
@@ -40,15 +40,15 @@ def tiny_cfg(**kw) -> ModelConfig:
 
 
 def test_geometry_follows_data():
-    c = tiny_cfg()
+    c = tiny_config()
     assert c.patch_size == 2 and c.num_tokens == 16 and c.token_dim == 4
     assert c.buffer_size == 16
-    m = tiny_cfg(mrar=True)
+    m = tiny_config(mrar=True)
     assert m.ref_patch_size == 4 and m.ref_tokens == 4 and m.num_slots == 16
 
 
 def test_mrar_loss_and_sampling_shapes():
-    model = TransDiff(tiny_cfg(mrar=True)).eval()
+    model = TransDiff(tiny_config(mrar=True)).eval()
     lat = torch.randn(2, 4, 1, 8, 8)
     assert model(lat, torch.tensor([0, 2])).ndim == 0
     steps = sample_rounds(model, torch.tensor([1, 2]), cfg=[1.0, 2.0, 2.0, 2.0], sampling_steps=3)
@@ -57,7 +57,7 @@ def test_mrar_loss_and_sampling_shapes():
 
 def test_cached_mrar_sampling_equals_plain_path():
     torch.manual_seed(0)
-    model = TransDiff(tiny_cfg(mrar=True)).eval()
+    model = TransDiff(tiny_config(mrar=True)).eval()
     for p in model.decoder.final_layer.parameters():  # make the decoder output non-zero
         torch.nn.init.normal_(p, std=0.1)
     noise = torch.randn(2, 16, 4)
@@ -68,13 +68,13 @@ def test_cached_mrar_sampling_equals_plain_path():
 
 
 def test_save_load_roundtrip(tmp_path):
-    cfg = tiny_cfg()
-    model = TransDiff(cfg)
+    config = tiny_config()
+    model = TransDiff(config)
     ema = {k: v + 1 for k, v in model.state_dict().items()}
-    save_checkpoint(tmp_path / "ck", model.state_dict(), cfg, {"class_names": ["a", "b", "c"]},
+    save_checkpoint(tmp_path / "ck", model.state_dict(), config, {"class_names": ["a", "b", "c"]},
                     ema_state=ema)
     ck = load_checkpoint(tmp_path / "ck")
-    assert ck.class_names == ["a", "b", "c"] and ck.config == cfg
+    assert ck.class_names == ["a", "b", "c"] and ck.config == config
     assert torch.equal(ck.model.class_emb.weight, ema["class_emb.weight"])
     raw = load_checkpoint(tmp_path / "ck", weights="model").model
     assert torch.equal(raw.class_emb.weight, model.class_emb.weight)
@@ -88,21 +88,21 @@ def test_bad_checkpoints(tmp_path):
         load_checkpoint(junk)
     with pytest.raises(TransDiffError, match="not found"):
         load_checkpoint(tmp_path / "missing.pth")
-    cfg = tiny_cfg()
-    save_checkpoint(tmp_path / "ck", TransDiff(cfg).state_dict(), cfg)
+    config = tiny_config()
+    save_checkpoint(tmp_path / "ck", TransDiff(config).state_dict(), config)
     data = (tmp_path / "ck" / "model.safetensors").read_bytes()
     (tmp_path / "ck" / "model.safetensors").write_bytes(data[: len(data) // 2])
     with pytest.raises(TransDiffError, match="corrupt or truncated"):
         load_checkpoint(tmp_path / "ck")
     with pytest.raises(TransDiffError, match="does not match size B"):
-        save_checkpoint(tmp_path / "ck2", TransDiff(cfg).state_dict(), cfg)
+        save_checkpoint(tmp_path / "ck2", TransDiff(config).state_dict(), config)
         load_checkpoint(tmp_path / "ck2", size="B")
 
 
 def test_gradient_checkpointing_gives_the_same_gradients():
     torch.manual_seed(0)
-    plain = TransDiff(tiny_cfg(mrar=True, label_drop_prob=0.0)).train()
-    ckpt = TransDiff(tiny_cfg(mrar=True, label_drop_prob=0.0, grad_checkpointing=True)).train()
+    plain = TransDiff(tiny_config(mrar=True, label_drop_prob=0.0)).train()
+    ckpt = TransDiff(tiny_config(mrar=True, label_drop_prob=0.0, grad_checkpointing=True)).train()
     ckpt.load_state_dict(plain.state_dict())
     lat, labels = torch.randn(2, 4, 1, 8, 8), torch.tensor([0, 2])
     noise = [torch.randn(2, 16, 4) for _ in range(4)]
@@ -117,19 +117,19 @@ def test_gradient_checkpointing_gives_the_same_gradients():
 def test_condition_slots_separate_from_decoder_tokens(tmp_path):
     """The 512 geometry: fewer encoder slots than decoder tokens; the decoder cross-attends to
     all of them. The field round-trips through config.json; configs without it still load."""
-    cfg = tiny_cfg(latent_size=16, patch_size=2, condition_slots=16, buffer_size=4)
-    assert cfg.num_tokens == 64 and cfg.num_slots == 16
-    model = TransDiff(cfg).eval()
+    config = tiny_config(latent_size=16, patch_size=2, condition_slots=16, buffer_size=4)
+    assert config.num_tokens == 64 and config.num_slots == 16
+    model = TransDiff(config).eval()
     assert model.encoder_pos_embed_learned.shape[1] == 4 + 16
     assert model.diffusion_pos_embed_learned.shape[1] == 16
     assert model.decoder.diffusion_pos_embed_learned.shape[1] == 64
     assert model.features(model.class_emb(torch.tensor([0, 1]))).shape == (2, 16, 32)
     assert sample_rounds(model, torch.tensor([0, 1]), sampling_steps=2)[-1].shape == (2, 1, 16, 16)
     assert model(torch.randn(2, 1, 16, 16), torch.tensor([0, 2])).ndim == 0
-    save_checkpoint(tmp_path / "ck", model.state_dict(), cfg)
-    assert load_checkpoint(tmp_path / "ck").config == cfg
-    old = tiny_cfg().to_dict()
+    save_checkpoint(tmp_path / "ck", model.state_dict(), config)
+    assert load_checkpoint(tmp_path / "ck").config == config
+    old = tiny_config().to_dict()
     del old["condition_slots"]
-    assert ModelConfig.from_dict(old).num_slots == tiny_cfg().num_tokens
+    assert ModelConfig.from_dict(old).num_slots == tiny_config().num_tokens
     with pytest.raises(TransDiffError, match="1-step"):
-        tiny_cfg(mrar=True, condition_slots=16)
+        tiny_config(mrar=True, condition_slots=16)

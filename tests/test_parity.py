@@ -44,7 +44,7 @@ def refm(fixtures):
 
 def test_config_inferred_from_checkpoint(one, mrar, manifest):
     for m in (one, mrar):
-        c = m.cfg
+        c = m.config
         assert c.width == manifest["width"] and c.heads == manifest["heads"]
         assert c.encoder_blocks == manifest["encoder_blocks"]
         assert c.encoder_depth == manifest["encoder_depth_arg"]
@@ -52,7 +52,7 @@ def test_config_inferred_from_checkpoint(one, mrar, manifest):
         assert c.num_classes == manifest["class_num"]
         assert c.buffer_size == manifest["buffer_size"]
         assert c.latent_channels == manifest["vae_embed_dim"]
-    assert not one.cfg.mrar and mrar.cfg.mrar
+    assert not one.config.mrar and mrar.config.mrar
 
 
 def test_1step_condition(one, ref1):
@@ -95,8 +95,8 @@ def test_mrar_attention_mask(mrar, refm):
 
 def test_mrar_teacher_forced_condition(mrar, refm):
     labels = refm["labels"]
-    k = mrar.cfg.mrar_steps
-    refs = torch.cat([patchify(refm[f"train_latents{j}"], mrar.cfg.ref_patch_size)
+    k = mrar.config.mrar_steps
+    refs = torch.cat([patchify(refm[f"train_latents{j}"], mrar.config.ref_patch_size)
                       for j in range(k - 1)], dim=1)
     with torch.no_grad():
         z = mrar.condition(mrar.features(mrar.class_emb(labels), refs))
@@ -104,7 +104,7 @@ def test_mrar_teacher_forced_condition(mrar, refm):
 
 
 def test_mrar_training_loss(mrar, refm):
-    k = mrar.cfg.mrar_steps
+    k = mrar.config.mrar_steps
     latents = torch.stack([refm[f"train_latents{j}"] for j in range(k)], dim=1)
     with torch.no_grad():
         loss = mrar(latents, refm["labels"], noise=[refm[f"train_noise{j}"] for j in range(k)],
@@ -115,7 +115,7 @@ def test_mrar_training_loss(mrar, refm):
 @pytest.mark.parametrize("cfg_key", ["sample_cfg1", "sample_cfg2"])
 def test_mrar_sampling(mrar, refm, manifest, cfg_key):
     s = manifest["sampling"]
-    k = mrar.cfg.mrar_steps
+    k = mrar.config.mrar_steps
     # the fixture README: cfg 1 at every step, or 1, 1.5, 2, 2.5 for steps 0-3
     cfg = [1.0] * k if cfg_key == "sample_cfg1" else [1.0 + 0.5 * i for i in range(k)]
     for cache in (True, False):

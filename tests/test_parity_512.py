@@ -53,7 +53,7 @@ def close(a: torch.Tensor, b: torch.Tensor) -> float:
 
 
 def test_geometry_inferred_from_tensors(model512, manifest512):
-    c = model512.cfg
+    c = model512.config
     assert c.latent_size == manifest512["latent_size"]
     assert c.num_slots == manifest512["condition_slots"]
     assert c.num_tokens == manifest512["decoder_tokens"]

@@ -46,9 +46,9 @@ def test_paper_presets_are_the_authors_recipes(size):
 
 
 def test_warmup_in_epochs():
-    cfg = TrainConfig(warmup_steps=None, warmup_epochs=2.5, lr=1.0)
-    assert cfg.warmup_for(steps_per_epoch=4) == 10
-    assert lr_at(4, 100, cfg, cfg.warmup_for(4)) == pytest.approx(0.5) and lr_at(10, 100, cfg, 10) == 1.0
+    tc = TrainConfig(warmup_steps=None, warmup_epochs=2.5, lr=1.0)
+    assert tc.warmup_for(steps_per_epoch=4) == 10
+    assert lr_at(4, 100, tc, tc.warmup_for(4)) == pytest.approx(0.5) and lr_at(10, 100, tc, 10) == 1.0
     with pytest.raises(TransDiffError, match="`warmup_steps` .* or `warmup_epochs`"):
         TrainConfig(warmup_steps=5, warmup_epochs=1.0).validate()
 
@@ -83,16 +83,16 @@ def test_finetune_ema_starts_from_the_converted_source_ema(tmp_path, one_step_ru
                      train_overrides={"max_steps": 1, "batch_size": 16, "ckpt_every": 1000, "grid_sampling_steps": 1,
                                       "grid_classes": 1, "grid_per_class": 1})
     trainer, _ = prepare(req)
-    want = init_mrar_from_1step(src.raw_ema, src.config, trainer.model_cfg)
+    want = init_mrar_from_1step(src.raw_ema, src.config, trainer.model_config)
     for k, v in trainer.ema.params.items():  # before the first step: the converted source EMA
         assert torch.equal(v, want[k]), k
     # copied tensors equal the source EMA wherever the source has it
     assert torch.equal(trainer.ema.params["mask_token"][:, :1], src.raw_ema["mask_token"])
-    assert trainer.model_cfg.diffusion_batch_mul == 2
+    assert trainer.model_config.diffusion_batch_mul == 2
     start = {k: v.clone() for k, v in trainer.ema.params.items()}
     trainer.train()
     # one step later the EMA moved by (1 - rate) towards the weights: no warm-up discarded it
-    rate = trainer.cfg.ema_rate
+    rate = trainer.train_config.ema_rate
     weights = dict(trainer.model.named_parameters())
     for k in ("class_emb.weight", "mask_token", "decoder.input_proj.weight"):
         expect = rate * start[k] + (1 - rate) * weights[k].detach()

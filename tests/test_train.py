@@ -58,18 +58,18 @@ def test_epoch_indices_partition_the_global_batch():
 def test_a_few_steps_reduce_the_loss_on_a_fixed_batch(tmp_path):
     data = open_training_data("digits")
     data.dataset = torch.utils.data.Subset(data.dataset, range(16))
-    mcfg = preset("tiny", **TINY["model"], latent_channels=1, latent_size=8, num_classes=10,
+    model_config = preset("tiny", **TINY["model"], latent_channels=1, latent_size=8, num_classes=10,
                   label_drop_prob=0.0)
-    cfg = TrainConfig(batch_size=16, max_steps=60, base_lr=1e-2, warmup_steps=1, log_every=60,
+    train_config = TrainConfig(batch_size=16, max_steps=60, base_lr=1e-2, warmup_steps=1, log_every=60,
                       ckpt_every=1000, grid_classes=2, grid_per_class=2, grid_sampling_steps=2)
     meta = {"tokenizer": data.tokenizer.spec(), "class_names": data.class_names}
-    trainer = Trainer(mcfg, cfg, data, RunDir(tmp_path / "run"), torch.device("cpu"), DistInfo(),
+    trainer = Trainer(model_config, train_config, data, RunDir(tmp_path / "run"), torch.device("cpu"), DistInfo(),
                       meta, progress=False)
     latents, labels = zip(*[data.dataset[i] for i in range(16)])
     latents, labels = torch.stack(latents), torch.tensor(labels)
     g = torch.Generator().manual_seed(1)
-    noise = torch.randn(16 * mcfg.diffusion_batch_mul, 16, 4, generator=g)
-    times = torch.randint(100, 900, (16 * mcfg.diffusion_batch_mul,), generator=g)
+    noise = torch.randn(16 * model_config.diffusion_batch_mul, 16, 4, generator=g)
+    times = torch.randint(100, 900, (16 * model_config.diffusion_batch_mul,), generator=g)
 
     def fixed_loss() -> float:
         trainer.model.train()
@@ -161,7 +161,7 @@ def test_finetune_mrar_from_our_checkpoint(tmp_path, tiny_yaml):
     from transdiff_cli.core.io.checkpoint import load_checkpoint
 
     model = load_checkpoint(tmp_path / "mrar").model
-    assert model.mask_token.shape[1] == model.cfg.ref_tokens
+    assert model.mask_token.shape[1] == model.config.ref_tokens
 
 
 def test_mrar_init_preserves_the_first_block():
@@ -170,9 +170,9 @@ def test_mrar_init_preserves_the_first_block():
 
     one = preset("tiny", **TINY["model"], latent_channels=1, latent_size=8, num_classes=3)
     m1 = TransDiff(one)
-    mcfg = mrar_config(one)
-    m2 = TransDiff(mcfg)
-    m2.load_state_dict(init_mrar_from_1step(m1.state_dict(), one, mcfg))
+    model_config = mrar_config(one)
+    m2 = TransDiff(model_config)
+    m2.load_state_dict(init_mrar_from_1step(m1.state_dict(), one, model_config))
     # a reference whose four tokens are equal projects like one token
     tok = torch.randn(1, 1, one.token_dim)
     ref = tok.view(1, one.latent_channels, one.patch_size, one.patch_size).repeat(1, 1, 2, 2)

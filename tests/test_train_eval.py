@@ -16,10 +16,10 @@ TINY = {"model": {"width": 32, "heads": 2, "encoder_depth": 1, "decoder_depth": 
 
 
 def test_eval_every_writes_fid_into_metrics(tmp_path):
-    cfg = tmp_path / "tiny.yaml"
-    cfg.write_text(yaml.safe_dump(TINY))
+    config_file = tmp_path / "tiny.yaml"
+    config_file.write_text(yaml.safe_dump(TINY))
     run = tmp_path / "run"
-    r = runner.invoke(app, ["train", "--config", str(cfg), "--run-dir", str(run), "--max-steps", "4",
+    r = runner.invoke(app, ["train", "--config", str(config_file), "--run-dir", str(run), "--max-steps", "4",
                             "--batch-size", "32", "--log-every", "1", "--ckpt-every", "1000", "--no-progress",
                             "--device", "cpu", "--eval-every", "2", "--eval-images", "30",
                             "--eval-ref", "digits", "--eval-features", "digits"])
@@ -44,19 +44,19 @@ def test_eval_every_without_reference_and_tensorboard_errors(tmp_path):
 
 def test_default_digits_run_evaluates_itself_cheaply(tmp_path):
     trainer, _ = prepare(RunRequest(run_dir=str(tmp_path / "r"), device="cpu", progress=False))
-    cfg: TrainConfig = trainer.cfg
-    assert (cfg.eval_every, cfg.eval_ref, cfg.eval_features) == (210, "digits", "digits")
-    assert cfg.max_steps % cfg.eval_every == 0 and cfg.eval_images <= 200
+    train_config: TrainConfig = trainer.train_config
+    assert (train_config.eval_every, train_config.eval_ref, train_config.eval_features) == (210, "digits", "digits")
+    assert train_config.max_steps % train_config.eval_every == 0 and train_config.eval_images <= 200
     off, _ = prepare(RunRequest(run_dir=str(tmp_path / "r2"), device="cpu", progress=False,
                                 train_overrides={"eval_every": 0}))
     assert off.evaluator is None
 
 
 def test_tensorboard_logs_or_says_how_to_install(tmp_path):
-    cfg = tmp_path / "tiny.yaml"
-    cfg.write_text(yaml.safe_dump(TINY))
+    config_file = tmp_path / "tiny.yaml"
+    config_file.write_text(yaml.safe_dump(TINY))
     run = tmp_path / "run"
-    r = runner.invoke(app, ["train", "--config", str(cfg), "--run-dir", str(run), "--max-steps", "2",
+    r = runner.invoke(app, ["train", "--config", str(config_file), "--run-dir", str(run), "--max-steps", "2",
                             "--batch-size", "32", "--no-progress", "--device", "cpu", "--tensorboard",
                             "--eval-every", "0"])
     if importlib.util.find_spec("tensorboard") is None:

@@ -24,18 +24,18 @@ def tokenizer(fixtures: Path, reference: dict[str, torch.Tensor]):
 
 
 def test_config_inferred_from_tensors(fixtures: Path, manifest: dict) -> None:
-    cfg = manifest["vae"]
+    vc = manifest["vae"]
     sd = torch.load(fixtures / "vae_kl.ckpt", map_location="cpu", weights_only=True)["model"]
     inferred = kl16_config(sd)
-    assert inferred["block_out_channels"] == [cfg["ch"] * m for m in cfg["ch_mult"]]
-    assert inferred["layers_per_block"] == cfg["num_res_blocks"]
-    assert inferred["latent_channels"] == cfg["z_channels"]
+    assert inferred["block_out_channels"] == [vc["ch"] * m for m in vc["ch_mult"]]
+    assert inferred["layers_per_block"] == vc["num_res_blocks"]
+    assert inferred["latent_channels"] == vc["z_channels"]
     # attention where the reference puts it: encoder levels at the listed resolutions, decoder likewise
-    res = [cfg["resolution"] // 2**i for i in range(len(cfg["ch_mult"]))]
+    res = [vc["resolution"] // 2**i for i in range(len(vc["ch_mult"]))]
     assert inferred["down_block_types"] == [
-        "AttnDownEncoderBlock2D" if r in cfg["encoder_attn_resolutions"] else "DownEncoderBlock2D" for r in res]
+        "AttnDownEncoderBlock2D" if r in vc["encoder_attn_resolutions"] else "DownEncoderBlock2D" for r in res]
     assert inferred["up_block_types"] == [
-        "AttnUpDecoderBlock2D" if r in cfg["decoder_attn_resolutions"] else "UpDecoderBlock2D" for r in res[::-1]]
+        "AttnUpDecoderBlock2D" if r in vc["decoder_attn_resolutions"] else "UpDecoderBlock2D" for r in res[::-1]]
 
 
 def test_kl16_moments_and_decode_match_reference(tokenizer, reference: dict[str, torch.Tensor], manifest: dict) -> None:

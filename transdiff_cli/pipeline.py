@@ -186,7 +186,7 @@ class TransDiffPipeline:
         c = model.condition(x) if condition is None else x
         n = c.shape[0]
         if noise is None:
-            noise = initial_noise(model.cfg, range(n), seed)
+            noise = initial_noise(model.config, range(n), seed)
         try:
             lat = decode(model, c, noise.to(device=device, dtype=dtype), settings.make_sampler(),
                          cfg=settings.cfg[0], generator=step_generators(range(n), seed, device))

@@ -69,10 +69,10 @@ def config_from_published(state: dict[str, torch.Tensor], args: argparse.Namespa
     # settings; eval_settings.checkpoint_defaults gives a published file its evaluation settings.
     size = PUBLISHED_NAMES.get(str(a.get("model", "")))
     if size is not None:
-        cfg = preset(size, **geometry)
+        config = preset(size, **geometry)
         if heads:
-            cfg = dataclasses.replace(cfg, heads=heads)
-        return cfg
+            config = dataclasses.replace(config, heads=heads)
+        return config
     return ModelConfig(
         size=str(a.get("model", "custom")), width=width, heads=heads or max(1, width // 64),
         encoder_depth=_count(state, r"encoder_blocks\.(\d+)\.") // 2,

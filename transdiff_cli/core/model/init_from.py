@@ -62,18 +62,18 @@ def check_widths(src: ModelConfig, want: ModelConfig, ckpt: str) -> None:
                                  "drop `size`/`config` model overrides or pick a matching checkpoint")
 
 
-def init_state(state: dict[str, torch.Tensor], cfg: ModelConfig, ckpt: str,
+def init_state(state: dict[str, torch.Tensor], config: ModelConfig, ckpt: str,
                fresh_class_emb: torch.Tensor | None = None) -> dict[str, torch.Tensor]:
-    """Every tensor of `state` for a model of config `cfg`: the decoder position embedding grown
-    to cfg's grid, the class embedding replaced by `fresh_class_emb` when given. Any other shape
+    """Every tensor of `state` for a model of config `config`: the decoder position embedding grown
+    to config's grid, the class embedding replaced by `fresh_class_emb` when given. Any other shape
     difference is a one-line error."""
     out = dict(state)
-    grid = cfg.latent_size // cfg.patch_size
+    grid = config.latent_size // config.patch_size
     out[DECODER_POS] = grow_pos_embed(state[DECODER_POS], grid)
     if fresh_class_emb is not None:
         out[CLASS_EMB] = fresh_class_emb.clone()
     with torch.device("meta"):
-        shapes = {k: v.shape for k, v in TransDiff(cfg).state_dict().items()}
+        shapes = {k: v.shape for k, v in TransDiff(config).state_dict().items()}
     missing = sorted(set(shapes) - set(out))
     if missing:
         raise TransDiffError(f"`init_from` {ckpt} lacks {missing[0]} ({len(missing)} tensors missing)")
@@ -84,10 +84,10 @@ def init_state(state: dict[str, torch.Tensor], cfg: ModelConfig, ckpt: str,
     return {k: out[k] for k in shapes}
 
 
-def fresh_class_embedding(cfg: ModelConfig, seed: int) -> torch.Tensor:
+def fresh_class_embedding(config: ModelConfig, seed: int) -> torch.Tensor:
     """N(0, 0.02) rows, as a new model's class embedding starts."""
     g = torch.Generator().manual_seed(seed)
-    return torch.randn(cfg.num_classes, cfg.width, generator=g) * 0.02
+    return torch.randn(config.num_classes, config.width, generator=g) * 0.02
 
 
 def frozen_from(ema: dict[str, torch.Tensor], model: dict[str, torch.Tensor]

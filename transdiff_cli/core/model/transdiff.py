@@ -20,19 +20,19 @@ from .tokens import patchify, unpatchify
 class DiffusionDecoder(nn.Module):
     """DiT-style velocity network with cross-attention to the condition c."""
 
-    def __init__(self, cfg: ModelConfig):
+    def __init__(self, config: ModelConfig):
         super().__init__()
-        w = cfg.decoder_width
-        self.grad_checkpointing = cfg.grad_checkpointing
-        self.diffusion_pos_embed_learned = nn.Parameter(torch.zeros(1, cfg.num_tokens, w))
+        w = config.decoder_width
+        self.grad_checkpointing = config.grad_checkpointing
+        self.diffusion_pos_embed_learned = nn.Parameter(torch.zeros(1, config.num_tokens, w))
         self.time_embed = TimeEmbed(w)
-        self.cond_embed = nn.Linear(cfg.width, w)
-        self.input_proj = nn.Linear(cfg.token_dim, w)
+        self.cond_embed = nn.Linear(config.width, w)
+        self.input_proj = nn.Linear(config.token_dim, w)
         self.res_blocks = nn.ModuleList(
-            DecoderBlock(w, cfg.heads, cfg.mlp_ratio, cfg.attn_dropout, cfg.proj_dropout)
-            for _ in range(cfg.decoder_depth)
+            DecoderBlock(w, config.heads, config.mlp_ratio, config.attn_dropout, config.proj_dropout)
+            for _ in range(config.decoder_depth)
         )
-        self.final_layer = FinalLayer(w, cfg.token_dim)
+        self.final_layer = FinalLayer(w, config.token_dim)
 
     def condition(self, c: torch.Tensor) -> list[tuple[torch.Tensor, torch.Tensor]]:
         """Cross-attention keys/values of every block for condition c: fixed during sampling,
@@ -81,25 +81,25 @@ class DiffusionDecoder(nn.Module):
 
 
 class TransDiff(nn.Module):
-    def __init__(self, cfg: ModelConfig):
+    def __init__(self, config: ModelConfig):
         super().__init__()
-        self.cfg = cfg
-        d = cfg.width
-        self.class_emb = nn.Embedding(cfg.num_classes, d)
+        self.config = config
+        d = config.width
+        self.class_emb = nn.Embedding(config.num_classes, d)
         self.fake_latent = nn.Parameter(torch.zeros(1, d))  # the null class, used for CFG
         # 1-step: the mask token overwrites z_proj's output; kept for checkpoint compatibility.
-        self.z_proj = nn.Linear(cfg.ref_dim if cfg.mrar else cfg.token_dim, d)
+        self.z_proj = nn.Linear(config.ref_dim if config.mrar else config.token_dim, d)
         self.z_proj_ln = nn.LayerNorm(d, eps=1e-6)
-        self.mask_token = nn.Parameter(torch.zeros(1, cfg.ref_tokens if cfg.mrar else 1, d))
+        self.mask_token = nn.Parameter(torch.zeros(1, config.ref_tokens if config.mrar else 1, d))
         self.encoder_pos_embed_learned = nn.Parameter(
-            torch.zeros(1, cfg.buffer_size + cfg.num_slots, d))
+            torch.zeros(1, config.buffer_size + config.num_slots, d))
         self.encoder_blocks = nn.ModuleList(
-            EncoderBlock(d, cfg.heads, cfg.mlp_ratio, cfg.attn_dropout, cfg.proj_dropout)
-            for _ in range(cfg.encoder_blocks)
+            EncoderBlock(d, config.heads, config.mlp_ratio, config.attn_dropout, config.proj_dropout)
+            for _ in range(config.encoder_blocks)
         )
         self.encoder_norm = nn.LayerNorm(d, eps=1e-6)
-        self.diffusion_pos_embed_learned = nn.Parameter(torch.zeros(1, cfg.num_slots, d))
-        self.decoder = DiffusionDecoder(cfg)
+        self.diffusion_pos_embed_learned = nn.Parameter(torch.zeros(1, config.num_slots, d))
+        self.decoder = DiffusionDecoder(config)
         self.register_buffer("block_ids", self._block_ids(), persistent=False)
         self.initialize_weights()
 
@@ -126,16 +126,16 @@ class TransDiff(nn.Module):
     # ------------------------------------------------------------------ encoder
     def _block_ids(self) -> torch.Tensor:
         """Block index of every encoder position: buffer 0, then slot blocks 1..K (MRAR)."""
-        cfg = self.cfg
-        if not cfg.mrar:
+        config = self.config
+        if not config.mrar:
             return torch.zeros(0, dtype=torch.long)
-        slots = torch.arange(cfg.num_slots) // cfg.ref_tokens + 1
-        return torch.cat([torch.zeros(cfg.buffer_size, dtype=torch.long), slots])
+        slots = torch.arange(config.num_slots) // config.ref_tokens + 1
+        return torch.cat([torch.zeros(config.buffer_size, dtype=torch.long), slots])
 
     def attention_mask(self, length: int, start: int = 0) -> torch.Tensor | None:
         """Block-causal mask (True = may attend) for queries start..length-1 over keys 0..length-1;
         None for the fully bidirectional 1-step model."""
-        if not self.cfg.mrar:
+        if not self.config.mrar:
             return None
         ids = self.block_ids[:length]
         return ids[start:, None] >= ids[None, :]
@@ -147,8 +147,8 @@ class TransDiff(nn.Module):
         if null:
             return self.fake_latent.expand(labels.shape[0], -1)
         emb = self.class_emb(labels)
-        if drop is None and self.training and self.cfg.label_drop_prob > 0:
-            drop = torch.rand(labels.shape[0], device=emb.device) < self.cfg.label_drop_prob
+        if drop is None and self.training and self.config.label_drop_prob > 0:
+            drop = torch.rand(labels.shape[0], device=emb.device) < self.config.label_drop_prob
         if drop is not None:
             emb = torch.where(drop[:, None], self.fake_latent.to(emb.dtype), emb)
         return emb
@@ -156,14 +156,14 @@ class TransDiff(nn.Module):
     def _encoder_input(self, class_emb: torch.Tensor, refs: torch.Tensor | None,
                        start: int, stop: int) -> torch.Tensor:
         """Embedded encoder positions start..stop-1 of [buffer | slots]."""
-        cfg, b = self.cfg, class_emb.shape[0]
-        parts = [class_emb[:, None].expand(b, cfg.buffer_size, -1)]
-        if cfg.mrar:
+        config, b = self.config, class_emb.shape[0]
+        parts = [class_emb[:, None].expand(b, config.buffer_size, -1)]
+        if config.mrar:
             parts.append(self.mask_token.expand(b, -1, -1))
             if refs is not None and refs.shape[1] > 0:
                 parts.append(self.z_proj(refs))
         else:
-            parts.append(self.mask_token.expand(b, cfg.num_slots, -1))
+            parts.append(self.mask_token.expand(b, config.num_slots, -1))
         x = torch.cat(parts, dim=1)[:, start:stop]
         return self.z_proj_ln(x + self.encoder_pos_embed_learned[:, start:stop])
 
@@ -172,7 +172,7 @@ class TransDiff(nn.Module):
         for i, blk in enumerate(self.encoder_blocks):
             if caches is not None:
                 x = blk(x, mask, caches[i])
-            elif self.cfg.grad_checkpointing and self.training:
+            elif self.config.grad_checkpointing and self.training:
                 x = checkpoint(blk, x, mask, use_reentrant=False)
             else:
                 x = blk(x, mask)
@@ -182,14 +182,14 @@ class TransDiff(nn.Module):
         """Semantic features (encoder output after the final norm, buffer dropped, before the
         diffusion position embedding). MRAR: `refs` are (B, r * ref_tokens, ref_dim) for r earlier
         images; the features then cover the first r + 1 blocks."""
-        cfg = self.cfg
-        n = cfg.num_slots
-        if cfg.mrar:
-            n = cfg.ref_tokens * (1 + (0 if refs is None else refs.shape[1] // cfg.ref_tokens))
-        length = cfg.buffer_size + n
+        config = self.config
+        n = config.num_slots
+        if config.mrar:
+            n = config.ref_tokens * (1 + (0 if refs is None else refs.shape[1] // config.ref_tokens))
+        length = config.buffer_size + n
         x = self._encoder_input(class_emb, refs, 0, length)
         x = self._blocks(x, self.attention_mask(length))
-        return x[:, cfg.buffer_size:]
+        return x[:, config.buffer_size:]
 
     def condition(self, features: torch.Tensor, start: int = 0) -> torch.Tensor:
         """c = features + the diffusion position embedding of their slots."""
@@ -198,11 +198,11 @@ class TransDiff(nn.Module):
 
     def reference_tokens(self, latents: torch.Tensor) -> torch.Tensor:
         """An earlier image compressed for MRAR: patchify with the reference patch size."""
-        return patchify(latents, self.cfg.ref_patch_size)
+        return patchify(latents, self.config.ref_patch_size)
 
     def to_latent(self, tokens: torch.Tensor) -> torch.Tensor:
-        cfg = self.cfg
-        return unpatchify(tokens, cfg.patch_size, cfg.latent_channels, cfg.latent_size)
+        config = self.config
+        return unpatchify(tokens, config.patch_size, config.latent_channels, config.latent_size)
 
     # ------------------------------------------------------------------ training
     def forward(self, latents: torch.Tensor, labels: torch.Tensor,
@@ -213,9 +213,9 @@ class TransDiff(nn.Module):
         same class, teacher-forced; the loss is the mean of the K decoder losses.
         `noise`/`timesteps` (per image in MRAR; B * diffusion_batch_mul rows in training) and the
         class-dropout mask `drop` override the random draws (parity tests, exact DDP equivalence)."""
-        cfg = self.cfg
+        config = self.config
         class_emb = self.class_embedding(labels, drop=drop)
-        if not cfg.mrar:
+        if not config.mrar:
             c = self.condition(self.features(class_emb))
             return self._decoder_loss(latents, c, noise, timesteps)
         k = latents.shape[1]
@@ -223,7 +223,7 @@ class TransDiff(nn.Module):
         feats = self.features(class_emb, refs)
         losses = []
         for j in range(k):
-            c = self.condition(feats[:, : (j + 1) * cfg.ref_tokens])
+            c = self.condition(feats[:, : (j + 1) * config.ref_tokens])
             losses.append(self._decoder_loss(latents[:, j], c,
                                              None if noise is None else noise[j],
                                              None if timesteps is None else timesteps[j]))
@@ -231,8 +231,8 @@ class TransDiff(nn.Module):
 
     def _decoder_loss(self, latents: torch.Tensor, c: torch.Tensor, noise: torch.Tensor | None,
                       timesteps: torch.Tensor | None) -> torch.Tensor:
-        m = self.cfg.diffusion_batch_mul if self.training else 1
-        x0 = patchify(latents, self.cfg.patch_size).repeat(m, 1, 1)
+        m = self.config.diffusion_batch_mul if self.training else 1
+        x0 = patchify(latents, self.config.patch_size).repeat(m, 1, 1)
         c = c.repeat(m, 1, 1)
         if noise is None:
             noise = torch.randn_like(x0)
@@ -290,8 +290,8 @@ class TransDiff(nn.Module):
         """MRAR round k's new block of features given the latents of rounds 0..k-1: only that block
         goes through the encoder, the earlier blocks' keys/values are reused from `caches` (one
         dict per encoder block, empty at round 0). Round 0 returns the first block."""
-        cfg = self.cfg
-        buf, r = cfg.buffer_size, cfg.ref_tokens
+        config = self.config
+        buf, r = config.buffer_size, config.ref_tokens
         if k == 0:
             start, stop = 0, buf + r
         else:

@@ -58,7 +58,7 @@ def decode_features(model: TransDiff, features: torch.Tensor, settings: SampleSe
     """Sample one latent from the given semantic features (1, n, D), with noise (initial and
     per-step) from `seed` alone, so different features decoded with one seed share all their noise."""
     device, dtype = model_device_dtype(model)
-    noise = initial_noise(model.cfg, [0], seed).to(device=device, dtype=dtype)
+    noise = initial_noise(model.config, [0], seed).to(device=device, dtype=dtype)
     gen = torch.Generator(device=device).manual_seed(image_seed(seed, 0, 1))
     return decode(model, model.condition(features), noise, settings.make_sampler(), cfg=settings.cfg[0],
                   generator=gen)
@@ -76,7 +76,7 @@ def check_fuse(config: ModelConfig, ratio: float, pattern: str, seed: int) -> No
 def fuse(model: TransDiff, class_a: int, class_b: int, settings: SampleSettings, *, ratio: float = 0.5,
          pattern: str = "halves", seed: int = 0) -> Fused:
     """Latents for class A, the fused features, and class B, all from the same noise."""
-    check_fuse(model.cfg, ratio, pattern, seed)
+    check_fuse(model.config, ratio, pattern, seed)
     device, _ = model_device_dtype(model)
     labels = torch.tensor([class_a, class_b], device=device)
     fa, fb = model.features(model.class_emb(labels)).split(1)

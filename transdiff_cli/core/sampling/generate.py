@@ -64,7 +64,7 @@ def batch_bytes(model: TransDiff, tokenizer: Tokenizer, batch_size: int, setting
     """A rough lower bound of the activation memory of one batch: the transformer's token states
     and attention scores (doubled under guidance) with the per-round latents kept, plus the
     decoded images and the tokenizer's widest feature map (128 channels for a VAE)."""
-    mc = model.cfg
+    mc = model.config
     rows = batch_size * (2 if any(c != 1.0 for c in settings.cfg) else 1)
     tokens = mc.buffer_size + mc.num_tokens * (mc.mrar_steps if mc.mrar else 1)
     depth = mc.encoder_depth + mc.decoder_depth
@@ -250,7 +250,7 @@ def _write_samples(model: TransDiff, tokenizer: Tokenizer, labels: Sequence[int]
     w = Written(out)
     shown: list[torch.Tensor] = []
     arrays: list[np.ndarray] = []
-    n_classes = model.cfg.num_classes
+    n_classes = model.config.num_classes
     for batch in generate(model, tokenizer, labels, settings, seed=seed, batch_size=batch_size,
                           save_steps=save_steps):
         names = [file_name(i, y) for i, y in zip(batch.indices, batch.labels)]
@@ -333,7 +333,7 @@ def mrar_feature_diversity(model: TransDiff, labels: Sequence[int], settings: Sa
     encoder gives the K blocks of features that condition the last image. Returns (per label: the
     measure of all K blocks together, the same feature count as the 1-step model's; per round k and
     label: the measure of block k alone), each averaged over the `num_refs` samples."""
-    mc = model.cfg
+    mc = model.config
     r = mc.ref_tokens
     rounds = settings.rounds
     expanded = [int(y) for y in labels for _ in range(num_refs)]

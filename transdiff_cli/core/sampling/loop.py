@@ -70,10 +70,10 @@ def sample_rounds(model: TransDiff, labels: torch.Tensor, settings: SampleSettin
     token_dim) defaults to draws from `generator`, which also drives the sampler's noise (one
     generator, or one per image). `cache=False` runs the plain path (no cached keys/values)."""
     if settings is None:
-        settings = sample_settings(model.cfg, **options)
+        settings = sample_settings(model.config, **options)
     elif options:
         raise TypeError(f"give settings or options, not both ({', '.join(options)})")
-    mc = model.cfg
+    mc = model.config
     b = labels.shape[0]
     dtype = model.class_emb.weight.dtype
     if noise is None:
@@ -111,6 +111,6 @@ def sample_latents(model: TransDiff, labels: Sequence[int], indices: Sequence[in
     """`sample_rounds` for images `indices` (global image numbers) seeded by (seed, i): the same
     image whatever the batch or the torchrun split."""
     device, dtype = model_device_dtype(model)
-    noise = initial_noise(model.cfg, indices, seed).to(device=device, dtype=dtype)
+    noise = initial_noise(model.config, indices, seed).to(device=device, dtype=dtype)
     y = torch.as_tensor(list(labels), device=device, dtype=torch.long)
     return sample_rounds(model, y, settings, noise=noise, generator=step_generators(indices, seed, device))

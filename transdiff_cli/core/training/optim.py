@@ -25,23 +25,23 @@ def param_groups(model: nn.Module, weight_decay: float) -> list[dict]:
             {"params": no_decay, "weight_decay": 0.0}]
 
 
-def make_optimizer(model: nn.Module, cfg: TrainConfig, device: torch.device) -> torch.optim.AdamW:
+def make_optimizer(model: nn.Module, train_config: TrainConfig, device: torch.device) -> torch.optim.AdamW:
     # fused AdamW is one kernel per step on GPU (and supported on CPU in recent torch)
-    return torch.optim.AdamW(param_groups(model, cfg.weight_decay), lr=cfg.peak_lr,
-                             betas=(cfg.beta1, cfg.beta2), fused=device.type in ("cuda", "cpu"))
+    return torch.optim.AdamW(param_groups(model, train_config.weight_decay), lr=train_config.peak_lr,
+                             betas=(train_config.beta1, train_config.beta2), fused=device.type in ("cuda", "cpu"))
 
 
-def lr_at(step: int, total: int, cfg: TrainConfig, warmup: int | None = None) -> float:
-    """Linear warm-up (`warmup` steps; default cfg.warmup_steps) to the peak lr, then constant or
+def lr_at(step: int, total: int, train_config: TrainConfig, warmup: int | None = None) -> float:
+    """Linear warm-up (`warmup` steps; default train_config.warmup_steps) to the peak lr, then constant or
     cosine down to min_lr."""
-    peak = cfg.peak_lr
-    warmup = (cfg.warmup_steps or 0) if warmup is None else warmup
+    peak = train_config.peak_lr
+    warmup = (train_config.warmup_steps or 0) if warmup is None else warmup
     if step < warmup:
         return peak * (step + 1) / warmup
-    if cfg.schedule == "cosine":
+    if train_config.schedule == "cosine":
         span = max(1, total - warmup)
         progress = min(1.0, (step - warmup) / span)
-        return cfg.min_lr + (peak - cfg.min_lr) * 0.5 * (1 + math.cos(math.pi * progress))
+        return train_config.min_lr + (peak - train_config.min_lr) * 0.5 * (1 + math.cos(math.pi * progress))
     return peak
 
 

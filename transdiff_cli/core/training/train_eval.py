@@ -32,23 +32,23 @@ from .train_config import TrainConfig
 EVAL_BATCH = 64
 
 
-def check_eval_config(cfg: TrainConfig) -> None:
+def check_eval_config(train_config: TrainConfig) -> None:
     """Fail at start-up, on every rank, rather than at the first evaluation."""
-    if not cfg.eval_every:
+    if not train_config.eval_every:
         return
-    if cfg.eval_ref != BUILTIN_DIGITS and not Path(cfg.eval_ref).exists():
-        raise TransDiffError(f"`eval_ref` not found: {cfg.eval_ref}")
-    if cfg.eval_features == "inception":
+    if train_config.eval_ref != BUILTIN_DIGITS and not Path(train_config.eval_ref).exists():
+        raise TransDiffError(f"`eval_ref` not found: {train_config.eval_ref}")
+    if train_config.eval_features == "inception":
         from ..eval.features import inception_weights_path
 
-        inception_weights_path(cfg.eval_inception_weights)
+        inception_weights_path(train_config.eval_inception_weights)
 
 
 class TrainingEvaluator:
-    def __init__(self, cfg: TrainConfig, model_cfg: ModelConfig, tokenizer: Any, dist_info: DistInfo,
+    def __init__(self, train_config: TrainConfig, model_config: ModelConfig, tokenizer: Any, dist_info: DistInfo,
                  device: torch.device, run: RunDir):
-        check_eval_config(cfg)
-        self.cfg, self.model_cfg, self.tokenizer = cfg, model_cfg, tokenizer
+        check_eval_config(train_config)
+        self.train_config, self.model_config, self.tokenizer = train_config, model_config, tokenizer
         self.dist, self.device, self.run = dist_info, device, run
         self.extractor = None
         self.reference: Reference | None = None
@@ -58,8 +58,9 @@ class TrainingEvaluator:
         if self.reference is None:
             from ..eval.fid import load_input
 
-            self.extractor = make_extractor(self.cfg.eval_features, self.cfg.eval_inception_weights, self.device)
-            self.reference = prepare_reference(load_input(self.cfg.eval_ref, allow_stats=True), self.extractor)
+            tc = self.train_config
+            self.extractor = make_extractor(tc.eval_features, tc.eval_inception_weights, self.device)
+            self.reference = prepare_reference(load_input(tc.eval_ref, allow_stats=True), self.extractor)
         return self.reference
 
     @torch.no_grad()
@@ -67,15 +68,15 @@ class TrainingEvaluator:
         """Evaluate the EMA weights; rank 0 returns the logged row."""
         t0 = time.time()
         with torch.random.fork_rng(devices=[self.device] if self.device.type == "cuda" else []):
-            model = TransDiff(self.model_cfg).to(self.device)
+            model = TransDiff(self.model_config).to(self.device)
             model.load_state_dict(ema_state)
             model.eval()
-            c = self.model_cfg.num_classes
-            labels = [i % c for i in range(self.cfg.eval_images)]
+            c = self.model_config.num_classes
+            labels = [i % c for i in range(self.train_config.eval_images)]
             mine = list(range(self.dist.rank, len(labels), self.dist.world_size))
-            settings = sample_settings(self.model_cfg)
-            images = generate_arrays(model, self.tokenizer, [labels[i] for i in mine], settings, seed=self.cfg.seed,
-                                     batch_size=EVAL_BATCH, indices=mine)
+            settings = sample_settings(self.model_config)
+            images = generate_arrays(model, self.tokenizer, [labels[i] for i in mine], settings,
+                                     seed=self.train_config.seed, batch_size=EVAL_BATCH, indices=mine)
         del model
         if self.dist.enabled:
             parts: list[Any] = [None] * self.dist.world_size
@@ -87,9 +88,9 @@ class TrainingEvaluator:
         ref = self._reference()
         m = generated_metrics(ImageSet(images, np.asarray(labels, dtype=np.int64), f"step {step}"), ref,
                               self.extractor, isc=True)
-        row: dict[str, Any] = {"step": step, "fid": m[fid_key(self.cfg.eval_features)],
+        row: dict[str, Any] = {"step": step, "fid": m[fid_key(self.train_config.eval_features)],
                                "inception_score": m.get("inception_score_mean"),
-                               "eval_images": len(labels), "eval_features": self.cfg.eval_features,
+                               "eval_images": len(labels), "eval_features": self.train_config.eval_features,
                                "eval_seconds": round(time.time() - t0, 2)}
         if "class_fidelity" in m:
             row["class_fidelity"] = m["class_fidelity"]

@@ -88,12 +88,12 @@ def _check_geometry(model_over: dict[str, Any], data: Any, size: str) -> None:
                 f"{data.latent_size}")
 
 
-def _open_data(cfg: TrainConfig, group_size: int | None, device: torch.device) -> Any:
+def _open_data(train_config: TrainConfig, group_size: int | None, device: torch.device) -> Any:
     from ..data.latents import open_training_data
 
-    return open_training_data(cfg.data, vae=cfg.vae, image_size=cfg.image_size,
+    return open_training_data(train_config.data, vae=train_config.vae, image_size=train_config.image_size,
                               group_size=group_size, device=device,
-                              groups=cfg.groups if group_size is not None else None)
+                              groups=train_config.groups if group_size is not None else None)
 
 
 def prepare(req: RunRequest, locks: contextlib.ExitStack | None = None) -> tuple[Trainer, DistInfo]:
@@ -110,30 +110,30 @@ def prepare(req: RunRequest, locks: contextlib.ExitStack | None = None) -> tuple
     init_state = init_ema = None
     parent: dict[str, Any] = {}
     if req.finetune_from is None and req.init_from is not None:
-        tcfg, data, model_cfg, init_state, init_ema = _init_from(
+        train_config, data, model_config, init_state, init_ema = _init_from(
             req, yaml_model, yaml_train, cli_train, cli_model, device, dist.is_main)
         parent = {"parent": req.init_from}
-        default_name = f"{_data_name(tcfg.data)}-{model_cfg.size}-{data.tokenizer.image_size}"
+        default_name = f"{_data_name(train_config.data)}-{model_config.size}-{data.tokenizer.image_size}"
     elif req.finetune_from is None:
         size = req.size or yaml_model.get("size") or "tiny"
         base = train_defaults(preset(size).size)
         merged = _merge_train(base, yaml_train, cli_train)
         if merged.get("data", TrainConfig.data) == "digits" and preset(size).size == "tiny":
             merged = {**DIGITS_EVAL, **merged}  # the user's eval settings win; --eval-every 0 turns it off
-        tcfg = TrainConfig.from_dict(merged)
-        tcfg.validate()
-        if tcfg.only_train_diff:
+        train_config = TrainConfig.from_dict(merged)
+        train_config.validate()
+        if train_config.only_train_diff:
             raise TransDiffError("`only_train_diff` needs `init_from` CKPT: the frozen encoder "
                                  "must come from a trained model")
-        data = _open_data(tcfg, None, device)
+        data = _open_data(train_config, None, device)
         model_over = {**yaml_model, **cli_model}
         _check_geometry(model_over, data, size)
         geometry = dict(latent_channels=data.latent_channels, latent_size=data.latent_size,
                         num_classes=len(data.class_names))
         model_over.pop("size", None)
-        model_cfg = preset(size, **{**geometry, **{k: v for k, v in model_over.items()
+        model_config = preset(size, **{**geometry, **{k: v for k, v in model_over.items()
                                                    if k not in GEOMETRY_KEYS}})
-        default_name = f"{_data_name(tcfg.data)}-{model_cfg.size}"
+        default_name = f"{_data_name(train_config.data)}-{model_config.size}"
     else:
         src = load_checkpoint(req.finetune_from, weights="model", keep_raw=True)
         one = src.config
@@ -143,20 +143,20 @@ def prepare(req: RunRequest, locks: contextlib.ExitStack | None = None) -> tuple
         base = train_defaults(one.size if one.size in ("tiny", "S", "B", "L", "H") else "tiny",
                               finetune=True)
         data_default = src.meta.get("data")
-        tcfg_d = _merge_train(base, yaml_train, cli_train)
+        train_dict = _merge_train(base, yaml_train, cli_train)
         if "data" not in {**yaml_train, **cli_train}:
             if not data_default:
                 raise TransDiffError(f"{req.finetune_from} does not say what data it was trained "
                                      "on: pass `data` (a latents folder or image folder)")
-            tcfg_d["data"] = data_default
-            tcfg_d.setdefault("vae", None)
+            train_dict["data"] = data_default
+            train_dict.setdefault("vae", None)
             if src.meta.get("train", {}).get("vae") and "vae" not in cli_train:
-                tcfg_d["vae"] = src.meta["train"]["vae"]
-        tcfg = TrainConfig.from_dict(tcfg_d)
-        tcfg.validate()
+                train_dict["vae"] = src.meta["train"]["vae"]
+        train_config = TrainConfig.from_dict(train_dict)
+        train_config.validate()
         mcfg = mrar_config(one, **{k: v for k, v in {**yaml_model, **cli_model}.items()
                                    if k not in GEOMETRY_KEYS and k != "mrar"})
-        data = _open_data(tcfg, mcfg.mrar_steps, device)
+        data = _open_data(train_config, mcfg.mrar_steps, device)
         if (data.latent_channels, data.latent_size) != (one.latent_channels, one.latent_size):
             raise TransDiffError(
                 f"the checkpoint expects latents {one.latent_channels}x{one.latent_size}x"
@@ -165,13 +165,13 @@ def prepare(req: RunRequest, locks: contextlib.ExitStack | None = None) -> tuple
         if len(data.class_names) > one.num_classes:
             raise TransDiffError(f"the data has {len(data.class_names)} classes but the "
                                  f"checkpoint only {one.num_classes}")
-        model_cfg = mcfg
+        model_config = mcfg
         # the EMA is converted like the weights (the same fresh rows where the slot count grows)
-        init_state = init_mrar_from_1step(src.raw_model, one, mcfg, torch.Generator().manual_seed(tcfg.seed))
+        init_state = init_mrar_from_1step(src.raw_model, one, mcfg, torch.Generator().manual_seed(train_config.seed))
         init_ema = init_mrar_from_1step(src.raw_ema or src.raw_model, one, mcfg,
-                                        torch.Generator().manual_seed(tcfg.seed))
+                                        torch.Generator().manual_seed(train_config.seed))
         parent = {"parent": str(src.path)}
-        default_name = f"{_data_name(tcfg.data)}-{model_cfg.size}-mrar"
+        default_name = f"{_data_name(train_config.data)}-{model_config.size}-mrar"
 
     run = RunDir(req.run_dir or Path("runs") / (req.name or default_name))
     if dist.is_main and locks is not None:  # one writer per run folder (rank 0 speaks for all)
@@ -181,7 +181,7 @@ def prepare(req: RunRequest, locks: contextlib.ExitStack | None = None) -> tuple
         if req.resume is False:
             raise TransDiffError(f"run folder {run.root} already holds checkpoints; pass another "
                                  "`run_dir` (or `name`), or `resume` to continue it")
-        run.check_config({"model": model_cfg.to_dict()})
+        run.check_config({"model": model_config.to_dict()})
         init_state = init_ema = None  # the trainer resumes from the run's own checkpoint
     elif req.resume is True:
         raise TransDiffError(f"`resume`: no checkpoint in {run.root} to resume from")
@@ -189,14 +189,14 @@ def prepare(req: RunRequest, locks: contextlib.ExitStack | None = None) -> tuple
     if req.finetune_from is not None and src.class_names and len(src.class_names) >= len(class_names):
         class_names = list(src.class_names)
     # a published model may know more classes than the fine-tuning data names
-    class_names += [f"class{i}" for i in range(len(class_names), model_cfg.num_classes)]
+    class_names += [f"class{i}" for i in range(len(class_names), model_config.num_classes)]
     meta = {"tokenizer": data.tokenizer.spec(), "class_names": list(class_names),
-            "data": tcfg.data, **parent}
+            "data": train_config.data, **parent}
     if dist.is_main:
         run.create()
-        run.write_config({"model": model_cfg.to_dict(), "train": tcfg.to_dict(),
+        run.write_config({"model": model_config.to_dict(), "train": train_config.to_dict(),
                           "command": " ".join(sys.argv), **parent})
-    trainer = Trainer(model_cfg, tcfg, data, run, device, dist, meta, init_state, init_ema,
+    trainer = Trainer(model_config, train_config, data, run, device, dist, meta, init_state, init_ema,
                       reporter=req.reporter, progress=req.progress)
     return trainer, dist
 
@@ -213,46 +213,46 @@ def _init_from(req: RunRequest, yaml_model: dict[str, Any], yaml_train: dict[str
     one = src.config
     size = one.size if one.size in ("tiny", "S", "B", "L", "H") else "tiny"
     user_train = {**yaml_train, **cli_train}
-    tcfg_d = _merge_train(train_defaults(size, decoder_only=True), yaml_train, cli_train)
+    train_dict = _merge_train(train_defaults(size, decoder_only=True), yaml_train, cli_train)
     if "data" not in user_train:  # default: the data the checkpoint was trained on
         if not src.meta.get("data"):
             raise TransDiffError(f"{req.init_from} does not say what data it was trained on: "
                                  "pass `data`")
-        tcfg_d["data"] = src.meta["data"]
+        train_dict["data"] = src.meta["data"]
         if "vae" not in user_train:
-            tcfg_d["vae"] = (src.meta.get("train") or {}).get("vae")
+            train_dict["vae"] = (src.meta.get("train") or {}).get("vae")
     src_size = (src.meta.get("tokenizer") or {}).get("image_size")
-    if "image_size" not in user_train and src_size and not is_latent_folder(tcfg_d["data"]):
-        tcfg_d["image_size"] = src_size  # same resolution unless asked otherwise
-    tcfg = TrainConfig.from_dict(tcfg_d)
-    tcfg.validate()
-    data = _open_data(tcfg, None, device)
+    if "image_size" not in user_train and src_size and not is_latent_folder(train_dict["data"]):
+        train_dict["image_size"] = src_size  # same resolution unless asked otherwise
+    train_config = TrainConfig.from_dict(train_dict)
+    train_config.validate()
+    data = _open_data(train_config, None, device)
     overrides = {k: v for k, v in {**yaml_model, **cli_model}.items()
                  if k not in GEOMETRY_KEYS and k != "size"}
     if size in ("B", "L", "H"):  # the 512 recipe's diffusion_batch_mul
         overrides.setdefault("diffusion_batch_mul", 4)
     classes = len(data.class_names)
-    cfg = init.target_config(one, data.latent_channels, data.latent_size, classes, **overrides)
+    config = init.target_config(one, data.latent_channels, data.latent_size, classes, **overrides)
     asked = req.size or yaml_model.get("size")
     if asked is not None:
         init.check_widths(one, preset(asked, latent_channels=one.latent_channels,
                                       latent_size=one.latent_size), req.init_from)
-    init.check_widths(one, cfg, req.init_from)
+    init.check_widths(one, config, req.init_from)
     fresh = None
     if classes != one.num_classes:
-        if tcfg.only_train_diff:
+        if train_config.only_train_diff:
             raise TransDiffError(f"the data has {classes} classes but {req.init_from} "
                                  f"{one.num_classes}: `only_train_diff` keeps the class embedding "
                                  "frozen, so it cannot learn new classes (drop `only_train_diff`)")
-        fresh = init.fresh_class_embedding(cfg, tcfg.seed)
+        fresh = init.fresh_class_embedding(config, train_config.seed)
         if is_main:
             (req.reporter or Reporter()).warning(f"the data has {classes} classes, {req.init_from} "
                                                  f"{one.num_classes}: the class embedding starts afresh")
-    raw = init.init_state(src.raw_model, cfg, req.init_from, fresh)
-    ema = init.init_state(src.raw_ema or src.raw_model, cfg, req.init_from, fresh)
-    if tcfg.only_train_diff:
+    raw = init.init_state(src.raw_model, config, req.init_from, fresh)
+    ema = init.init_state(src.raw_ema or src.raw_model, config, req.init_from, fresh)
+    if train_config.only_train_diff:
         raw = init.frozen_from(ema, raw)
-    return tcfg, data, cfg, raw, ema
+    return train_config, data, config, raw, ema
 
 
 def run_training(req: RunRequest) -> TrainResult:

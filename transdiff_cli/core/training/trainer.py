@@ -74,26 +74,26 @@ class _StopFlag:
             signal.signal(sig, handler)
 
 
-def global_draws(model_cfg: ModelConfig, global_batch: int, rank_slice: slice, seed: int,
+def global_draws(model_config: ModelConfig, global_batch: int, rank_slice: slice, seed: int,
                  step: int, micro: int, device: torch.device, dtype: torch.dtype,
                  dropout: bool) -> dict[str, Any]:
     """Noise, timesteps and the class-dropout mask for this rank's slice of the global batch."""
     g = torch.Generator(device=device)
     g.manual_seed((seed * 1_000_003 + step * 1009 + micro) % (2**63))
-    m = model_cfg.diffusion_batch_mul
-    images = model_cfg.mrar_steps if model_cfg.mrar else 1
+    m = model_config.diffusion_batch_mul
+    images = model_config.mrar_steps if model_config.mrar else 1
     drop = None
-    if dropout and model_cfg.label_drop_prob > 0:
+    if dropout and model_config.label_drop_prob > 0:
         drop = (torch.rand(global_batch, device=device, generator=g)
-                < model_cfg.label_drop_prob)[rank_slice]
+                < model_config.label_drop_prob)[rank_slice]
     noise, times = [], []
-    shape = (m, global_batch, model_cfg.num_tokens, model_cfg.token_dim)
+    shape = (m, global_batch, model_config.num_tokens, model_config.token_dim)
     for _ in range(images):
         n = torch.randn(shape, device=device, generator=g, dtype=dtype)
         t = flow.sample_timesteps(m * global_batch, device, generator=g).view(m, global_batch)
         noise.append(n[:, rank_slice].reshape(-1, *shape[2:]))
         times.append(t[:, rank_slice].reshape(-1))
-    if not model_cfg.mrar:
+    if not model_config.mrar:
         return {"noise": noise[0], "timesteps": times[0], "drop": drop}
     return {"noise": noise, "timesteps": times, "drop": drop}
 
@@ -119,58 +119,58 @@ def _collate(batch: list[tuple[torch.Tensor, int]]) -> tuple[torch.Tensor, torch
 
 
 class Trainer:
-    def __init__(self, model_cfg: ModelConfig, cfg: TrainConfig, data: Any, run: RunDir,
+    def __init__(self, model_config: ModelConfig, train_config: TrainConfig, data: Any, run: RunDir,
                  device: torch.device, dist: DistInfo, meta: dict[str, Any],
                  init_state: dict[str, torch.Tensor] | None = None,
                  init_ema: dict[str, torch.Tensor] | None = None,
                  reporter: Reporter | None = None, progress: bool = True):
-        cfg.validate()
-        self.model_cfg, self.cfg, self.data, self.run = model_cfg, cfg, data, run
+        train_config.validate()
+        self.model_config, self.train_config, self.data, self.run = model_config, train_config, data, run
         self.device, self.dist, self.meta = device, dist, meta
         self.reporter = reporter or Reporter()
         self.show_progress = progress and dist.is_main
         world = dist.world_size
-        if cfg.batch_size % (world * cfg.grad_accum):
-            raise TransDiffError(f"`batch_size` {cfg.batch_size} must be divisible by processes "
-                                 f"({world}) x `grad_accum` ({cfg.grad_accum})")
-        self.micro_batch = cfg.batch_size // cfg.grad_accum  # global micro-batch
+        if train_config.batch_size % (world * train_config.grad_accum):
+            raise TransDiffError(f"`batch_size` {train_config.batch_size} must be divisible by processes "
+                                 f"({world}) x `grad_accum` ({train_config.grad_accum})")
+        self.micro_batch = train_config.batch_size // train_config.grad_accum  # global micro-batch
         self.local_batch = self.micro_batch // world
         n = len(data.dataset)
-        if n < cfg.batch_size:
+        if n < train_config.batch_size:
             raise TransDiffError(f"the data has {n} samples, fewer than `batch_size` "
-                                 f"{cfg.batch_size}")
-        self.steps_per_epoch = n // cfg.batch_size
-        self.total = cfg.max_steps if cfg.max_steps is not None else \
-            math.ceil(cfg.epochs * self.steps_per_epoch)
-        self.warmup_steps = cfg.warmup_for(self.steps_per_epoch)
+                                 f"{train_config.batch_size}")
+        self.steps_per_epoch = n // train_config.batch_size
+        self.total = train_config.max_steps if train_config.max_steps is not None else \
+            math.ceil(train_config.epochs * self.steps_per_epoch)
+        self.warmup_steps = train_config.warmup_for(self.steps_per_epoch)
 
-        torch.manual_seed(cfg.seed)  # same initial weights on every rank and every rerun
-        self.model = TransDiff(model_cfg)
+        torch.manual_seed(train_config.seed)  # same initial weights on every rank and every rerun
+        self.model = TransDiff(model_config)
         if init_state is not None:
             self.model.load_state_dict(init_state)
-        if not model_cfg.mrar:  # 1-step: z_proj's output is overwritten by the mask token
+        if not model_config.mrar:  # 1-step: z_proj's output is overwritten by the mask token
             self.model.z_proj.requires_grad_(False)
-        if cfg.only_train_diff:  # encoder, class and condition embeddings frozen (DESIGN §8)
+        if train_config.only_train_diff:  # encoder, class and condition embeddings frozen (DESIGN §8)
             for name, p in self.model.named_parameters():
                 p.requires_grad_(name.startswith("decoder."))
         self.model.to(device)
-        self.ema = EMA(self.model, cfg.ema_rate, cfg.ema_warmup)
+        self.ema = EMA(self.model, train_config.ema_rate, train_config.ema_warmup)
         if init_ema is not None:
             self.ema.load({k: v.to(device) for k, v in init_ema.items()})
-        self.opt = make_optimizer(self.model, cfg, device)
+        self.opt = make_optimizer(self.model, train_config, device)
         self.step, self.epoch, self.batch_pos = 0, 0, 0
         self.resumed_from: Path | None = None
         self._resume()
         self.ddp = DDP(self.model, device_ids=[device.index] if device.type == "cuda" else None) \
             if dist.enabled else None
-        self.autocast_dtype = autocast_dtype(device, cfg.precision)
+        self.autocast_dtype = autocast_dtype(device, train_config.precision)
         self.evaluator = None
-        if cfg.eval_every:  # quality during training (FID of the EMA model)
+        if train_config.eval_every:  # quality during training (FID of the EMA model)
             from .train_eval import TrainingEvaluator
 
-            self.evaluator = TrainingEvaluator(cfg, model_cfg, data.tokenizer, dist, device, run)
+            self.evaluator = TrainingEvaluator(train_config, model_config, data.tokenizer, dist, device, run)
         self.tb = None
-        if cfg.tensorboard and dist.is_main:
+        if train_config.tensorboard and dist.is_main:
             from .tensorboard_log import TensorBoardLog
 
             self.tb = TensorBoardLog(run.root / "tensorboard")
@@ -186,7 +186,7 @@ class Trainer:
             return
         folder = resolve(self.run.root)
         ck = load_checkpoint(folder, weights="model", keep_raw=True)
-        if ck.config != self.model_cfg:
+        if ck.config != self.model_config:
             raise TransDiffError(f"{folder} was trained with a different model config; "
                                  "pass another `run_dir`")
         state = load_train_state(folder)
@@ -216,9 +216,9 @@ class Trainer:
                 if self.device.type == "cuda" else None,
                 "world_size": self.dist.world_size,
             }
-            meta = dict(self.meta, step=self.step, train=self.cfg.to_dict())
+            meta = dict(self.meta, step=self.step, train=self.train_config.to_dict())
             path = save_checkpoint(self.run.checkpoints / name, self.model.state_dict(),
-                                   self.model_cfg, meta, ema_state=self.ema.state_dict(self.model),
+                                   self.model_config, meta, ema_state=self.ema.state_dict(self.model),
                                    train_state=train_state)
             mark_latest(self.run.checkpoints, name)
             recover(self.run.checkpoints)  # drops hidden leftovers of interrupted commits
@@ -228,7 +228,7 @@ class Trainer:
 
     def _prune(self) -> None:
         steps = sorted(self.run.checkpoints.glob("step_*"))
-        for old in steps[:-self.cfg.keep_last] if self.cfg.keep_last > 0 else []:
+        for old in steps[:-self.train_config.keep_last] if self.train_config.keep_last > 0 else []:
             shutil.rmtree(old, ignore_errors=True)
 
     @torch.no_grad()
@@ -237,17 +237,17 @@ class Trainer:
         if not self.dist.is_main:
             return None
         with torch.random.fork_rng(devices=[]):  # building a model must not move the run's RNG
-            model = TransDiff(self.model_cfg).to(self.device)
+            model = TransDiff(self.model_config).to(self.device)
         model.load_state_dict(self.ema.state_dict(self.model))
         model.eval()
-        k = min(self.cfg.grid_classes, self.model_cfg.num_classes)
-        labels = torch.arange(k, device=self.device).repeat_interleave(self.cfg.grid_per_class)
-        g = torch.Generator(device=self.device).manual_seed(self.cfg.seed)
-        latents = sample_rounds(model, labels, generator=g, sampling_steps=self.cfg.grid_sampling_steps)[-1]
+        k = min(self.train_config.grid_classes, self.model_config.num_classes)
+        labels = torch.arange(k, device=self.device).repeat_interleave(self.train_config.grid_per_class)
+        g = torch.Generator(device=self.device).manual_seed(self.train_config.seed)
+        latents = sample_rounds(model, labels, generator=g, sampling_steps=self.train_config.grid_sampling_steps)[-1]
         images = self.data.tokenizer.decode(latents.float())
         path = save_grid(images, self.run.samples / f"step_{self.step:07d}.png",
-                         nrow=self.cfg.grid_per_class)
-        save_grid(images, self.run.samples / "latest.png", nrow=self.cfg.grid_per_class)
+                         nrow=self.train_config.grid_per_class)
+        save_grid(images, self.run.samples / "latest.png", nrow=self.train_config.grid_per_class)
         if self.tb is not None:
             self.tb.image("samples", path, self.step)
         return path
@@ -265,31 +265,31 @@ class Trainer:
 
     # ------------------------------------------------------------------ loop
     def _loader(self) -> DataLoader:
-        idx = epoch_indices(len(self.data.dataset), self.cfg.seed, self.epoch, self.cfg.batch_size,
+        idx = epoch_indices(len(self.data.dataset), self.train_config.seed, self.epoch, self.train_config.batch_size,
                             self.micro_batch, self.dist.world_size, self.dist.rank)
-        per_step_local = self.local_batch * self.cfg.grad_accum
+        per_step_local = self.local_batch * self.train_config.grad_accum
         idx = idx[self.batch_pos * per_step_local:]
         return DataLoader(self.data.dataset, batch_size=self.local_batch, sampler=idx,
-                          drop_last=True, collate_fn=_collate, num_workers=self.cfg.num_workers,
+                          drop_last=True, collate_fn=_collate, num_workers=self.train_config.num_workers,
                           pin_memory=self.device.type == "cuda")
 
     def _micro_step(self, latents: torch.Tensor, labels: torch.Tensor, micro: int) -> torch.Tensor:
         rank_slice = slice(self.dist.rank * self.local_batch, (self.dist.rank + 1) * self.local_batch)
-        draws = global_draws(self.model_cfg, self.micro_batch, rank_slice, self.cfg.seed, self.step,
+        draws = global_draws(self.model_config, self.micro_batch, rank_slice, self.train_config.seed, self.step,
                              micro, self.device, torch.float32, dropout=True)
         net = self.ddp or self.model
-        sync = self.ddp is None or micro == self.cfg.grad_accum - 1
+        sync = self.ddp is None or micro == self.train_config.grad_accum - 1
         ctx = contextlib.nullcontext() if sync else self.ddp.no_sync()
         amp = torch.autocast(self.device.type, dtype=self.autocast_dtype) \
             if self.autocast_dtype else contextlib.nullcontext()
         with ctx:
             with amp:
                 loss = net(latents, labels, **draws)
-            (loss / self.cfg.grad_accum).backward()
+            (loss / self.train_config.grad_accum).backward()
         return loss.detach()
 
     def train(self) -> TrainResult:
-        cfg = self.cfg
+        train_config = self.train_config
         if self.dist.is_main:
             self.run.create()
         barrier(self.dist)
@@ -309,15 +309,15 @@ class Trainer:
                 steps_left_in_epoch = self.steps_per_epoch - self.batch_pos
                 for _ in range(min(steps_left_in_epoch, self.total - self.step)):
                     losses = []
-                    for micro in range(cfg.grad_accum):
+                    for micro in range(train_config.grad_accum):
                         latents, labels = next(it)
                         latents = latents.to(self.device, non_blocking=True)
                         labels = labels.to(self.device, non_blocking=True)
                         losses.append(self._micro_step(latents, labels, micro))
                     if self.step == 0 and DUMP_GRADS_ENV in os.environ and self.dist.is_main:
                         self._dump_grads(Path(os.environ[DUMP_GRADS_ENV]))
-                    grad_norm = torch.nn.utils.clip_grad_norm_(params, cfg.grad_clip)
-                    lr = lr_at(self.step, self.total, cfg, self.warmup_steps)
+                    grad_norm = torch.nn.utils.clip_grad_norm_(params, train_config.grad_clip)
+                    lr = lr_at(self.step, self.total, train_config, self.warmup_steps)
                     for group in self.opt.param_groups:
                         group["lr"] = lr
                     self.opt.step()
@@ -326,7 +326,7 @@ class Trainer:
                     self.step += 1
                     self.batch_pos += 1
                     window.append(torch.stack([torch.stack(losses).mean(), grad_norm.float()]))
-                    boundary = self.step % cfg.log_every == 0 or self.step == self.total
+                    boundary = self.step % train_config.log_every == 0 or self.step == self.total
                     if stop.raised and not self.dist.enabled:
                         boundary = True
                     if boundary:
@@ -334,13 +334,13 @@ class Trainer:
                         window, window_t, window_start = [], time.time(), self.step
                         if stopped:
                             break
-                    if self.step % cfg.ckpt_every == 0 and self.step < self.total:
+                    if self.step % train_config.ckpt_every == 0 and self.step < self.total:
                         last_ckpt = self.save()
-                        if cfg.sample_every is None:
+                        if train_config.sample_every is None:
                             self.sample_grid()
-                    if cfg.sample_every and self.step % cfg.sample_every == 0:
+                    if train_config.sample_every and self.step % train_config.sample_every == 0:
                         self.sample_grid()
-                    if self.evaluator is not None and self.step % cfg.eval_every == 0:
+                    if self.evaluator is not None and self.step % train_config.eval_every == 0:
                         self.evaluate()
                 if self.batch_pos >= self.steps_per_epoch:
                     self.epoch += 1
@@ -356,7 +356,7 @@ class Trainer:
             self.tb.close()
         elapsed = time.time() - t0
         summary = {"step": self.step, "total_steps": self.total, "seconds": round(elapsed, 1),
-                   "images_per_s": round((self.step - start_step) * cfg.batch_size
+                   "images_per_s": round((self.step - start_step) * train_config.batch_size
                                          / max(elapsed, 1e-9), 2),
                    "checkpoint": str(last_ckpt) if last_ckpt else None,
                    "grid": str(grid) if grid else None, "stopped_by": stopped}
@@ -378,7 +378,7 @@ class Trainer:
         flag = all_reduce_mean(flag, self.dist)
         vals = vals.cpu()
         dt = max(time.time() - t_start, 1e-9)
-        ips = (self.step - step_start) * self.cfg.batch_size / dt
+        ips = (self.step - step_start) * self.train_config.batch_size / dt
         if not torch.isfinite(vals[:, 0]).all():
             bad = step_start + int((~torch.isfinite(vals[:, 0])).nonzero()[0]) + 1
             latest = self.run.checkpoints / "LATEST"
