@@ -263,7 +263,8 @@ def sample_parts_dir(out: str | Path, npz: str | Path) -> Path:
     survive OUT being replaced."""
     out, npz = Path(out), Path(npz)
     if npz.resolve().is_relative_to(out.resolve()):
-        return out.with_name(f"{out.name}.parts")
+        base = out if out.name else out.resolve()  # `out` "." has no name to extend
+        return base.with_name(f"{base.name}.parts")
     return parts_dir(npz)
 
 
