@@ -28,6 +28,14 @@ from ..core.sampling.generate import (
     open_checkpoint,
     open_tokenizer,
 )
+from ..core.sampling.generate_npz import (
+    SHARD_IMAGES,
+    check_sample_shards,
+    generate_folder_and_npz,
+    generation_identity,
+    sample_parts_dir,
+    shard_size_for,
+)
 from ..core.sampling.settings import checkpoint_settings
 from ..core.validate import check_seed
 from . import _sampling_options as so
@@ -45,6 +53,13 @@ unless only a class of that name exists; say which with index:10 or name:10.
 Output: everything is written into a fresh folder beside --out that replaces it when done, so a
 rerun never mixes old and new images and an interrupted run leaves the old outputs untouched. A
 non-empty --out that holds no earlier `sample` output is refused unless --overwrite is given.
+
+With --npz the images are drawn into resumable shards first, kept beside the .npz
+(NAME.parts/) or, when the .npz lies inside --out, beside --out (OUT.parts/): rerunning the same
+command after an interruption continues from the finished shards and gives exactly the files of an
+uninterrupted run. Shards of another checkpoint or other settings are refused. The PNGs, grid,
+strips and the .npz are then written from the shards and the shards removed; rerunning a finished
+command finds everything in place and does nothing.
 
 Example:
 
@@ -102,7 +117,10 @@ def register(app: typer.Typer) -> None:
         out: Path = typer.Option(Path("samples"), "--out", "-o", help="output folder"),
         batch_size: int = typer.Option(16, "--batch-size", min=1),
         save_steps: bool = typer.Option(False, "--save-steps", help="also write a strip of each MRAR step"),
-        npz: Path = typer.Option(None, "--npz", help="also write all images as an .npz (arr_0 uint8 NHWC)"),
+        npz: Path = typer.Option(None, "--npz", help="also write all images as an .npz (arr_0 uint8 NHWC); "
+                                 "generation then resumes from finished shards"),
+        shard_size: int = typer.Option(None, "--shard-size", min=1, help="--npz: images per resumable "
+                                       "shard (rounded up to whole batches; default about 1024)"),
         precision: so.Precision = "auto",
         compile: so.Compile = False,
         device: so.Device = None,
@@ -121,7 +139,8 @@ def register(app: typer.Typer) -> None:
                                    batch_size=batch_size)
             plan["outputs"] = {"folder": str(out), "pngs": plan["num_images"], "grid": str(out / "grid.png"),
                                "info": str(out / "samples.json"), "npz": str(npz) if npz else None,
-                               "steps": str(out / "steps") if save_steps else None}
+                               "steps": str(out / "steps") if save_steps else None,
+                               "shards": str(sample_parts_dir(out, npz)) if npz else None}
             print_json({"command": "sample", **plan})
             return
         dev = resolve_device(device)
@@ -133,25 +152,51 @@ def register(app: typer.Typer) -> None:
         if save_steps and settings.rounds == 1:
             notes.append("--save-steps: 1-step sampling has a single step; each strip holds one image")
         picked = resolve_classes(classes, mc.num_classes, ck.class_names, warnings=notes)
+        if shard_size is not None and npz is None:
+            notes.append("--shard-size is ignored without --npz")
         for note in notes:
             warn(note)
         labels = [y for y in picked for _ in range(num)]
         tokenizer = open_tokenizer(ck, vae, dev)
         check_seed(seed)  # fail before the work starts, not after minutes of sampling
         check_outputs(out, npz, overwrite)
+        identity = None if npz is None else generation_identity(
+            ck, weights=weights, settings=settings, seed=seed, labels=labels, batch_size=batch_size,
+            shard_size=shard_size_for(batch_size, shard_size or SHARD_IMAGES), tokenizer=tokenizer,
+            precision=precision, compile=compile, device=dev, save_steps=save_steps)
+        if identity is not None:
+            check_sample_shards(out, npz, identity)
         check_batch_fits(ck.model, tokenizer, min(batch_size, len(labels)), settings)
         print_settings(settings)
         names = ", ".join(f"{y} ({escape(class_label(y, mc.num_classes, ck.class_names))})" for y in picked[:8])
         console.print(f"sampling {len(labels)} image(s) of {names}{' ...' if len(picked) > 8 else ''}: "
                       f"{settings.mode}, cfg {settings.cfg}, {settings.sampling_steps} {settings.sampler} steps, "
                       f"scales {settings.scale_0}/{settings.scale_1}, seed {seed}")
+        options = dict(seed=seed, batch_size=batch_size, nrow=grid_rows(num) if len(picked) > 1 else None,
+                       class_names=ck.class_names, info={"checkpoint": str(ck.path)}, overwrite=overwrite)
         with progress_bar() as bar:
             task = bar.add_task("sampling", total=len(labels))
-            written = generate_to_folder(
-                ck.model, tokenizer, labels, settings, out, seed=seed, batch_size=batch_size,
-                save_steps=save_steps, npz=npz, nrow=grid_rows(num) if len(picked) > 1 else None,
-                class_names=ck.class_names, info={"checkpoint": str(ck.path)},
-                on_batch=lambda n: bar.advance(task, n), overwrite=overwrite)
+            advance = lambda n: bar.advance(task, n)  # noqa: E731
+            if identity is None:
+                written = generate_to_folder(ck.model, tokenizer, labels, settings, out, save_steps=save_steps,
+                                             on_batch=advance, **options)
+            else:
+                writing = bar.add_task("writing", total=len(labels), visible=False)
+
+                def on_write(n: int) -> None:
+                    bar.update(writing, advance=n, visible=True)
+
+                try:
+                    written = generate_folder_and_npz(ck.model, tokenizer, labels, settings, out, npz, identity,
+                                                      on_batch=advance, on_write=on_write, **options)
+                except KeyboardInterrupt:
+                    console.print(f"[yellow]finished shards are kept in {sample_parts_dir(out, npz)}: run the "
+                                  "same command again to continue[/yellow]")
+                    raise
+        if written.done:
+            console.print(f"nothing to do: {escape(str(written.out))}/ and {written.npz} already hold this run's "
+                          f"{len(written.pngs)} image(s)")
+            return
         console.print(f"wrote {len(written.pngs)} PNG(s) to {escape(str(written.out))}/, grid {written.grid}")
         if written.strips:
             console.print(f"wrote {len(written.strips)} step strip(s) to {written.out / 'steps'}/")

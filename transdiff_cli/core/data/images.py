@@ -16,6 +16,11 @@ def to_uint8(images: torch.Tensor) -> np.ndarray:
     return x.permute(0, 2, 3, 1).numpy()
 
 
+def from_uint8(arrays: np.ndarray) -> torch.Tensor:
+    """(B, H, W, C) uint8 -> (B, C, H, W) float in [-1, 1]; `to_uint8` gives the same bytes back."""
+    return torch.from_numpy(np.ascontiguousarray(arrays)).permute(0, 3, 1, 2).float() / 127.5 - 1
+
+
 def _pil(array: np.ndarray) -> Image.Image:
     return Image.fromarray(array[..., 0] if array.shape[-1] == 1 else array)
 

@@ -1,7 +1,7 @@
 """Class-conditional generation in batches: the sampling loop (`loop.sample_latents`, seeded per
 image) run over batches, decoded through the tokenizer, and written as PNGs, a grid and MRAR round
-strips into a fresh folder (the resumable FID `.npz` is `generate_npz`'s); loading a checkpoint and
-its tokenizer for generation; the MRAR diversity measure.
+strips into a fresh folder (the resumable `.npz` of `fid --ckpt` and `sample --npz` is
+`generate_npz`'s); loading a checkpoint and its tokenizer for generation; the MRAR diversity measure.
 """
 
 from __future__ import annotations
@@ -10,7 +10,7 @@ import json
 import os
 import shutil
 import uuid
-from collections.abc import Iterator, Sequence
+from collections.abc import Callable, Iterable, Iterator, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -97,7 +97,7 @@ class Batch:
     indices: list[int]
     labels: list[int]
     images: torch.Tensor  # (B, C, H, W) in [-1, 1], CPU
-    steps: list[torch.Tensor] | None = None  # decoded image of every MRAR round, with save_steps
+    rounds: list[torch.Tensor] | None = None  # decoded image of every MRAR round, with save_steps
 
 
 def generate(model: TransDiff, tokenizer: Tokenizer, labels: Sequence[int], settings: SampleSettings, *,
@@ -116,21 +116,12 @@ def generate(model: TransDiff, tokenizer: Tokenizer, labels: Sequence[int], sett
     for start in range(0, len(labels), batch_size):
         idx = indices[start:start + batch_size]
         lab = [int(v) for v in labels[start:start + batch_size]]
-        steps = sample_latents(model, lab, idx, settings, seed)
+        rounds = sample_latents(model, lab, idx, settings, seed)
         if save_steps:  # every round's latents through the tokenizer in one call
-            decoded = list(decode_images(tokenizer, torch.cat(steps)).split(len(idx)))
+            decoded = list(decode_images(tokenizer, torch.cat(rounds)).split(len(idx)))
             yield Batch(idx, lab, decoded[-1], decoded)
         else:
-            yield Batch(idx, lab, decode_images(tokenizer, steps[-1]))
-
-
-def write_npz(path: str | Path, images: np.ndarray, labels: Sequence[int]) -> Path:
-    """The ADM / torch-fidelity convention: `arr_0` uint8 (N, H, W, C), plus `labels`."""
-    path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    arr = images if images.shape[-1] != 1 else np.repeat(images, 3, axis=-1)
-    np.savez(path, arr_0=arr, labels=np.asarray(labels, dtype=np.int64))
-    return path
+            yield Batch(idx, lab, decode_images(tokenizer, rounds[-1]))
 
 
 def generate_arrays(model: TransDiff, tokenizer: Tokenizer, labels: Sequence[int], settings: SampleSettings, *,
@@ -153,6 +144,7 @@ class Written:
     strips: list[Path] = field(default_factory=list)
     npz: Path | None = None
     info: Path | None = None
+    done: bool = False  # already there from an earlier run of the same job: nothing was written
 
 
 def file_name(index: int, label: int) -> str:
@@ -213,54 +205,59 @@ def swap_in(staging: Path, out: Path) -> None:
 
 def generate_to_folder(model: TransDiff, tokenizer: Tokenizer, labels: Sequence[int], settings: SampleSettings,
                        out: str | Path, *, seed: int = 0, batch_size: int = 16, save_steps: bool = False,
-                       npz: str | Path | None = None, nrow: int | None = None,
-                       class_names: Sequence[str] | None = None, info: dict[str, Any] | None = None,
-                       on_batch: Any = None, overwrite: bool = False) -> Written:
+                       nrow: int | None = None, class_names: Sequence[str] | None = None,
+                       info: dict[str, Any] | None = None, on_batch: Any = None, overwrite: bool = False) -> Written:
     """One PNG per image, `grid.png` (the first GRID_MAX images), with `save_steps` a strip of each
-    MRAR round per image under `steps/`, optional `.npz`, and `samples.json` (what was done).
-    `on_batch(n)` is called after every batch with its size (a progress bar).
-    Everything is written into a fresh folder beside `out` that replaces it at the end, so a rerun
-    never mixes old and new images and a killed run leaves the old outputs as they were."""
-    out = Path(out)
+    MRAR round per image under `steps/`, and `samples.json` (what was done), all drawn in memory
+    batch by batch (`generate_npz.generate_folder_and_npz` draws through resumable shards instead).
+    `on_batch(n)` is called after every batch with its size (a progress bar)."""
     check_seed(seed)
-    if npz is not None:
-        npz = check_file_target(npz, "`npz`")
+    batches = generate(model, tokenizer, labels, settings, seed=seed, batch_size=batch_size, save_steps=save_steps)
+    return into_fresh_folder(Path(out), overwrite, lambda staging: write_samples(
+        batches, labels, settings, staging, seed=seed, batch_size=batch_size, num_classes=model.config.num_classes,
+        nrow=nrow, class_names=class_names, info=info, on_batch=on_batch))
+
+
+def into_fresh_folder(out: Path, overwrite: bool, write: Callable[[Path], Written]) -> Written:
+    """`write(staging)` fills a fresh folder beside `out` that replaces it at the end, so a rerun
+    never mixes old and new images and a killed run leaves the old outputs as they were. The
+    returned paths are those under `out`."""
     staging = prepare_out(out, overwrite)
-    npz_at = None
-    if npz is not None:
-        inside = npz.resolve().is_relative_to(out.resolve())
-        npz_at = staging / npz.resolve().relative_to(out.resolve()) if inside else npz
     try:
-        w = _write_samples(model, tokenizer, labels, settings, staging, seed=seed, batch_size=batch_size,
-                           save_steps=save_steps, npz=npz_at, nrow=nrow, class_names=class_names, info=info,
-                           on_batch=on_batch)
+        w = write(staging)
     except BaseException:
         shutil.rmtree(staging, ignore_errors=True)
         raise
     swap_in(staging, out)
     moved = lambda p: None if p is None else out / p.relative_to(staging)  # noqa: E731
     return Written(out, [moved(p) for p in w.pngs], moved(w.grid), [moved(p) for p in w.strips],
-                   npz, moved(w.info))
+                   w.npz if w.npz is None or not w.npz.is_relative_to(staging) else moved(w.npz), moved(w.info))
 
 
-def _write_samples(model: TransDiff, tokenizer: Tokenizer, labels: Sequence[int], settings: SampleSettings,
-                   out: Path, *, seed: int, batch_size: int, save_steps: bool, npz: Path | None,
-                   nrow: int | None, class_names: Sequence[str] | None, info: dict[str, Any] | None,
-                   on_batch: Any) -> Written:
+def samples_doc(labels: Sequence[int], settings: SampleSettings, *, seed: int, batch_size: int, num_classes: int,
+                class_names: Sequence[str] | None, info: dict[str, Any] | None) -> str:
+    """The text of samples.json: what was done, one entry per image file."""
+    doc = {"settings": settings.to_dict(), "seed": seed, "batch_size": batch_size,
+           "images": [{"file": file_name(i, int(y)), "class": int(y),
+                       "name": class_label(int(y), num_classes, class_names)} for i, y in enumerate(labels)],
+           **(info or {})}
+    return json.dumps(doc, indent=1)
+
+
+def write_samples(batches: Iterable[Batch], labels: Sequence[int], settings: SampleSettings, out: Path, *,
+                  seed: int, batch_size: int, num_classes: int, nrow: int | None,
+                  class_names: Sequence[str] | None, info: dict[str, Any] | None, on_batch: Any = None) -> Written:
+    """The PNGs, grid, round strips (batches with `rounds`) and samples.json of `batches` in `out`;
+    one batch in memory at a time (and the GRID_MAX images of the grid)."""
     w = Written(out)
     shown: list[torch.Tensor] = []
-    arrays: list[np.ndarray] = []
-    n_classes = model.config.num_classes
-    for batch in generate(model, tokenizer, labels, settings, seed=seed, batch_size=batch_size,
-                          save_steps=save_steps):
+    for batch in batches:
         names = [file_name(i, y) for i, y in zip(batch.indices, batch.labels)]
         w.pngs += save_pngs(batch.images, out, names)
         if len(shown) < GRID_MAX:
             shown += list(batch.images[: GRID_MAX - len(shown)])
-        if npz is not None:
-            arrays.append(to_uint8(batch.images))
-        if batch.steps is not None:
-            per_image = torch.stack(batch.steps, dim=1)  # (B, rounds, C, H, W)
+        if batch.rounds is not None:
+            per_image = torch.stack(batch.rounds, dim=1)  # (B, rounds, C, H, W)
             for name, strip in zip(names, per_image):
                 p = out / "steps" / name.replace(".png", "_steps.png")
                 p.parent.mkdir(exist_ok=True)
@@ -272,14 +269,9 @@ def _write_samples(model: TransDiff, tokenizer: Tokenizer, labels: Sequence[int]
         grid = torch.stack(shown)
         w.grid = out / "grid.png"
         make_grid(grid, nrow=nrow if nrow and nrow <= 32 else None).save(w.grid)
-    if npz is not None:
-        w.npz = write_npz(npz, np.concatenate(arrays), labels)
-    doc = {"settings": settings.to_dict(), "seed": seed, "batch_size": batch_size,
-           "images": [{"file": p.name, "class": int(y), "name": class_label(int(y), n_classes, class_names)}
-                      for p, y in zip(w.pngs, labels)],
-           **(info or {})}
     w.info = out / SAMPLES_JSON
-    w.info.write_text(json.dumps(doc, indent=1))
+    w.info.write_text(samples_doc(labels, settings, seed=seed, batch_size=batch_size, num_classes=num_classes,
+                                  class_names=class_names, info=info))
     return w
 
 
@@ -341,9 +333,9 @@ def mrar_feature_diversity(model: TransDiff, labels: Sequence[int], settings: Sa
     for start in range(0, len(expanded), batch_size):
         lab = expanded[start:start + batch_size]
         idx = list(range(start, start + len(lab)))
-        steps = sample_latents(model, lab, idx, settings, seed)
-        refs = torch.cat([model.reference_tokens(s) for s in steps[:-1]], dim=1) if rounds > 1 else None
-        y = torch.as_tensor(lab, device=steps[0].device)
+        latents = sample_latents(model, lab, idx, settings, seed)
+        refs = torch.cat([model.reference_tokens(s) for s in latents[:-1]], dim=1) if rounds > 1 else None
+        y = torch.as_tensor(lab, device=latents[0].device)
         feats = model.features(model.class_emb(y), refs).float()
         full.append(cosine_measure(feats))
         blocks.append(torch.stack([cosine_measure(feats[:, k * r:(k + 1) * r]) for k in range(rounds)]))

@@ -1,14 +1,15 @@
-"""Resumable, sharded generation of an evaluation batch (50,000 images for FID) into one `.npz`.
+"""Resumable, sharded generation into one `.npz`: the evaluation batch of `fid --ckpt` (50,000 images
+for FID) and `sample --npz`, which also writes its folder of PNGs from the shards.
 
 Images are cut into shards of global image numbers [k*S, (k+1)*S), S a multiple of the batch size.
 Under torchrun rank r draws shards r, r + W, ...; every finished shard is written atomically to
-`<name>.parts/shard-NNNNN.npz`. Each image's noise depends only on (seed, image number) and every
-shard is drawn in the same batches whoever draws it, so a rerun of the same command (with any
-number of processes) continues from the finished shards and gives exactly the images of an
-uninterrupted run. `identity.json` records what the images are (checkpoint, settings, seed,
-labels, ...): shards or a finished `.npz` of anything else are refused, never mixed in. Rank 0
-streams the shards into the final `.npz` (ADM's layout: `arr_0` uint8 NHWC, `labels`, plus
-`identity`) and removes the parts.
+`<name>.parts/shard-NNNNN.npz` (uint8 images, with `save_steps` every MRAR round's too). Each
+image's noise depends only on (seed, image number) and every shard is drawn in the same batches
+whoever draws it, so a rerun of the same command (with any number of processes) continues from the
+finished shards and gives exactly the images of an uninterrupted run. `identity.json` records what
+the images are (checkpoint, settings, seed, labels, ...): shards or a finished `.npz` of anything
+else are refused, never mixed in. Rank 0 streams the shards into the final `.npz` (ADM's layout:
+`arr_0` uint8 NHWC, `labels`, plus `identity`) and removes the parts.
 """
 
 from __future__ import annotations
@@ -19,21 +20,30 @@ import math
 import os
 import shutil
 import uuid
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Iterator, Sequence
 from pathlib import Path
 from typing import Any
 
 import numpy as np
 import torch
 
-from ..data.images import to_uint8
+from ..data.images import from_uint8, to_uint8
 from ..data.npz_stream import NpzWriter
 from ..data.tokenizers import Tokenizer
 from ..distributed import DistInfo, barrier
 from ..errors import TransDiffError
+from ..fs import check_file_target
 from ..io.checkpoint import Checkpoint
 from ..model.transdiff import TransDiff
-from .generate import generate
+from .generate import (
+    SAMPLES_JSON,
+    Batch,
+    Written,
+    generate,
+    into_fresh_folder,
+    samples_doc,
+    write_samples,
+)
 from .settings import SampleSettings
 
 FORMAT = "transdiff-generated/1"
@@ -61,14 +71,16 @@ def checkpoint_fingerprint(ck: Checkpoint, weights: str) -> dict[str, Any]:
 
 def generation_identity(ck: Checkpoint, *, weights: str, settings: SampleSettings, seed: int,
                         labels: Sequence[int], batch_size: int, shard_size: int, tokenizer: Tokenizer,
-                        precision: str, compile: bool, device: torch.device) -> dict[str, Any]:
-    """Everything that decides the images (and their numerics): two runs with equal identities
-    draw identical images."""
+                        precision: str, compile: bool, device: torch.device, save_steps: bool = False
+                        ) -> dict[str, Any]:
+    """Everything that decides the shards (the images, their numerics, and with `save_steps` every
+    MRAR round's image too): two runs with equal identities draw identical shards."""
     lab = np.asarray(labels, dtype=np.int64)
     doc = {"format": FORMAT, "checkpoint": checkpoint_fingerprint(ck, weights), "settings": settings.to_dict(),
             "seed": seed, "num_images": len(lab), "labels_sha256": hashlib.sha256(lab.tobytes()).hexdigest(),
             "batch_size": batch_size, "shard_size": shard_size, "tokenizer": tokenizer.spec(),
-            "precision": precision, "compile": compile, "device": torch.device(device).type}
+            "precision": precision, "compile": compile, "device": torch.device(device).type,
+            "save_steps": save_steps}
     return json.loads(json.dumps(doc))  # as it reads back from identity.json (lists, not tuples)
 
 
@@ -77,7 +89,7 @@ def parts_dir(path: Path) -> Path:
 
 
 def _first_difference(old: dict[str, Any], new: dict[str, Any]) -> str:
-    for key in new:
+    for key in [*new, *(k for k in old if k not in new)]:
         if old.get(key) != new[key]:
             a, b = old.get(key), new[key]
             if isinstance(a, dict) and isinstance(b, dict):
@@ -95,9 +107,9 @@ def read_npz_identity(path: Path) -> dict[str, Any] | None:
         return None
 
 
-def check_existing(path: Path, identity: dict[str, Any]) -> bool:
+def check_existing(path: Path, identity: dict[str, Any], parts: Path | None = None) -> bool:
     """True when `path` is already the finished result of this job; raises when `path` or its
-    parts hold anything else."""
+    parts (default `parts_dir(path)`) hold anything else."""
     if path.exists():
         old = read_npz_identity(path)
         if old is None:
@@ -107,16 +119,21 @@ def check_existing(path: Path, identity: dict[str, Any]) -> bool:
             raise TransDiffError(f"{path} holds images of another job ({_first_difference(old, identity)}): "
                                  "choose another `out`, or move it away")
         return True
-    record = parts_dir(path) / "identity.json"
+    check_parts(parts or parts_dir(path), identity)
+    return False
+
+
+def check_parts(parts: Path, identity: dict[str, Any]) -> None:
+    """Refuse shards in `parts` of another job (checkpoint, settings, seed, labels, ...)."""
+    record = parts / "identity.json"
     if record.is_file():
         try:
             old = json.loads(record.read_text())
         except ValueError:
             old = {}
         if old != identity:
-            raise TransDiffError(f"{parts_dir(path)} holds shards of another job ({_first_difference(old, identity)}): "
-                                 "re-run the original command to finish it, or choose another `out`")
-    return False
+            raise TransDiffError(f"{parts} holds shards of another job ({_first_difference(old, identity)}): "
+                                 "re-run the original command to finish it, or move the folder away")
 
 
 def _shard_file(parts: Path, k: int) -> Path:
@@ -134,12 +151,18 @@ def _shard_done(parts: Path, k: int, count: int) -> bool:
         return False
 
 
-def _write_shard(parts: Path, k: int, images: np.ndarray, indices: Sequence[int]) -> Path:
+def _write_shard(parts: Path, k: int, images: np.ndarray, indices: Sequence[int],
+                 rounds: np.ndarray | None = None) -> Path:
     final = _shard_file(parts, k)
     tmp = parts / f".{final.stem}.tmp-{uuid.uuid4().hex[:8]}.npz"
-    np.savez(tmp, arr_0=images, indices=np.asarray(indices, dtype=np.int64))
+    extra = {} if rounds is None else {"rounds": rounds}
+    np.savez(tmp, arr_0=images, indices=np.asarray(indices, dtype=np.int64), **extra)
     os.replace(tmp, final)
     return final
+
+
+def _shard_indices(k: int, shard: int, n: int) -> list[int]:
+    return list(range(k * shard, min(n, (k + 1) * shard)))
 
 
 def generate_npz(model: TransDiff, tokenizer: Tokenizer, labels: Sequence[int], settings: SampleSettings,
@@ -149,14 +172,30 @@ def generate_npz(model: TransDiff, tokenizer: Tokenizer, labels: Sequence[int], 
     finished shards. Every rank calls it; rank 0 writes `path`."""
     info = info or DistInfo()
     path = Path(path)
-    shard = int(identity["shard_size"])
-    if shard % batch_size:
-        raise ValueError("the shard size must be a multiple of the batch size")
     if check_existing(path, identity):  # every rank checks: all raise, or none does
         if info.is_main:
             shutil.rmtree(parts_dir(path), ignore_errors=True)
         return path
     parts = parts_dir(path)
+    generate_shards(model, tokenizer, labels, settings, parts, identity, seed=seed, batch_size=batch_size,
+                    info=info, on_batch=on_batch)
+    if info.is_main:
+        merge_parts(path, identity, labels, parts)
+        shutil.rmtree(parts, ignore_errors=True)
+    barrier(info)
+    return path
+
+
+def generate_shards(model: TransDiff, tokenizer: Tokenizer, labels: Sequence[int], settings: SampleSettings,
+                    parts: Path, identity: dict[str, Any], *, seed: int = 0, batch_size: int = 16,
+                    info: DistInfo | None = None, on_batch: Callable[[int], None] | None = None) -> None:
+    """Every rank draws its shards that `parts` lacks; finished ones count in `on_batch` at once, so
+    a progress bar's ETA stays right. Returns when every rank is done."""
+    info = info or DistInfo()
+    shard = int(identity["shard_size"])
+    if shard % batch_size:
+        raise ValueError("the shard size must be a multiple of the batch size")
+    check_parts(parts, identity)
     parts.mkdir(parents=True, exist_ok=True)
     if info.is_main:
         for stale in parts.glob(".shard-*.tmp-*"):  # left by a killed run
@@ -166,49 +205,135 @@ def generate_npz(model: TransDiff, tokenizer: Tokenizer, labels: Sequence[int], 
             record.write_text(json.dumps(identity, indent=1))
     barrier(info)
     n = len(labels)
-    num_shards = math.ceil(n / shard)
-    for k in range(info.rank, num_shards, info.world_size):
-        idx = list(range(k * shard, min(n, (k + 1) * shard)))
+    save_steps = bool(identity.get("save_steps"))
+    for k in range(info.rank, math.ceil(n / shard), info.world_size):
+        idx = _shard_indices(k, shard, n)
         if _shard_done(parts, k, len(idx)):
             if on_batch is not None:
                 on_batch(len(idx))
             continue
-        arrays = []
+        images, rounds = [], []
         for batch in generate(model, tokenizer, [labels[i] for i in idx], settings, seed=seed,
-                              batch_size=batch_size, indices=idx):
-            arrays.append(to_uint8(batch.images))
+                              batch_size=batch_size, indices=idx, save_steps=save_steps):
+            images.append(to_uint8(batch.images))
+            if batch.rounds is not None:  # (B, rounds, H, W, C)
+                rounds.append(np.stack([to_uint8(r) for r in batch.rounds], axis=1))
             if on_batch is not None:
                 on_batch(len(batch.indices))
-        _write_shard(parts, k, np.concatenate(arrays), idx)
+        _write_shard(parts, k, np.concatenate(images), idx, np.concatenate(rounds) if rounds else None)
     barrier(info)
-    if info.is_main:
-        merge_parts(path, identity, labels)
-    barrier(info)
-    return path
 
 
-def merge_parts(path: Path, identity: dict[str, Any], labels: Sequence[int]) -> Path:
-    """The shards in global order, streamed into `path` (one shard in memory at a time)."""
-    parts = parts_dir(path)
-    shard, n = int(identity["shard_size"]), len(labels)
+def read_shards(parts: Path, identity: dict[str, Any], n: int) -> Iterator[tuple[np.ndarray, np.ndarray,
+                                                                                 np.ndarray | None]]:
+    """(indices, uint8 images, uint8 per-round images or None) of every shard in global order, one
+    shard in memory at a time; refuses before the first when a shard is missing."""
+    shard = int(identity["shard_size"])
     num_shards = math.ceil(n / shard)
-    missing = [k for k in range(num_shards) if not _shard_done(parts, k, min(n, (k + 1) * shard) - k * shard)]
+    missing = [k for k in range(num_shards) if not _shard_done(parts, k, len(_shard_indices(k, shard, n)))]
     if missing:
         raise TransDiffError(f"shard {missing[0]} of {parts} was not written (a worker failed?): re-run to finish")
+    for k in range(num_shards):
+        with np.load(_shard_file(parts, k)) as data:
+            yield data["indices"], data["arr_0"], data["rounds"] if "rounds" in data.files else None
+
+
+def merge_parts(path: Path, identity: dict[str, Any], labels: Sequence[int], parts: Path | None = None) -> Path:
+    """The shards in `parts` (default `parts_dir(path)`) in global order, streamed into `path`."""
     writer = None
     try:
-        for k in range(num_shards):
-            with np.load(_shard_file(parts, k)) as data:
-                images = data["arr_0"]
+        for _, images, _ in read_shards(parts or parts_dir(path), identity, len(labels)):
             if images.shape[-1] == 1:  # ADM's layout is RGB
                 images = np.repeat(images, 3, axis=-1)
             if writer is None:
-                writer = NpzWriter(path, (n, *images.shape[1:]))
+                writer = NpzWriter(path, (len(labels), *images.shape[1:]))
             writer.write(images)
         writer.close(labels=np.asarray(labels, dtype=np.int64), identity=np.asarray(json.dumps(identity)))
     except BaseException:
         if writer is not None:
             writer.abort()
         raise
-    shutil.rmtree(parts, ignore_errors=True)
     return path
+
+
+# --------------------------------------------------------------------------- sample --npz
+def sample_parts_dir(out: str | Path, npz: str | Path) -> Path:
+    """Where `sample --out OUT --npz NPZ` keeps its shards: beside NPZ (as `fid`), or beside OUT
+    (`OUT.parts`) when NPZ lies inside OUT, so a killed run leaves OUT untouched and the shards
+    survive OUT being replaced."""
+    out, npz = Path(out), Path(npz)
+    if npz.resolve().is_relative_to(out.resolve()):
+        base = out if out.name else out.resolve()  # `out` "." has no name to extend
+        return base.with_name(f"{base.name}.parts")
+    return parts_dir(npz)
+
+
+def check_sample_shards(out: str | Path, npz: str | Path, identity: dict[str, Any]) -> Path:
+    """The shards folder of `sample --out OUT --npz NPZ`, refused when it holds another job's
+    shards or would hold OUT."""
+    out, npz = Path(out), check_file_target(npz, "`npz`")
+    parts = sample_parts_dir(out, npz)
+    if out.resolve().is_relative_to(parts.resolve()):
+        raise TransDiffError(f"`out` {out} lies inside {parts}, where `npz` {npz} keeps its shards: "
+                             "choose another `out` or `npz`")
+    check_parts(parts, identity)
+    return parts
+
+
+def shard_batches(parts: Path, identity: dict[str, Any], labels: Sequence[int], batch_size: int) -> Iterator[Batch]:
+    """The images (and MRAR rounds) of the shards as `generate` yielded them, one shard read at a time."""
+    for indices, images, per_round in read_shards(parts, identity, len(labels)):
+        for j in range(0, len(indices), batch_size):
+            idx = [int(i) for i in indices[j:j + batch_size]]
+            rounds = None if per_round is None else [from_uint8(per_round[j:j + batch_size, r])
+                                                     for r in range(per_round.shape[1])]
+            yield Batch(idx, [int(labels[i]) for i in idx], from_uint8(images[j:j + batch_size]), rounds)
+
+
+def generate_folder_and_npz(model: TransDiff, tokenizer: Tokenizer, labels: Sequence[int], settings: SampleSettings,
+                            out: str | Path, npz: str | Path, identity: dict[str, Any], *, seed: int = 0,
+                            batch_size: int = 16, nrow: int | None = None,
+                            class_names: Sequence[str] | None = None, info: dict[str, Any] | None = None,
+                            on_batch: Callable[[int], None] | None = None,
+                            on_write: Callable[[int], None] | None = None, overwrite: bool = False) -> Written:
+    """`sample --npz`: the images drawn resumably into shards (`sample_parts_dir`), then the folder
+    of `generate_to_folder` and the `.npz` written from them, streaming one shard at a time, into a
+    fresh folder that replaces `out`; the shards are removed at the end. `samples.json` records the
+    identity: a rerun of a finished job only checks that its outputs are there (`Written.done`)."""
+    out, npz = Path(out), Path(npz)
+    info = {**(info or {}), "identity": identity}
+    doc = dict(labels=labels, settings=settings, seed=seed, batch_size=batch_size,
+               num_classes=model.config.num_classes, class_names=class_names, info=info)
+    done = _finished(out, npz, identity, samples_doc(**doc))
+    if done is not None:
+        return done
+    parts = check_sample_shards(out, npz, identity)  # before anything is written
+    inside = npz.resolve().is_relative_to(out.resolve())
+
+    def write(staging: Path) -> Written:
+        generate_shards(model, tokenizer, labels, settings, parts, identity, seed=seed, batch_size=batch_size,
+                        on_batch=on_batch)
+        w = write_samples(shard_batches(parts, identity, labels, batch_size), out=staging, nrow=nrow,
+                          on_batch=on_write, **doc)
+        w.npz = staging / npz.resolve().relative_to(out.resolve()) if inside else npz
+        merge_parts(w.npz, identity, labels, parts)
+        return w
+
+    written = into_fresh_folder(out, overwrite, write)
+    shutil.rmtree(parts, ignore_errors=True)
+    return written
+
+
+def _finished(out: Path, npz: Path, identity: dict[str, Any], expected_doc: str) -> Written | None:
+    """The outputs of this very job when `out` and `npz` already hold them all, else None."""
+    info = out / SAMPLES_JSON
+    try:
+        if not info.is_file() or info.read_text() != expected_doc or read_npz_identity(npz) != identity:
+            return None
+    except OSError:
+        return None
+    pngs = [out / e["file"] for e in json.loads(expected_doc)["images"]]
+    strips = [out / "steps" / p.name.replace(".png", "_steps.png") for p in pngs] if identity["save_steps"] else []
+    if not all(p.is_file() for p in [*pngs, *strips, out / "grid.png"]):
+        return None
+    return Written(out, pngs, out / "grid.png", strips, npz, info, done=True)
