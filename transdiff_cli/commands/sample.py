@@ -116,7 +116,7 @@ def register(app: typer.Typer) -> None:
         seed: so.Seed = 0,
         out: Path = typer.Option(Path("samples"), "--out", "-o", help="output folder"),
         batch_size: int = typer.Option(16, "--batch-size", min=1),
-        save_steps: bool = typer.Option(False, "--save-steps", help="also write a strip of each MRAR step"),
+        save_steps: bool = typer.Option(False, "--save-steps", help="also write a strip of each MRAR round"),
         npz: Path = typer.Option(None, "--npz", help="also write all images as an .npz (arr_0 uint8 NHWC); "
                                  "generation then resumes from finished shards"),
         shard_size: int = typer.Option(None, "--shard-size", min=1, help="--npz: images per resumable "
@@ -150,7 +150,7 @@ def register(app: typer.Typer) -> None:
         settings = checkpoint_settings(ck, mode=mode, rounds=rounds, sampling_steps=sampling_steps, cfg=cfg,
                                        scale_0=scale_0, scale_1=scale_1, sampler=sampler, warnings=notes)
         if save_steps and settings.rounds == 1:
-            notes.append("--save-steps: 1-step sampling has a single step; each strip holds one image")
+            notes.append("--save-steps: 1-step sampling has a single round; each strip holds one image")
         picked = resolve_classes(classes, mc.num_classes, ck.class_names, warnings=notes)
         if shard_size is not None and npz is None:
             notes.append("--shard-size is ignored without --npz")
