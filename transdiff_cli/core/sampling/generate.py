@@ -152,6 +152,12 @@ def file_name(index: int, label: int) -> str:
 
 
 SAMPLES_JSON = "samples.json"
+GRID_PNG = "grid.png"
+
+
+def strip_file(out: Path, png: str) -> Path:
+    """Where `save_steps` puts the strip of every MRAR round of image file `png`."""
+    return out / "steps" / png.replace(".png", "_steps.png")
 
 
 def check_outputs(out: str | Path, npz: str | Path | None = None, overwrite: bool = False) -> None:
@@ -259,7 +265,7 @@ def write_samples(batches: Iterable[Batch], labels: Sequence[int], settings: Sam
         if batch.rounds is not None:
             per_image = torch.stack(batch.rounds, dim=1)  # (B, rounds, C, H, W)
             for name, strip in zip(names, per_image):
-                p = out / "steps" / name.replace(".png", "_steps.png")
+                p = strip_file(out, name)
                 p.parent.mkdir(exist_ok=True)
                 make_grid(strip, nrow=strip.shape[0]).save(p)
                 w.strips.append(p)
@@ -267,7 +273,7 @@ def write_samples(batches: Iterable[Batch], labels: Sequence[int], settings: Sam
             on_batch(len(batch.indices))
     if shown:
         grid = torch.stack(shown)
-        w.grid = out / "grid.png"
+        w.grid = out / GRID_PNG
         make_grid(grid, nrow=nrow if nrow and nrow <= 32 else None).save(w.grid)
     w.info = out / SAMPLES_JSON
     w.info.write_text(samples_doc(labels, settings, seed=seed, batch_size=batch_size, num_classes=num_classes,

@@ -36,12 +36,14 @@ from ..fs import check_file_target
 from ..io.checkpoint import Checkpoint
 from ..model.transdiff import TransDiff
 from .generate import (
+    GRID_PNG,
     SAMPLES_JSON,
     Batch,
     Written,
     generate,
     into_fresh_folder,
     samples_doc,
+    strip_file,
     write_samples,
 )
 from .settings import SampleSettings
@@ -333,7 +335,7 @@ def _finished(out: Path, npz: Path, identity: dict[str, Any], expected_doc: str)
     except OSError:
         return None
     pngs = [out / e["file"] for e in json.loads(expected_doc)["images"]]
-    strips = [out / "steps" / p.name.replace(".png", "_steps.png") for p in pngs] if identity["save_steps"] else []
-    if not all(p.is_file() for p in [*pngs, *strips, out / "grid.png"]):
+    strips = [strip_file(out, p.name) for p in pngs] if identity["save_steps"] else []
+    if not all(p.is_file() for p in [*pngs, *strips, out / GRID_PNG]):
         return None
-    return Written(out, pngs, out / "grid.png", strips, npz, info, done=True)
+    return Written(out, pngs, out / GRID_PNG, strips, npz, info, done=True)
