@@ -11,6 +11,7 @@ from __future__ import annotations
 import math
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
+from functools import cached_property
 
 import torch
 
@@ -81,7 +82,7 @@ class EulerMaruyama(Sampler):
     scale_1: float = 1.0
     name = "em"
 
-    @property
+    @cached_property
     def grid(self) -> list[float]:
         """t_0 = 1 > ... > t_{S-1} = 0.04 evenly spaced, then t_S = 0."""
         s = self.sampling_steps
@@ -89,7 +90,7 @@ class EulerMaruyama(Sampler):
             return [1.0, 0.0]
         return [1.0 + (T_MIN - 1.0) * i / (s - 1) for i in range(s)] + [0.0]
 
-    @property
+    @cached_property
     def times(self) -> list[float]:
         return self.grid[:-1]
 
@@ -112,7 +113,7 @@ class EulerODE(Sampler):
     sampling_steps: int
     name = "ode"
 
-    @property
+    @cached_property
     def times(self) -> list[float]:
         return [1.0 - i / self.sampling_steps for i in range(self.sampling_steps)]
 
