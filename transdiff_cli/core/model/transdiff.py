@@ -10,8 +10,8 @@ import torch
 import torch.nn as nn
 from torch.utils.checkpoint import checkpoint
 
-from ..sampling import flow
-from ..sampling.samplers import VelocityFn
+from .. import flow
+from ..flow import VelocityFn
 from .config import ModelConfig
 from .layers import DecoderBlock, EncoderBlock, FinalLayer, Scratch, TimeEmbed, fast_linear, split_heads_kv
 from .tokens import patchify, unpatchify
