@@ -191,6 +191,15 @@ def test_diversity_mrar_per_round(tiny):
     assert all(-1 <= v <= 1 for r in doc["per_round"] for v in r["per_class"])
 
 
+def test_diversity_takes_the_checkpoint_as_argument_or_ckpt(tiny):
+    positional = invoke(["diversity", tiny["one"], "--classes", "0,1", "--json"])
+    option = invoke(["diversity", "--ckpt", tiny["one"], "--classes", "0,1", "--json"])
+    both = invoke(["diversity", tiny["one"], "--ckpt", tiny["one"], "--classes", "0,1", "--json"])
+    assert json.loads(option.stdout) == json.loads(positional.stdout) == json.loads(both.stdout)
+    two = runner.invoke(app, ["diversity", str(tiny["one"]), "--ckpt", str(tiny["mrar"])])
+    assert two.exit_code == 2 and "two checkpoints given" in two.stderr and "Traceback" not in two.output
+
+
 def test_mrar_feature_diversity_first_block_matches_plain_measure(tiny):
     model = load_checkpoint(tiny["mrar"]).model.eval()
     settings = sample_settings(model.config, sampling_steps=2)
