@@ -150,7 +150,8 @@ class Trainer:
             self.model.load_state_dict(init_state)
         if not model_config.mrar:  # 1-step: z_proj's output is overwritten by the mask token
             self.model.z_proj.requires_grad_(False)
-        if train_config.only_train_diff:  # encoder, class and condition embeddings frozen (DESIGN §8)
+        # only_train_diff: encoder, class and condition embeddings frozen (docs/architecture.md#recipes)
+        if train_config.only_train_diff:
             for name, p in self.model.named_parameters():
                 p.requires_grad_(name.startswith("decoder."))
         self.model.to(device)
