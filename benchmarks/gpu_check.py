@@ -130,7 +130,7 @@ def main() -> int:
         c.run(f"sample MRAR {precision}", c.cli("sample", "--ckpt", "mrar", "--mode", "mrar", "--class", "3",
                                                 "--num", 2, "--save-steps", "--device", dev, "--precision", precision,
                                                 "--out", f"sm-{precision}"))
-    from test_fid import random_inception_weights  # noqa: E402 (the suite's random, download-free Inception)
+    from conftest import random_inception_weights  # noqa: E402 (the suite's download-free random Inception)
 
     weights = random_inception_weights(work / "weights-inception-2015-12-05-6726825d.pth")
     c.run("fid --ckpt (random Inception)", c.cli("fid", "--ckpt", "run", "--ref", "digits", "--num-per-class", 2,

@@ -53,7 +53,7 @@ def test_bad_environment_value_is_one_line(monkeypatch, tmp_path):
 
 
 def test_api_and_cli_follow_the_environment(monkeypatch, tmp_path):
-    from test_generate import make_tiny
+    from conftest import make_tiny
 
     from transdiff_cli import TransDiffPipeline
 

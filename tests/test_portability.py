@@ -7,8 +7,7 @@ import warnings
 import pytest
 import torch
 import torch.nn.functional as F
-from test_fast_paths import BF16_REL_TOL, make_model
-from test_generate import make_tiny, png
+from conftest import BF16_REL_TOL, make_model, make_tiny, png
 from typer.testing import CliRunner
 
 from transdiff_cli.cli import app
