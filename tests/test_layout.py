@@ -68,6 +68,7 @@ LAYERS = [
     ("eval", ["core.eval"]),
     ("sampling", ["core.sampling"]),
     ("training", ["core.training"]),
+    ("environment", ["core.environment"]),
     ("pipeline", ["pipeline", ""]),
     ("commands", ["commands"]),
     ("cli", ["cli", "__main__"]),
