@@ -21,12 +21,12 @@ from transdiff_cli.cli import app
 from transdiff_cli.core.data.classes import resolve_classes
 from transdiff_cli.core.data.latents import open_training_data
 from transdiff_cli.core.errors import TransDiffError
+from transdiff_cli.core.fs import LOCK, FolderLock
 from transdiff_cli.core.io import checkpoint as checkpoint_mod
 from transdiff_cli.core.io.checkpoint import load_checkpoint, recover, resolve
 from transdiff_cli.core.sampling import generate as generate_mod
 from transdiff_cli.core.sampling.seeding import image_seed
 from transdiff_cli.core.training.run_dir import RunDir
-from transdiff_cli.core.training.run_lock import LOCK, FolderLock
 
 runner = CliRunner()
 TINY = {"model": {"width": 32, "heads": 2, "encoder_depth": 1, "decoder_depth": 1, "buffer_size": 4}}

@@ -25,9 +25,8 @@ from torch.utils.data import DataLoader, Dataset
 
 from ..distributed import DistInfo, barrier
 from ..errors import TransDiffError
-from ..fs import ensure_dir, write_text_atomic
+from ..fs import LOCK, FolderLock, ensure_dir, write_text_atomic
 from ..reporting import Reporter
-from ..training.run_lock import LOCK, FolderLock
 from .datasets import BUILTIN, ImageDataset, UnreadableImage, open_image_dataset
 from .tokenizers import PixelTokenizer, Tokenizer, load_tokenizer, posterior_sampler, same_tokenizer
 
