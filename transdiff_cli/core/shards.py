@@ -173,6 +173,25 @@ class ShardedJob:
             raise TransDiffError(f"shard {path} holds shard {meta['shard']} of this job (copied over it?): "
                                  "delete it and re-run to draw it again")
 
+    def stamped(self, k: int) -> bool:
+        """Shard k carries this job's stamp (its metadata only is read); raises for a shard of
+        another job or index, False for one without a readable stamp."""
+        try:
+            self._verify(self.path(k), self.codec.meta(self.path(k)))
+        except Corrupt:
+            return False
+        return True
+
+    def check_stamp(self, path: Path) -> None:
+        """For readers of a finished job: refuse a shard stamped for another job or index. One with
+        no stamp (written before shards were stamped) passes; the caller's checksum guards it."""
+        try:
+            meta = self.codec.meta(path)
+        except Corrupt:
+            return
+        if isinstance(meta, dict) and "job" in meta:
+            self._verify(path, meta)
+
     # ------------------------------------------------------------------ reading and writing
     def start(self) -> None:
         """Check, create the folder, drop temporary files of a killed run and write the identity
