@@ -35,12 +35,14 @@ from ..fs import check_file_target, writing
 from ..io.checkpoint import Checkpoint
 from ..model.transdiff import TransDiff
 from ..shards import NpzCodec, ShardedJob, first_difference
-from .generate import (
+from .generate import generate
+from .outputs import (
+    GENERATED_FORMAT,
     GRID_PNG,
     SAMPLES_JSON,
     Batch,
     Written,
-    generate,
+    check_npz,
     into_fresh_folder,
     samples_doc,
     strip_file,
@@ -48,7 +50,7 @@ from .generate import (
 )
 from .settings import SampleSettings
 
-FORMAT = "transdiff-generated/1"
+FORMAT = GENERATED_FORMAT
 SHARD_IMAGES = 1024  # about this many images per shard (rounded up to whole batches)
 
 
@@ -294,7 +296,8 @@ def generate_folder_and_npz(model: TransDiff, tokenizer: Tokenizer, labels: Sequ
     done = _finished(out, npz, identity, samples_doc(**doc))
     if done is not None:
         return done
-    parts = check_sample_shards(out, npz, identity)  # before anything is written
+    check_npz(out, npz, overwrite)  # before anything is written
+    parts = check_sample_shards(out, npz, identity)
     inside = npz.resolve().is_relative_to(out.resolve())
 
     def write(staging: Path) -> Written:
