@@ -182,6 +182,8 @@ def generate_shards(model: TransDiff, tokenizer: Tokenizer, labels: Sequence[int
         raise ValueError("the shard size must be a multiple of the batch size")
     job = shard_job(parts, identity)
     job.check()  # every rank: all raise, or none does
+    with writing(parts, "`npz`"):
+        parts.mkdir(parents=True, exist_ok=True)
     if info.is_main:
         job.start()
     barrier(info)
