@@ -177,6 +177,8 @@ def recover_swap(full: Path) -> None:
     try:
         if olds and not full.exists() and not full.is_symlink():
             os.replace(olds.pop(0), full)
+            for staging in full.parent.glob(f".{full.name}.tmp-*"):  # the killed run's new outputs
+                shutil.rmtree(staging, ignore_errors=True)
         for old in olds:
             shutil.rmtree(old, ignore_errors=True)
     except OSError as e:
