@@ -168,3 +168,9 @@ def test_a_huge_num_is_refused_before_anything_is_built(ck, tmp_path):
 def test_samples_json_lists_what_a_rerun_may_replace(ck, earlier, tmp_path):
     doc = json.loads(earlier["samples.json"])
     assert outputs_mod.own_files(fill(tmp_path / "s", earlier)) >= {e["file"] for e in doc["images"]}
+
+
+def test_a_shard_that_cannot_fit_in_memory_is_refused_before_drawing(ck, tmp_path):
+    one_line_error(["sample", "--ckpt", ck, "--class", 1, "--num", 2, "--out", tmp_path / "o", "--npz",
+                    tmp_path / "a.npz", "--shard-size", 10**15], "--shard-size", "try --shard-size")
+    assert not (tmp_path / "o").exists() and not (tmp_path / "a.npz").exists()

@@ -46,8 +46,10 @@ them as JSON and stops. The same --seed and --batch-size give identical files. A
 unless only a class of that name exists; say which with index:10 or name:10.
 
 Output: everything is written into a fresh folder beside --out that replaces it when done, so a
-rerun never mixes old and new images and an interrupted run leaves the old outputs untouched. A
-non-empty --out that holds no earlier `sample` output is refused unless --overwrite is given.
+rerun never mixes old and new images and an interrupted run leaves the old outputs untouched. Only
+files an earlier `sample` wrote (those its samples.json lists) are ever replaced: an --out holding
+any other file, or an existing --npz this command did not write, is refused before any work unless
+--overwrite is given. A symlinked --out is written through to its target.
 
 With --npz the images are drawn into resumable shards first, kept beside the .npz
 (NAME.parts/) or, when the .npz lies inside --out, beside --out (OUT.parts/): rerunning the same
@@ -121,8 +123,9 @@ def register(app: typer.Typer) -> None:
         device: so.Device = None,
         weights: so.Weights = "ema",
         size: so.Size = None,
-        overwrite: bool = typer.Option(False, "--overwrite", help="replace a non-empty --out that holds "
-                                       "other files (an earlier `sample` output is always replaced)"),
+        overwrite: bool = typer.Option(False, "--overwrite", help="replace an --out holding files `sample` "
+                                       "did not write, or an --npz it did not write (an earlier `sample` output is "
+                                       "always replaced)"),
         dry_run: bool = typer.Option(False, "--dry-run", help="print the resolved run as JSON; write nothing"),
     ) -> None:
         if dry_run:

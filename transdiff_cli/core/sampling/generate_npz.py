@@ -35,7 +35,7 @@ from ..fs import check_file_target, writing
 from ..io.checkpoint import Checkpoint
 from ..model.transdiff import TransDiff
 from ..shards import NpzCodec, ShardedJob, first_difference
-from .generate import generate
+from .generate import available_memory, generate
 from .outputs import (
     GENERATED_FORMAT,
     GRID_PNG,
@@ -56,6 +56,18 @@ SHARD_IMAGES = 1024  # about this many images per shard (rounded up to whole bat
 
 def shard_size_for(batch_size: int, target: int = SHARD_IMAGES) -> int:
     return batch_size * max(1, math.ceil(target / batch_size))
+
+
+def check_shard_fits(model: TransDiff, tokenizer: Tokenizer, shard_size: int, rounds: int = 1) -> None:
+    """A shard's images (and with `save_steps` every round's) are held in memory until it is
+    written: refuse a `shard_size` whose shard cannot fit, before the first image is drawn."""
+    side = int(getattr(tokenizer, "image_size", None) or model.config.latent_size)
+    need = shard_size * side * side * int(getattr(tokenizer, "image_channels", 3)) * (1 + rounds) * 2
+    free = available_memory(torch.device("cpu"))
+    if free is not None and need > free * 0.5:
+        fits = max(1, int(shard_size * free * 0.25 / need))
+        raise TransDiffError(f"`shard_size` {shard_size} holds about {need / 2**30:.1f} GiB of images in memory but "
+                             f"only {free / 2**30:.1f} GiB is available: try `shard_size` {fits}")
 
 
 def checkpoint_fingerprint(ck: Checkpoint, weights: str) -> dict[str, Any]:
@@ -180,6 +192,7 @@ def generate_shards(model: TransDiff, tokenizer: Tokenizer, labels: Sequence[int
     shard = int(identity["shard_size"])
     if shard % batch_size:
         raise ValueError("the shard size must be a multiple of the batch size")
+    check_shard_fits(model, tokenizer, shard, settings.rounds if identity.get("save_steps") else 0)
     job = shard_job(parts, identity)
     job.check()  # every rank: all raise, or none does
     with writing(parts, "`npz`"):
