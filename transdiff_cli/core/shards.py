@@ -169,7 +169,7 @@ class ShardedJob:
             raise TransDiffError(f"shard {path} was drawn by another job (a different checkpoint, settings, seed "
                                  "or data): move it (or its folder) away and re-run")
         expected = path.name.removeprefix("shard-").removesuffix(self.codec.suffix)
-        if str(meta["shard"]) != str(int(expected)):
+        if not expected.isdigit() or str(meta["shard"]) != str(int(expected)):
             raise TransDiffError(f"shard {path} holds shard {meta['shard']} of this job (copied over it?): "
                                  "delete it and re-run to draw it again")
 

@@ -7,8 +7,9 @@ Under torchrun rank r draws shards r, r + W, ...; every finished shard is writte
 image's noise depends only on (seed, image number) and every shard is drawn in the same batches
 whoever draws it, so a rerun of the same command (with any number of processes) continues from the
 finished shards and gives exactly the images of an uninterrupted run. `identity.json` records what
-the images are (checkpoint, settings, seed, labels, ...): shards or a finished `.npz` of anything
-else are refused, never mixed in. Rank 0 streams the shards into the final `.npz` (ADM's layout:
+the images are (checkpoint, settings, seed, labels, ...) and every shard carries that identity's
+digest and its own index (`core/shards.py`): shards or a finished `.npz` of anything else are
+refused, never mixed in, and a damaged shard is drawn again. Rank 0 streams the shards into the final `.npz` (ADM's layout:
 `arr_0` uint8 NHWC, `labels`, plus `identity`) and removes the parts.
 """
 
