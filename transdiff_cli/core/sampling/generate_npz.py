@@ -9,8 +9,8 @@ whoever draws it, so a rerun of the same command (with any number of processes) 
 finished shards and gives exactly the images of an uninterrupted run. `identity.json` records what
 the images are (checkpoint, settings, seed, labels, ...) and every shard carries that identity's
 digest and its own index (`core/shards.py`): shards or a finished `.npz` of anything else are
-refused, never mixed in, and a damaged shard is drawn again. Rank 0 streams the shards into the final `.npz` (ADM's layout:
-`arr_0` uint8 NHWC, `labels`, plus `identity`) and removes the parts.
+refused, never mixed in, and a damaged shard is drawn again. Rank 0 streams the shards into the
+final `.npz` (ADM's layout: `arr_0` uint8 NHWC, `labels`, plus `identity`) and removes the parts.
 """
 
 from __future__ import annotations
