@@ -12,8 +12,11 @@ the last good state.
 
 from __future__ import annotations
 
+import errno
 import hashlib
 import json
+import os
+import re
 import zipfile
 from collections.abc import Callable
 from pathlib import Path
@@ -73,9 +76,13 @@ class SafetensorsCodec:
     suffix = ".safetensors"
 
     def save(self, path: Path, arrays: dict[str, Any], meta: dict[str, str]) -> None:
+        from safetensors import SafetensorError
         from safetensors.torch import save_file
 
-        save_file({k: v.contiguous() for k, v in arrays.items()}, str(path), metadata=meta)
+        try:
+            save_file({k: v.contiguous() for k, v in arrays.items()}, str(path), metadata=meta)
+        except SafetensorError as e:  # its I/O errors (a full disk) are not OSErrors
+            raise as_os_error(e, path) from None
         path.chmod(0o644)  # save_file creates 0600; shards are shared data
 
     def load(self, path: Path) -> tuple[dict[str, Any], dict[str, str]]:
@@ -100,6 +107,14 @@ class SafetensorsCodec:
                 return json.loads(f.read(header_len)).get("__metadata__") or {}
         except (OSError, ValueError, AttributeError) as e:
             raise Corrupt(str(e) or type(e).__name__) from None
+
+
+def as_os_error(e: Exception, path: Path) -> OSError:
+    """An OSError for a library error that wraps one ("... (os error 28)"), so it reads as the
+    cause (no space left) in one line."""
+    found = re.search(r"os error (\d+)", str(e))
+    code = int(found.group(1)) if found else errno.EIO
+    return OSError(code, os.strerror(code), str(path))
 
 
 def identity_digest(identity: dict[str, Any]) -> str:
