@@ -52,7 +52,7 @@ def check_num_images(n: int, what: str = "`num` times the number of classes") ->
     """Refuse an image count beyond MAX_IMAGES before any list of that size is built."""
     if n > MAX_IMAGES:
         raise TransDiffError(f"{what} asks for {n} images; one call draws at most {MAX_IMAGES:,}: split the "
-                             "work over several calls (different `seed`s or classes)")
+                             "work over several calls (another `seed` each, or other classes)")
 
 
 @torch.no_grad()
