@@ -1,8 +1,8 @@
 """Class-conditional generation in batches: the sampling loop (`loop.sample_latents`, seeded per
 image) run over batches and decoded through the tokenizer, with the memory checks made before a
 batch is allocated. Writing the folder is `outputs`' job, the resumable `.npz` `generate_npz`'s,
-opening a checkpoint `inference`'s and the diversity measure `eval.diversity`'s; their names stay
-importable from here.
+opening a checkpoint `inference`'s (its names stay importable from here); the diversity measure is
+`eval.diversity`.
 """
 
 from __future__ import annotations
@@ -18,7 +18,6 @@ import torch
 from ..data.images import to_uint8
 from ..data.tokenizers import Tokenizer
 from ..errors import TransDiffError
-from ..eval.diversity import measure_diversity, mrar_feature_diversity
 from ..model.transdiff import TransDiff
 from ..validate import check_seed
 from .inference import open_checkpoint, open_tokenizer, tokenizer_spec
@@ -40,7 +39,7 @@ from .outputs import (
 from .settings import SampleSettings
 
 __all__ = ["GRID_MAX", "GRID_PNG", "SAMPLES_JSON", "Batch", "Written", "check_outputs", "file_name", "grid_rows",
-           "measure_diversity", "mrar_feature_diversity", "open_checkpoint", "open_tokenizer", "samples_doc",
+           "open_checkpoint", "open_tokenizer", "samples_doc",
            "strip_file", "tokenizer_spec"]
 
 # A stated limit on the images of one call (`--num` times the classes): the labels, file names
