@@ -138,7 +138,7 @@ def main() -> int:
     weights = random_inception_weights(work / "weights-inception-2015-12-05-6726825d.pth")
     c.run("fid --ckpt (random Inception)", c.cli("fid", "--ckpt", "run", "--ref", "digits", "--num-per-class", 2,
                                                  "--class", "0,1", "--inception-weights", weights, "--device", dev,
-                                                 "--out", "fid"))
+                                                 "--out", "fid"), timeout=300 if dev.startswith("cuda") else 1200)
     c.run("fid --ckpt (digits features)", c.cli("fid", "--ckpt", "run", "--ref", "digits", "--features", "digits",
                                                 "--num-per-class", 2, "--class", "0,1,2", "--device", dev,
                                                 "--out", "fid-digits"))
