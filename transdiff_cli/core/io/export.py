@@ -122,7 +122,7 @@ def export_checkpoint(ck: Checkpoint, out: str | Path, *, vae: str | None = None
                      "needs_vae": needs, "tool": _tool(),
                      "license": license or ("mit" if ck.published else "other"),
                      "base_model": AUTHORS_REPO if ck.published and paper_numbers(config) else None}
-    staging = _staging(out)
+    staging = staging_dir(out)
     try:
         _contiguous_save(state, staging / MODEL)
         files = [MODEL]
@@ -132,7 +132,7 @@ def export_checkpoint(ck: Checkpoint, out: str | Path, *, vae: str | None = None
         # config.json last: a folder holding it is complete
         (staging / CONFIG).write_text(json.dumps(doc, indent=1, default=str))
         files += [CARD, CONFIG]
-        _swap_in(staging, out)
+        swap_in(staging, out)
     except OSError as e:
         raise os_error(e, out, "`out`") from None
     finally:
@@ -213,7 +213,7 @@ def _contiguous_save(state: dict[str, torch.Tensor], path: Path) -> None:
     save_file({k: v.detach().cpu().contiguous() for k, v in state.items()}, str(path))
 
 
-def _staging(out: Path) -> Path:
+def staging_dir(out: Path) -> Path:
     full = out.absolute()
     try:
         full.parent.mkdir(parents=True, exist_ok=True)
@@ -226,7 +226,7 @@ def _staging(out: Path) -> Path:
     return staging
 
 
-def _swap_in(staging: Path, out: Path) -> None:
+def swap_in(staging: Path, out: Path) -> None:
     """Replace `out` by `staging` with renames: an earlier export stays whole until the new one is."""
     full = out.absolute()
     if full.is_dir() and any(full.iterdir()):
