@@ -29,7 +29,7 @@ from ..fs import os_error, write_text_atomic
 from ..model.config import ModelConfig, preset
 from ..model.convert import config_from_published, from_published_keys
 from ..model.transdiff import TransDiff
-from .hub import hub_file, hub_folder, is_hub_folder, is_hub_id
+from .hub import hub_file, hub_folder, is_hub_folder, is_hub_id, parse_hub_folder
 
 CONFIG = "config.json"
 MODEL = "model.safetensors"
@@ -149,7 +149,7 @@ def resolve(path: str | Path) -> Path:
     if is_hub_folder(path):
         p = hub_folder(path)
         if not (p / CONFIG).is_file() or not (p / MODEL).is_file():
-            raise TransDiffError(f"{path} is not a model folder ({CONFIG} and {MODEL} expected; "
+            raise TransDiffError(f"{parse_hub_folder(path)} is not a model folder ({CONFIG} and {MODEL} expected; "
                                  "write one with `transdiff export`)")
         return p
     if is_hub_id(path):

@@ -22,6 +22,38 @@ PAPER_NUMBERS: dict[tuple[str, bool, int], tuple[float, float, str]] = {
 }
 
 
+# how to sample, as the card shows it (the command line for CLI users, the Python API)
+USAGE = """## Sampling
+
+```bash
+transdiff sample --ckpt {name} --class 3 --num 8
+```
+
+```python
+from transdiff_cli import TransDiffPipeline
+
+pipe = TransDiffPipeline.from_pretrained("{name}"{vae_arg})
+out = pipe([3], num_per_class=8, seed=0)
+out.images[0].save("sample.png")
+```"""
+USAGE_VAE = """## Sampling
+
+```bash
+transdiff sample --ckpt {name} --vae {vae}:PATH --class 3 --num 8
+```
+
+```python
+from transdiff_cli import TransDiffPipeline
+
+pipe = TransDiffPipeline.from_pretrained("{name}"{vae_arg})
+out = pipe([3], num_per_class=8, seed=0)
+out.images[0].save("sample.png")
+```
+
+This folder holds no VAE: pass the KL-16 VAE file as `--vae {vae}:PATH` (`vae=` in Python), or export
+with `--with-vae` to include it."""
+
+
 def paper_numbers(config: ModelConfig) -> tuple[float, float, str] | None:
     return PAPER_NUMBERS.get((config.size, bool(config.mrar), config.latent_size))
 
@@ -51,7 +83,6 @@ def model_card(doc: dict[str, Any], config: ModelConfig, name: str) -> str:
     tok = doc.get("tokenizer") or {}
     kind = "MRAR (multi-reference autoregression)" if config.mrar else "1-step AR"
     needs = export.get("needs_vae")
-    vae_flag = f" --vae {needs}:PATH" if needs else ""
     vae_arg = f', vae="{needs}:PATH"' if needs else ""
     classes = doc.get("class_names") or []
     lines = ["---", yaml.safe_dump(front_matter(doc, config), sort_keys=False).strip(), "---", "",
@@ -85,14 +116,8 @@ def model_card(doc: dict[str, Any], config: ModelConfig, name: str) -> str:
                   "against ADM's ImageNet reference batches, with the settings above):", "",
                   "| FID-50K | Inception Score | parameters |", "| --- | --- | --- |",
                   f"| {numbers[0]} | {numbers[1]} | {numbers[2]} |", ""]
-    lines += ["## Sampling", "", "```bash",
-              f"transdiff sample --ckpt {name}{vae_flag} --class 3 --num 8", "```", "", "```python",
-              "from transdiff_cli import TransDiffPipeline", "",
-              f'pipe = TransDiffPipeline.from_pretrained("{name}"{vae_arg})',
-              "out = pipe([3], num_per_class=8, seed=0)", 'out.images[0].save("sample.png")', "```", ""]
-    if needs:
-        lines += [f"This folder holds no VAE: pass the KL-16 VAE file as `--vae {needs}:PATH` (`vae=` in "
-                  "Python), or export with `--with-vae` to include it.", ""]
+    usage = USAGE_VAE if needs else USAGE
+    lines += usage.format(name=name, vae=needs, vae_arg=vae_arg).splitlines() + [""]
     lines += ["## Source", "",
               f"- exported from `{export['source']}`" + (" (a published `.pth`)" if export.get("published") else ""),
               f"- sha256 of `{export['source_file']}`: `{export['source_sha256']}`",
