@@ -49,7 +49,7 @@ def register(app: typer.Typer) -> None:
         done = export_model(ckpt, out, weights=weights, vae=vae, with_vae=with_vae, overwrite=overwrite,
                             license=license)
         ev = done.config["evaluation"]
-        source = next(iter(set(ev["sources"].values())), "?")
+        source = ev["sources"].get("cfg", "?")
         console.print(f"wrote {out}/: {', '.join(done.files)}", highlight=False)
         console.print(f"sampling defaults: cfg {', '.join(f'{c:g}' for c in ev['cfg'])}, scale_0 {ev['scale_0']:g}, "
                       f"scale_1 {ev['scale_1']:g}, {ev['sampling_steps']} steps ({source})", highlight=False)
