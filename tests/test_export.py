@@ -56,6 +56,7 @@ def test_published_fixture_exports_to_a_folder_with_the_same_pixels(fixtures, tm
     ref = TransDiffPipeline.from_pretrained(pth, vae=vae, device="cpu", precision="fp32")
     folder = TransDiffPipeline.from_pretrained(tmp_path / "m", device="cpu", precision="fp32")  # its own VAE
     assert np.array_equal(pixels(ref), pixels(folder))
+    assert folder.settings().sources["cfg"] == "checkpoint: tool default"  # the export's provenance, kept
     doc = json.loads((tmp_path / "m" / "config.json").read_text())
     assert doc["export"]["published"] and doc["export"]["weights"] == "ema"
     assert len(doc["export"]["source_sha256"]) == 64 and "published_training_args" in doc
