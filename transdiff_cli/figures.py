@@ -24,7 +24,7 @@ from PIL import Image
 
 from .core.data.classes import class_label
 from .core.errors import TransDiffError
-from .core.io.export import staging_dir, swap_in
+from .core.io.export import check_not_cwd, staging_dir, swap_in
 from .pipeline import TransDiffPipeline
 
 FIGURES_JSON = "figures.json"
@@ -71,6 +71,7 @@ def check_out(out: Path, overwrite: bool) -> None:
     if out.is_dir() and any(out.iterdir()) and not overwrite and not (out / FIGURES_JSON).is_file():
         raise TransDiffError(f"`out` {out} is not empty and holds no earlier `figures` output: choose a new or "
                              "empty folder, or pass `overwrite` to replace it")
+    check_not_cwd(out)
 
 
 def image_grid(rows: Sequence[Sequence[Image.Image]], path: Path, *, col_titles: Sequence[str],

@@ -90,6 +90,14 @@ def check_out(out: Path, overwrite: bool, source: Path | None = None) -> None:
     if out.is_dir() and any(out.iterdir()) and not overwrite and not is_export(out):
         raise TransDiffError(f"`out` {out} is not empty and holds no earlier export: choose a new or empty "
                              "folder, or pass `overwrite` to replace it")
+    check_not_cwd(out)
+
+
+def check_not_cwd(out: Path) -> None:
+    """`out` is replaced as a whole: never the current folder or one holding it."""
+    if out.is_dir() and any(out.iterdir()) and out.resolve() in (Path.cwd(), *Path.cwd().parents):
+        raise TransDiffError(f"`out` {out} is the current folder (or holds it) and is not empty: choose a new or "
+                             "empty folder")
 
 
 def export_checkpoint(ck: Checkpoint, out: str | Path, *, vae: str | None = None, with_vae: bool = False,
