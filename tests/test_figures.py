@@ -18,13 +18,14 @@ def test_slot_counts_scale_with_the_model():
 def test_figures_for_a_1step_and_an_mrar_model(tmp_path):
     from test_generate import make_tiny
 
-    one, mrar = make_tiny(tmp_path / "one"), make_tiny(tmp_path / "mrar", mrar=True)
+    names = ["zero", "one", "two", "three"]  # four classes keep Figure 5 (every class) small
+    one, mrar = (make_tiny(tmp_path / n, mrar=n == "mrar", num_classes=4, class_names=names) for n in ("one", "mrar"))
     common = ["--classes", "0,1", "--device", "cpu", "--precision", "fp32", "--seed", "3"]
-    r = runner.invoke(app, ["figures", str(one), "--out", str(tmp_path / "f1"), "--pairs", "digit-1:7", *common])
+    r = runner.invoke(app, ["figures", str(one), "--out", str(tmp_path / "f1"), "--pairs", "one:3", *common])
     assert r.exit_code == 0, r.output
     doc = json.loads((tmp_path / "f1" / "figures.json").read_text())
     assert doc["figures"] == ["fig1_middle_features.png", "fig4_fuse.png", "fig5_diversity.png"]
-    assert doc["fig1_middle"]["k"] == [1, 4, 8, 16] and doc["fig4_fuse"]["pairs"][0]["b"] == 7
+    assert doc["fig1_middle"]["k"] == [1, 4, 8, 16] and doc["fig4_fuse"]["pairs"][0]["b"] == 3
     md = (tmp_path / "f1" / "figures.md").read_text()
     assert all(f"]({f})" in md for f in doc["figures"]) and "transdiff figures" in md and "--seed 3" in md
     assert all((tmp_path / "f1" / f).stat().st_size > 1000 for f in doc["figures"])
@@ -37,7 +38,7 @@ def test_figures_for_a_1step_and_an_mrar_model(tmp_path):
     assert set(per_class) == {"MRAR", "1-step"} and per_class["1-step"] == doc["fig5_diversity"]["per_class"]["1-step"]
 
     # the same seed redraws the same figures; a folder of other files is refused
-    r = runner.invoke(app, ["figures", str(one), "--out", str(tmp_path / "f1"), "--pairs", "digit-1:7", *common])
+    r = runner.invoke(app, ["figures", str(one), "--out", str(tmp_path / "f1"), "--pairs", "one:3", *common])
     assert r.exit_code == 0, r.output
     assert json.loads((tmp_path / "f1" / "figures.json").read_text()) == doc
     (tmp_path / "mine").mkdir()
