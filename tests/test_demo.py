@@ -143,8 +143,10 @@ def server(tmp_path_factory):
     cwd.mkdir()
     tmp.mkdir()
     port = free_port()
-    env = {**os.environ, "TMPDIR": str(tmp), "PYTHONPATH": str(REPO), "OMP_NUM_THREADS": "1"}
-    env.pop("TORCHINDUCTOR_CACHE_DIR", None)
+    # torch's compile cache is shared by every transdiff command (made when the CLI imports timm): keep it
+    # out of the TMPDIR that must end empty
+    env = {**os.environ, "TMPDIR": str(tmp), "PYTHONPATH": str(REPO), "OMP_NUM_THREADS": "1",
+           "TORCHINDUCTOR_CACHE_DIR": str(root / "torchinductor")}
     log = (root / "server.log").open("w")
     proc = subprocess.Popen([sys.executable, "-m", "transdiff_cli", "demo", ck, "--port", str(port), "--precision",
                              "fp32", "--device", "cpu"], cwd=cwd, env=env, stdout=log, stderr=subprocess.STDOUT)
@@ -239,11 +241,12 @@ def test_page_in_a_browser(server, tmp_path):
 
 
 def test_ctrl_c_exits_130_and_leaves_nothing(server):
-    """Runs after the browser test (the same server): SIGINT stops it with 130, its work folder (Gradio's
-    temp dir, torch's compile cache) is gone and the folder it ran in holds nothing new."""
+    """Runs after the browser test (the same server): SIGINT stops it with 130, its work folder (with
+    Gradio's temp dir) is gone and the folder it ran in holds nothing new (no lock, no .gradio)."""
     proc = server["proc"]
     assert proc.poll() is None, server["log"].read_text()[-2000:]
-    assert [p.name for p in server["tmp"].iterdir()][0].startswith("transdiff-demo-")
+    (work,) = server["tmp"].iterdir()
+    assert work.name.startswith("transdiff-demo-") and (work / "gradio").is_dir()
     proc.send_signal(signal.SIGINT)
     assert proc.wait(timeout=30) == 130, server["log"].read_text()[-2000:]
     assert list(server["tmp"].iterdir()) == []

@@ -68,10 +68,9 @@ def register(app: typer.Typer) -> None:
         previous = signal.signal(signal.SIGTERM, interrupt)
         environ = dict(os.environ)
         try:
-            # read when Gradio and torch's compiler are imported: their files go into our folder (removed
-            # on exit), and Gradio calls no server of its own
+            # read when Gradio is imported: its files go into our folder (removed on exit), and it calls
+            # no server of its own
             os.environ["GRADIO_TEMP_DIR"] = str(workdir / "gradio")
-            os.environ.setdefault("TORCHINDUCTOR_CACHE_DIR", str(workdir / "torchinductor"))
             os.environ.setdefault("GRADIO_ANALYTICS_ENABLED", "False")
             page = load_page()
             from ..core.io.checkpoint import newest_run_checkpoint
