@@ -10,4 +10,4 @@ if ! command -v chromium >/dev/null 2>&1; then
     apt-get update -qq
     apt-get install -y -qq --no-install-recommends chromium >/dev/null
 fi
-chromium --version
+chromium --version 2>/dev/null  # (its wrapper script may warn on stderr)
