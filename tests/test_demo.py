@@ -27,6 +27,7 @@ from test_generate import invoke, make_tiny, png
 
 import transdiff_cli
 from transdiff_cli import TransDiffPipeline
+from transdiff_cli.core.data.classes import class_label
 
 REPO = Path(__file__).resolve().parents[1]
 CHROMIUM = shutil.which("chromium") or shutil.which("chromium-browser")
@@ -118,7 +119,8 @@ def test_bad_inputs_are_messages_on_the_page(page, mrar):
     for bad, words in [({"class_value": "tiger cat"}, "class"), ({"class_value": ""}, "choose a class"),
                        ({"class_value": "12"}, "out of range"), ({"steps": 0}, "sampling steps 0 is out of range"),
                        ({"steps": 1001}, "1 to 1000"), ({"steps": None}, "sampling steps is empty"),
-                       ({"seed": -1}, "seed"), ({"num": 65}, "images"), ({"cfg": "strong"}, "cfg"),
+                       ({"seed": -1}, "seed"), ({"seed": 1.5}, "seed"), ({"steps": float("inf")}, "sampling steps"),
+                       ({"steps": "many"}, "not a number"), ({"num": 65}, "images"), ({"cfg": "strong"}, "cfg"),
                        ({"cfg": "1,2"}, "cfg"), ({"rounds": 5}, "rounds"), ({"sampler": "heun-9"}, "sampler"),
                        ({"scale_0": float("nan")}, "scale_0")]:
         with pytest.raises(gr.Error) as e:
@@ -197,19 +199,20 @@ def test_page_in_a_browser(server, tmp_path):
             ui = chromium.new_page(viewport={"width": 1280, "height": 1000})
             ui.set_default_timeout(30_000)
             ui.goto(server["url"])
-            # choose class 7 by searching its name, and seed 5
-            ui.locator("#class input").fill("digit-7")
-            ui.get_by_role("option", name="7: digit-7").click()
+            # choose class 7 by searching its name ("digit-7"; "7" in a trained digits run), and seed 5
+            name = class_label(7, pipe.config.num_classes, pipe.class_names)
+            ui.locator("#class input").fill(name)
+            ui.get_by_role("option", name=f"7: {name}", exact=True).click()
             ui.locator("#seed input").fill("5")
-            ui.locator("#num input").fill("2")
+            ui.locator("#num input").fill("8")
             ui.locator("#generate").click()
-            ui.wait_for_selector("#images img[src*='00001_class7']")
-            api = pipe([7], num_per_class=2, seed=5, progress=False)
-            for i in range(2):
+            ui.wait_for_selector("#images img[src*='00007_class7']")
+            api = pipe([7], num_per_class=8, seed=5, progress=False)  # the page's defaults: the checkpoint's
+            for i in range(8):
                 _, got = shown_image(ui, f"#images img[src*='0000{i}_class7']", ui.request)
                 assert np.array_equal(got, pixels(api.images[i])), i
             command = ui.locator("#command textarea").input_value()
-            assert command.startswith("transdiff sample --ckpt ") and "--class index:7 --num 2 --seed 5" in command
+            assert command.startswith("transdiff sample --ckpt ") and "--class index:7 --num 8 --seed 5" in command
             ui.wait_for_timeout(300)  # the gallery's fade-in
             shot = tmp_path / "demo.png"
             ui.screenshot(path=str(shot), full_page=True)

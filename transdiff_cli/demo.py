@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import functools
 import json
+import math
 import shlex
 import shutil
 import tempfile
@@ -45,6 +46,12 @@ KEEP_OUTPUTS_S = 3600  # a page's earlier downloads are removed after an hour
 CSS = ".pixelated img { image-rendering: pixelated; }"  # 8x8 digits stay sharp when shown large
 
 
+def absolute(source: str, kind: bool = False) -> str:
+    """A local path made absolute (the command shown runs from any folder); `kind`: "kl16:PATH"."""
+    head, sep, path = source.partition(":") if kind else ("", "", source)
+    return f"{head}{sep}{Path(path).resolve()}" if path and Path(path).exists() else source
+
+
 @dataclass
 class Source:
     """How the pipeline was opened: the CLI options that give its pixels again."""
@@ -59,9 +66,8 @@ class Source:
     def of(cls, pipe: TransDiffPipeline, checkpoint: str | Path, vae: str | None, weights: str) -> Source:
         device, dtype = pipe.device, next(pipe.model.parameters()).dtype
         precision = next(name for name, dt in PRECISIONS.items() if dt == dtype)
-        where = str(pipe.checkpoint.path or checkpoint)
-        local = Path(where)
-        return cls(str(local.resolve()) if local.exists() else where, vae, str(device), precision, weights)
+        return cls(absolute(str(pipe.checkpoint.path or checkpoint)), vae and absolute(vae, kind=True), str(device),
+                   precision, weights)
 
     def flags(self) -> list[str]:
         out = ["--ckpt", self.checkpoint]
@@ -89,18 +95,25 @@ def pick_class(pipe: TransDiffPipeline, value: Any, what: str = "class") -> int:
 
 
 def whole(value: Any, name: str, low: int, high: int) -> int:
+    """A whole number from a page field (numbers arrive as int or float; ints are kept exact)."""
     if value is None or value == "":
         raise TransDiffError(f"{name} is empty: give a whole number from {low} to {high}")
-    v = float(value)
-    if not v.is_integer() or not low <= v <= high:
-        raise TransDiffError(f"{name} {value:g} is out of range: give a whole number from {low} to {high}")
+    try:
+        v = value if isinstance(value, int) else float(value)
+    except ValueError:
+        raise TransDiffError(f"{name} {value!r} is not a number") from None
+    if not math.isfinite(v) or v != int(v) or not low <= v <= high:
+        raise TransDiffError(f"{name} {value} is out of range: give a whole number from {low} to {high}")
     return int(v)
 
 
 def number(value: Any, name: str) -> float:
     if value is None or value == "":
         raise TransDiffError(f"{name} is empty: give a number")
-    return float(value)
+    try:
+        return float(value)
+    except ValueError:
+        raise TransDiffError(f"{name} {value!r} is not a number") from None
 
 
 def parse_scales(text: Any, rounds: int) -> list[float]:
