@@ -128,6 +128,21 @@ def test_bad_inputs_are_messages_on_the_page(page, mrar):
         assert words in e.value.message and "Traceback" not in e.value.message, (bad, e.value.message)
 
 
+def test_a_busy_port_is_one_error(page):
+    import gradio as gr
+
+    from transdiff_cli.core.errors import TransDiffError
+
+    with gr.Blocks() as blocks:
+        gr.Markdown("a page")
+    with socket.socket() as taken:
+        taken.bind(("127.0.0.1", 0))
+        taken.listen()
+        port = taken.getsockname()[1]
+        with pytest.raises(TransDiffError, match=f"cannot listen on 127.0.0.1:{port} .*choose another `port`"):
+            page.serve(blocks, host="127.0.0.1", port=port, share=False, ready=print)
+
+
 # --------------------------------------------------------------------------- the server, in a real browser
 def free_port() -> int:
     with socket.socket() as s:

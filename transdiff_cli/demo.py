@@ -399,9 +399,15 @@ def build(pipe: TransDiffPipeline, source: Source, workdir: Path) -> gr.Blocks:
 def serve(page: gr.Blocks, *, host: str, port: int, share: bool, ready: Callable[[str], None]) -> None:
     """Serve until Ctrl-C (KeyboardInterrupt, re-raised after the server closed)."""
     page.queue(default_concurrency_limit=1)  # one model: requests take turns
-    _, url, share_url = page.launch(server_name=host, server_port=port, share=share, prevent_thread_lock=True,
-                                    quiet=True, ssr_mode=False, run_history=False, footer_links=[], css=CSS,
-                                    show_error=False)
+    try:
+        _, url, share_url = page.launch(server_name=host, server_port=port, share=share, prevent_thread_lock=True,
+                                        quiet=True, ssr_mode=False, run_history=False, footer_links=[], css=CSS,
+                                        show_error=False)
+    except OSError as e:
+        if "port" not in str(e).lower():
+            raise
+        raise TransDiffError(f"cannot listen on {host}:{port} (in use, or not an address of this machine): "
+                             "choose another `port` or `host`") from None
     ready(share_url or url)
     try:
         while True:
