@@ -269,8 +269,7 @@ def build(pipe: TransDiffPipeline, source: Source, workdir: Path) -> gr.Blocks:
     defaults = resolved(pipe)
     outputs = Outputs(workdir / "outputs")
     choices = class_choices(pipe)
-    first = choices[min(1, len(choices) - 1)][1]
-    second = choices[min(2, len(choices) - 1)][1]
+    first, second = choices[0][1], choices[min(1, len(choices) - 1)][1]
     mc = pipe.config
     feature_slots = pipe.features([0]).shape[1]
 
