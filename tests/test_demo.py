@@ -6,6 +6,7 @@ digits run for the docs' picture), and TRANSDIFF_DEMO_SCREENSHOT names where the
 also saved (docs/demo.png).
 """
 
+import importlib.util
 import io
 import json
 import os
@@ -42,6 +43,14 @@ def one_thread():
     torch.set_num_threads(n)
 
 
+def need(what: str) -> None:
+    """Skip without the demo's dependencies, except in CI, which installs them (.ci/browser-deps.sh)."""
+    why = f"needs {what} (.ci/browser-deps.sh installs it)"
+    if os.environ.get("CI"):
+        pytest.fail(why)
+    pytest.skip(why)
+
+
 def pixels(image) -> np.ndarray:
     return np.asarray(image.convert("L") if image.mode != "L" else image)
 
@@ -65,8 +74,10 @@ def test_missing_gradio_is_one_line(tmp_path, monkeypatch):
 
 @pytest.fixture(scope="module")
 def page():
-    pytest.importorskip("gradio")
-    from transdiff_cli import demo
+    try:
+        from transdiff_cli import demo
+    except ModuleNotFoundError:
+        need("gradio (the demo extra)")
 
     return demo
 
@@ -153,7 +164,8 @@ def free_port() -> int:
 @pytest.fixture(scope="module")
 def server(tmp_path_factory):
     """`transdiff demo` as a user starts it, in a folder of its own, with its own TMPDIR."""
-    pytest.importorskip("gradio")
+    if importlib.util.find_spec("gradio") is None:
+        need("gradio (the demo extra)")
     root = tmp_path_factory.mktemp("serve")
     ck = os.environ.get("TRANSDIFF_DEMO_CKPT") or str(make_tiny(root / "tiny"))
     cwd, tmp = root / "cwd", root / "tmp"
@@ -191,10 +203,7 @@ def browser():
     except ImportError:
         sync_playwright = None
     if sync_playwright is None or CHROMIUM is None:
-        why = "needs playwright (pip install playwright) and chromium (apt-get install -y chromium)"
-        if os.environ.get("CI"):
-            pytest.fail(why)  # CI installs both (.ci/browser-deps.sh): never skip there
-        pytest.skip(why)
+        need("playwright (the test extra) and Debian's chromium")
     return sync_playwright
 
 
