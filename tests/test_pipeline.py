@@ -8,8 +8,8 @@ import sys
 import numpy as np
 import pytest
 import torch
+from conftest import invoke, make_tiny, png
 from PIL import Image
-from test_generate import invoke, make_tiny, png
 
 import transdiff_cli
 from transdiff_cli import TransDiffPipeline
@@ -79,7 +79,8 @@ def test_published_checkpoint_equals_the_cli(fixtures, tmp_path):
     out = tmp_path / "cli"
     invoke(["sample", "--ckpt", fixtures / "transdiff_1step.pth", "--vae", vae, "--class", 4, "--num", 1,
             "--sampling-steps", 2, "--precision", "fp32", "--out", out])
-    pipe = TransDiffPipeline.from_pretrained(fixtures / "transdiff_1step.pth", vae=vae, device="cpu", precision="fp32")
+    pipe = TransDiffPipeline.from_pretrained(fixtures / "transdiff_1step.pth", vae=vae, device="cpu",
+                                             precision="fp32")
     got = pipe(4, sampling_steps=2, progress=False)
     assert got.images[0].mode == "RGB" and np.array_equal(pixels(got.images[0]), png(out / "00000_class4.png"))
 

@@ -15,13 +15,12 @@ import torch
 from ..device import resolve_device
 from ..distributed import DistInfo, cleanup, init_distributed
 from ..errors import TransDiffError
-from ..fs import ensure_dir
+from ..fs import FolderLock, ensure_dir
 from ..io.checkpoint import load_checkpoint
 from ..model.config import ModelConfig, load_yaml_overrides, preset
 from ..model.convert import init_mrar_from_1step, mrar_config
 from ..reporting import Reporter
 from .run_dir import RunDir
-from .run_lock import FolderLock
 from .train_config import DIGITS_EVAL, TrainConfig, train_defaults
 from .trainer import Trainer, TrainResult
 
