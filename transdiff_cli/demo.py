@@ -32,7 +32,7 @@ from .core.device import PRECISIONS
 from .core.errors import TransDiffError
 from .core.sampling.eval_settings import FLAG
 from .core.sampling.fuse import PATTERNS
-from .core.sampling.generate import GRID_PNG, file_name, strip_file
+from .core.sampling.outputs import GRID_PNG, file_name, strip_file
 from .core.sampling.samplers import SAMPLERS
 from .core.sampling.settings import SampleSettings, parse_cfg
 from .core.validate import check_seed
