@@ -43,7 +43,9 @@ MAX_IMAGES = 64
 BATCH_SIZE = 16  # images per batch; the command shown names it (the same batches give the same pixels)
 SETTINGS_JSON = "settings.json"
 KEEP_OUTPUTS_S = 3600  # a page's earlier downloads are removed after an hour
-CSS = ".pixelated img { image-rendering: pixelated; }"  # 8x8 digits stay sharp when shown large
+# 8x8 digits are shown large and sharp: galleries scale their thumbnails, single images fill their box
+CSS = """.pixelated img { image-rendering: pixelated; }
+.upscaled img { width: 100%; height: 100%; object-fit: contain; }"""
 
 
 def absolute(source: str, kind: bool = False) -> str:
@@ -306,7 +308,7 @@ def build(pipe: TransDiffPipeline, source: Source, workdir: Path) -> gr.Blocks:
                     images = gr.Gallery(label="images", columns=4, format="png", elem_id="images",
                                         elem_classes="pixelated", object_fit="contain", height="auto")
                     strips = gr.Image(label="every MRAR round, left to right (a row per image)", type="filepath",
-                                      format="png", elem_id="rounds-strips", elem_classes="pixelated",
+                                      format="png", elem_id="rounds-strips", elem_classes=["pixelated", "upscaled"],
                                       visible=mc.mrar, interactive=False, height=320)
                     used = gr.Markdown(provenance(defaults), elem_id="provenance")
             with gr.Accordion("Downloads", open=True):
@@ -327,7 +329,8 @@ def build(pipe: TransDiffPipeline, source: Source, workdir: Path) -> gr.Blocks:
                 fseed = gr.Number(0, precision=0, label="seed", elem_id="fuse-seed")
             fuse_go = gr.Button("Fuse", variant="primary", elem_id="fuse")
             with gr.Row():
-                shown = dict(type="pil", format="png", elem_classes="pixelated", height=256, interactive=False)
+                shown = dict(type="pil", format="png", elem_classes=["pixelated", "upscaled"], height=256,
+                             interactive=False)
                 ia = gr.Image(label="A", elem_id="fuse-image-a", **shown)
                 ifused = gr.Image(label="fused", elem_id="fuse-image-fused", **shown)
                 ib = gr.Image(label="B", elem_id="fuse-image-b", **shown)
