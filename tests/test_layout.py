@@ -1,6 +1,6 @@
 """The package's shape: no import circles (lazy imports inside functions count too), no import
-climbs a layer (the order is written down in docs/architecture.md#layers), and nothing below the
-commands imports typer or rich."""
+climbs a layer (the order is written down in docs/architecture.md#layers), nothing below the
+commands imports typer, rich or gradio, and gradio is imported only when `transdiff demo` runs."""
 
 import ast
 from pathlib import Path
@@ -71,7 +71,7 @@ LAYERS = [
     ("training", ["core.training"]),
     ("environment", ["core.environment"]),
     ("pipeline", ["pipeline", "", "figures"]),
-    ("commands", ["commands"]),
+    ("commands", ["commands", "demo"]),  # demo: `transdiff demo`'s page, imported by its command
     ("cli", ["cli", "__main__"]),
 ]
 
@@ -107,8 +107,31 @@ def test_layer_rule_catches_a_climb_and_the_docs_state_the_order():
 def test_no_terminal_libraries_below_the_commands():
     mods = modules()
     core = {m: p for m, p in mods.items() if m.startswith("transdiff_cli.core") or m == "transdiff_cli.pipeline"}
-    offenders = {m: sorted(t for t in imports(m, p) if t.split(".")[0] in ("typer", "rich")) for m, p in core.items()}
+    ui = ("typer", "rich", "gradio")
+    offenders = {m: sorted(t for t in imports(m, p) if t.split(".")[0] in ui) for m, p in core.items()}
     assert not {m: t for m, t in offenders.items() if t}
+
+
+def test_gradio_is_imported_only_by_the_demo_page_and_lazily():
+    """Only `transdiff_cli.demo` imports gradio, and nothing imports that page at module level (the
+    CLI starts without gradio; `transdiff demo` imports it when it runs)."""
+    mods = modules()
+    users = sorted(m for m, p in mods.items() if any(t.split(".")[0] == "gradio" for t in imports(m, p)))
+    assert users == ["transdiff_cli.demo"]
+    eager = []
+    for m, p in mods.items():
+        pkg = m if p.name == "__init__.py" else m.rsplit(".", 1)[0]
+        for node in ast.parse(p.read_text()).body:  # module level only: imports inside functions are lazy
+            if isinstance(node, ast.ImportFrom) and node.level:
+                base = ".".join(pkg.split(".")[: len(pkg.split(".")) - (node.level - 1)] + [node.module or ""])
+                names = {base.rstrip(".")} | {f"{base}.{a.name}".replace("..", ".") for a in node.names}
+            elif isinstance(node, (ast.Import, ast.ImportFrom)):
+                names = {a.name for a in node.names} if isinstance(node, ast.Import) else {node.module or ""}
+            else:
+                continue
+            if names & {"transdiff_cli.demo", "gradio"} and m != "transdiff_cli.demo":
+                eager.append(m)
+    assert not eager
 
 
 def test_core_messages_name_parameters_not_flags():
