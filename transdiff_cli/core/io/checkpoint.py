@@ -292,7 +292,7 @@ def load_checkpoint(path: str | Path, *, weights: str = "ema", size: str | None 
 
     try:
         doc = json.loads((p / CONFIG).read_text())
-        config = ModelConfig.from_dict(doc["model"])
+        config = ModelConfig.from_dict(doc["model"], where=str(p / CONFIG))
     except (json.JSONDecodeError, KeyError, TypeError) as e:
         raise TransDiffError(f"{p / CONFIG} is not a valid checkpoint config: {e}") from e
     _check_size(config, size, p)
@@ -344,7 +344,7 @@ def inspect_checkpoint(path: str | Path, *, weights: str = "ema", size: str | No
     else:
         try:
             doc = json.loads((p / CONFIG).read_text())
-            config = ModelConfig.from_dict(doc["model"])
+            config = ModelConfig.from_dict(doc["model"], where=str(p / CONFIG))
         except (json.JSONDecodeError, KeyError, TypeError) as e:
             raise TransDiffError(f"{p / CONFIG} is not a valid checkpoint config: {e}") from e
         f = p / (EMA if weights == "ema" and (p / EMA).is_file() else MODEL)

@@ -6,6 +6,7 @@ buffer length) follows the data, so the same preset works for ImageNet latents a
 
 from __future__ import annotations
 
+import contextvars
 import dataclasses
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -14,6 +15,11 @@ from typing import Any
 import yaml
 
 from ..errors import TransDiffError
+from ..schema import MODEL_SCHEMA, Sources, check_config, fail, named
+
+# where each key of the config being built came from (set by from_dict, read by validate), so a
+# relation between keys names their origins as the per-key checks do
+_SOURCES: contextvars.ContextVar[Sources | None] = contextvars.ContextVar("model_sources", default=None)
 
 
 @dataclass
@@ -49,6 +55,10 @@ class ModelConfig:
     mrar_cfg: list[float] = field(default_factory=list)  # per MRAR step; empty -> cfg everywhere
 
     def __post_init__(self) -> None:
+        # types and ranges first (also for direct construction), so no relation divides by zero
+        fields = {f.name: getattr(self, f.name) for f in dataclasses.fields(self)}
+        for key, value in check_config(fields, MODEL_SCHEMA, "model", _SOURCES.get()).items():
+            setattr(self, key, value)
         if self.patch_size is None:
             self.patch_size = auto_patch_size(self.latent_channels, self.latent_size)
         if self.ref_patch_size is None:
@@ -60,20 +70,20 @@ class ModelConfig:
         self.validate()
 
     def validate(self) -> None:
-        if self.width % self.heads or self.decoder_width % self.heads:
-            raise TransDiffError(f"width {self.width} is not divisible by heads {self.heads}")
-        for p, what in ((self.patch_size, "patch_size"), (self.ref_patch_size, "ref_patch_size")):
-            if p < 1 or self.latent_size % p:
-                raise TransDiffError(
-                    f"{what} {p} does not divide the latent size {self.latent_size} "
-                    f"(latents are {self.latent_channels}x{self.latent_size}x{self.latent_size})"
-                )
-        if self.condition_slots is not None:
-            if self.mrar:
-                raise TransDiffError("condition_slots applies to 1-step models; an MRAR model's "
-                                     "slots follow its reference patches (mrar_steps x ref_tokens)")
-            if self.condition_slots < 1:
-                raise TransDiffError(f"condition_slots must be positive, not {self.condition_slots}")
+        """Relations between keys (each key's own range is in schema.MODEL_SCHEMA)."""
+        src = _SOURCES.get()
+        for key in ("width", "decoder_width"):
+            if getattr(self, key) % self.heads:
+                raise fail("heads", self.heads, src,
+                           f"must divide {named(key, getattr(self, key), src)}")
+        for key in ("patch_size", "ref_patch_size"):
+            p = getattr(self, key)
+            if self.latent_size % p:
+                raise fail(key, p, src, f"does not divide the latent size {self.latent_size} "
+                           f"(latents are {self.latent_channels}x{self.latent_size}x{self.latent_size})")
+        if self.condition_slots is not None and self.mrar:
+            raise TransDiffError("condition_slots applies to 1-step models; an MRAR model's "
+                                 "slots follow its reference patches (mrar_steps x ref_tokens)")
 
     # token geometry -------------------------------------------------------------------------
     @property
@@ -112,19 +122,15 @@ class ModelConfig:
         return dataclasses.asdict(self)
 
     @classmethod
-    def from_dict(cls, d: dict[str, Any]) -> ModelConfig:
-        return build_dataclass(cls, d, "model")
-
-
-def build_dataclass(cls: Any, d: dict[str, Any], what: str) -> Any:
-    """cls(**d), with a one-line error naming keys a config file got wrong."""
-    unknown = sorted(set(d) - {f.name for f in dataclasses.fields(cls)})
-    if unknown:
-        raise TransDiffError(f"unknown {what} config keys: {', '.join(unknown)}")
-    try:
-        return cls(**d)
-    except TypeError as e:
-        raise TransDiffError(f"bad {what} config: {e}") from e
+    def from_dict(cls, d: Any, sources: Sources | None = None, where: str | None = None) -> ModelConfig:
+        """Checked against the schema (key by key, then the relations); `sources` says where each
+        key came from, `where` names a file all of them came from."""
+        values = check_config(d, MODEL_SCHEMA, "model", sources, where)
+        token = _SOURCES.set({**{k: where for k in values}, **(sources or {})} if where else sources)
+        try:
+            return cls(**values)
+        finally:
+            _SOURCES.reset(token)
 
 
 def auto_patch_size(channels: int, size: int) -> int:
@@ -159,8 +165,9 @@ IMAGENET_GEOMETRY = dict(latent_channels=16, latent_size=16, patch_size=1, buffe
                          num_classes=1000)
 
 
-def preset(size: str, **overrides: Any) -> ModelConfig:
-    """The named size with data geometry and user overrides applied."""
+def preset(size: str, sources: Sources | None = None, **overrides: Any) -> ModelConfig:
+    """The named size with data geometry and user overrides applied (`sources`: where each
+    override came from, for messages)."""
     key = {k.lower(): k for k in PRESETS}.get(size.lower())
     if key is None:
         raise TransDiffError(f"unknown size {size!r}; choose one of {', '.join(PRESETS)}")
@@ -168,7 +175,7 @@ def preset(size: str, **overrides: Any) -> ModelConfig:
     if overrides.get("mrar") and key in MRAR_SAMPLING:
         values.update(MRAR_SAMPLING[key])
     values.update({k: v for k, v in overrides.items() if v is not None})
-    return ModelConfig.from_dict(values)
+    return ModelConfig.from_dict(values, sources)
 
 
 def load_yaml_overrides(path: str | Path | None) -> dict[str, Any]:
