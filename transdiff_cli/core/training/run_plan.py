@@ -28,8 +28,8 @@ import torch
 
 from ..model.config import ModelConfig
 from .memory import check_fits_machine
-from .run_request import RunRequest, merge_train, read_user_config
-from .start_kinds import start_kind
+from .run_request import RunRequest, UserConfig, merge_train, read_user_config
+from .start_kinds import Fresh, start_kind
 from .train_config import TrainConfig
 
 
@@ -44,20 +44,25 @@ class RunPlan:
     default_name: str
 
 
-def plan_run(req: RunRequest, device: torch.device, world_size: int = 1,
-             is_main: bool = True) -> RunPlan:
-    """The one merge: the start kind's base configs, the user's values on top, checked, then the
-    data opened and the initial weights built."""
+def plan_train(req: RunRequest) -> tuple[Fresh, UserConfig, TrainConfig]:
+    """The start kind, the user's keys and the training configuration, checked: nothing is
+    opened but the source checkpoint."""
     user = read_user_config(req)
     start = start_kind(req, user)
     train_dict = merge_train(start.train_base(), user.train)
     start.fill_train(train_dict, user.train)
     train_config = TrainConfig.from_dict(train_dict, user.train_sources)
     train_config.validate()
+    return start, user, train_config
+
+
+def plan_run(req: RunRequest, device: torch.device, world_size: int = 1,
+             is_main: bool = True) -> RunPlan:
+    """The one merge: the start kind's base configs, the user's values on top, checked, then the
+    data opened, the model's size checked against the machine and the initial weights built."""
+    start, _, train_config = plan_train(req)
     model_config, data = start.model_and_data(train_config, device)
     check_fits_machine(model_config, train_config, device, world_size)
     init = start.init_weights(model_config, train_config, data, is_main)
     return RunPlan(model_config, train_config, init, start.parent, data,
                    start.class_names(data, model_config), start.default_name(train_config, model_config, data))
-
-

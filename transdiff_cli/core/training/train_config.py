@@ -147,7 +147,7 @@ FINETUNE_PRESETS: dict[str, dict[str, Any]] = {
 # lr 1e-4 absolute, EMA 0.999; the paper gives no other numbers, so B and H use L's. The CPU
 # sizes keep their batch and train half their steps at half their lr, warm-up 1/15 of the run
 # as in the recipe.
-L_512 = dict(batch_size=2048, lr=1e-4, warmup_steps=6250, max_steps=None, epochs=150,
+L_512 = dict(batch_size=2048, lr=1e-4, warmup_steps=6250, warmup_epochs=None, max_steps=None, epochs=150,
              ema_rate=0.999, ckpt_every=5000)
 DECODER_FINETUNE_PRESETS: dict[str, dict[str, Any]] = {
     "tiny": dict(base_lr=5e-4, warmup_steps=20, max_steps=300, ckpt_every=100),
