@@ -9,10 +9,7 @@ from __future__ import annotations
 import contextvars
 import dataclasses
 from dataclasses import dataclass, field
-from pathlib import Path
 from typing import Any
-
-import yaml
 
 from ..errors import TransDiffError
 from ..schema import MODEL_SCHEMA, Sources, check_config, fail, named
@@ -176,19 +173,3 @@ def preset(size: str, sources: Sources | None = None, **overrides: Any) -> Model
         values.update(MRAR_SAMPLING[key])
     values.update({k: v for k, v in overrides.items() if v is not None})
     return ModelConfig.from_dict(values, sources)
-
-
-def load_yaml_overrides(path: str | Path | None) -> dict[str, Any]:
-    """Read a YAML config file; its `model:` section (or the whole file) overrides the preset."""
-    if path is None:
-        return {}
-    p = Path(path)
-    if not p.is_file():
-        raise TransDiffError(f"config file not found: {p}")
-    try:
-        data = yaml.safe_load(p.read_text()) or {}
-    except yaml.YAMLError as e:
-        raise TransDiffError(f"config file {p} is not valid YAML: {str(e).splitlines()[0]}") from e
-    if not isinstance(data, dict):
-        raise TransDiffError(f"config file {p} must hold a mapping")
-    return data
