@@ -43,15 +43,18 @@ class Spec:
             return "one of " + ", ".join(self.choices)
         name = {int: "an integer", float: "a number", str: "a text", bool: "true or false",
                 "floats": "a list of numbers"}[self.kind]
+        def show(v: float) -> str:
+            return str(int(v)) if self.kind is int else f"{v:g}"
+
         parts = []
         if self.above is not None:
-            parts.append(f"> {self.above:g}")
+            parts.append(f"> {show(self.above)}")
         if self.low is not None:
-            parts.append(f">= {self.low:g}")
+            parts.append(f">= {show(self.low)}")
         if self.below is not None:
-            parts.append(f"< {self.below:g}")
+            parts.append(f"< {show(self.below)}")
         if self.high is not None:
-            parts.append(f"<= {self.high:g}")
+            parts.append(f"<= {show(self.high)}")
         return name + (" " + " and ".join(parts) if parts else "")
 
 
