@@ -5,7 +5,6 @@ from __future__ import annotations
 
 import argparse
 import os
-import platform
 import statistics
 import sys
 import time
@@ -18,9 +17,9 @@ from torch.utils.flop_counter import FlopCounterMode
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
 from transdiff_cli.core.device import resolve_device  # noqa: E402
+from transdiff_cli.core.environment import collect  # noqa: E402
 from transdiff_cli.core.errors import TransDiffError  # noqa: E402
 from transdiff_cli.core.model.config import IMAGENET_GEOMETRY, preset  # noqa: E402
-from transdiff_cli.core.model.cpu_kernels import fused_linear_supported, native_bf16  # noqa: E402
 from transdiff_cli.core.model.transdiff import TransDiff  # noqa: E402
 
 DTYPES = {"fp32": torch.float32, "bf16": torch.bfloat16}
@@ -158,32 +157,17 @@ def count_flops(fn: Callable[[], object]) -> int:
 
 
 def machine_info(threads: int, device: torch.device = torch.device("cpu")) -> dict:
-    model = platform.processor()
-    try:
-        for line in Path("/proc/cpuinfo").read_text().splitlines():
-            if line.startswith("model name"):
-                model = line.split(":", 1)[1].strip()
-                break
-    except OSError:
-        pass
-    info = {"cpu": model, "cores": os.cpu_count(), "threads": threads, "torch": torch.__version__,
-            "loadavg": [round(x, 2) for x in os.getloadavg()], **cpu_flags()}
+    """The machine a result was measured on: the `transdiff env` record under "env", plus the few
+    fields the tables quote at the top level."""
+    env = collect()
+    cpu = env["cpu"]
+    info = {"cpu": cpu["model"], "cores": os.cpu_count(), "threads": threads, "torch": torch.__version__,
+            "loadavg": [round(x, 2) for x in os.getloadavg()], "cpu_capability": cpu["torch_capability"],
+            "native_bf16": cpu["native_bf16"], "fused_linear": cpu["fused_linear"],
+            "cpu_flags": [f for f, present in cpu["isa"].items() if present], "env": env}
     if device.type == "cuda":
         info["gpu"] = torch.cuda.get_device_name(device)
     return info
-
-
-def cpu_flags() -> dict:
-    """What decides the CPU kernels: torch's ISA level, native bf16, and the relevant /proc flags."""
-    wanted = ("avx2", "avx512f", "avx512_bf16", "amx_bf16", "amx_tile")
-    try:
-        flags = next((line.split(":", 1)[1].split() for line in Path("/proc/cpuinfo").read_text().splitlines()
-                      if line.startswith(("flags", "Features"))), [])
-    except OSError:
-        flags = []
-    return {"cpu_capability": torch.backends.cpu.get_cpu_capability(), "native_bf16": native_bf16(),
-            "fused_linear": {n: fused_linear_supported(d) for n, d in DTYPES.items()},
-            "cpu_flags": [f for f in wanted if f in flags]}
 
 
 def peak_rss_bytes() -> int:

@@ -111,7 +111,7 @@ def main() -> None:
         flops_per_image=flops // args.batch,
         achieved_gflops=float(f"{achieved:.4g}"),
         matmul_peak_gflops=float(f"{peak:.4g}"),
-        ratio_to_peak=round(achieved / peak, 3),
+        ratio_to_peak=float(f"{achieved / peak:.4g}"),  # significant digits: small ratios keep theirs
     )
     result.update(machine_info(threads, device))
     print(json.dumps(result))

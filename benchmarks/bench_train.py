@@ -96,7 +96,7 @@ def main() -> None:
         "optimizer_s_per_step": round(statistics.median(opt_times), 4),
         "times_s": [round(t, 3) for t in times],
         "flops_per_step": flops, "achieved_gflops": float(f"{achieved:.4g}"),
-        "matmul_peak_gflops": float(f"{peak:.4g}"), "ratio_to_peak": round(achieved / peak, 3),
+        "matmul_peak_gflops": float(f"{peak:.4g}"), "ratio_to_peak": float(f"{achieved / peak:.4g}"),
     }
     result.update(machine_info(threads, device))
     print(json.dumps(result))

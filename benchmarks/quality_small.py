@@ -10,8 +10,8 @@ the same number of generated images per class:
 Then sweep the sampler (sampling steps x (scale_0, scale_1)) and run the fuse demo on `shapes`.
 
 Writes results.json, figure.png, fuse.png and REPORT.md into --out, and (full runs only) replaces
-the README section between the quality_small markers with REPORT.md, so the README's numbers come
-from one run of this script.
+the section between the quality_small markers of docs/reproduction.md with the report and copies
+its two figures to docs/images/quality_small/, so the docs' numbers come from one run of this script.
 
     python benchmarks/quality_small.py              # full run (about an hour on 2 cores)
     python benchmarks/quality_small.py --quick      # smoke run (about a minute)
@@ -22,6 +22,7 @@ from __future__ import annotations
 import argparse
 import json
 import platform
+import shutil
 import statistics as st
 import subprocess
 import sys
@@ -180,7 +181,8 @@ def verdict(results: dict[str, Any]) -> list[str]:
     return lines
 
 
-def report(results: dict[str, Any], args: argparse.Namespace) -> str:
+def report(results: dict[str, Any], args: argparse.Namespace, images: str = "") -> str:
+    """The markdown report; `images` is the figures' folder relative to where it is written."""
     rows = []
     for key, label in (("1step", "1-step"), ("1step_continued", "1-step, continued (control)"),
                        ("mrar", "MRAR (fine-tuned)")):
@@ -226,11 +228,11 @@ def report(results: dict[str, Any], args: argparse.Namespace) -> str:
         "| --- | --- | --- | --- | --- | --- |",
         sweep,
         "",
-        "![1-step vs MRAR samples and FID against sampling steps](benchmarks/quality_small/figure.png)",
+        f"![1-step vs MRAR samples and FID against sampling steps]({images}figure.png)",
         "",
         "Fuse demo (`shapes`, red-circle + blue-square, first half of the slots from A):",
         "",
-        "![fuse](benchmarks/quality_small/fuse.png)",
+        f"![fuse]({images}fuse.png)",
     ])
 
 
@@ -240,16 +242,24 @@ def _sampler_text(results: dict[str, Any]) -> str:
             f"scale_0/scale_1 {st_['scale_0']:g}/{st_['scale_1']:g}")
 
 
-def update_readme(text: str) -> None:
-    readme = REPO / "README.md"
-    doc = readme.read_text()
+DOCS_PAGE = REPO / "docs" / "reproduction.md"
+DOCS_IMAGES = "images/quality_small/"  # relative to the page
+
+
+def update_docs(text: str, out: Path) -> None:
+    """Put the report between the markers of the docs page and its figures beside the page."""
+    images = DOCS_PAGE.parent / DOCS_IMAGES
+    images.mkdir(parents=True, exist_ok=True)
+    for name in ("figure.png", "fuse.png"):
+        shutil.copyfile(out / name, images / name)
+    doc = DOCS_PAGE.read_text()
     if BEGIN in doc and END in doc:
         head, rest = doc.split(BEGIN, 1)
         _, tail = rest.split(END, 1)
         doc = f"{head}{BEGIN}\n{text}\n{END}{tail}"
     else:
-        doc = f"{doc.rstrip()}\n\n## Reproducing the paper's claims in miniature\n\n{BEGIN}\n{text}\n{END}\n"
-    readme.write_text(doc)
+        doc = f"{doc.rstrip()}\n\n{BEGIN}\n{text}\n{END}\n"
+    DOCS_PAGE.write_text(doc)
 
 
 def machine() -> str:
@@ -262,10 +272,11 @@ def machine() -> str:
 
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    ap.add_argument("--quick", action="store_true", help="smoke run: tiny model, a few steps, no README update")
+    ap.add_argument("--quick", action="store_true", help="smoke run: tiny model, a few steps, no docs update")
     ap.add_argument("--out", type=Path, default=None, help="output folder (default benchmarks/quality_small)")
     ap.add_argument("--seeds", type=str, default=None, help="comma-separated seeds (default 0,1)")
-    ap.add_argument("--no-readme", action="store_true", help="do not update README.md")
+    ap.add_argument("--no-docs", "--no-readme", dest="no_docs", action="store_true",
+                    help="do not update docs/reproduction.md (--no-readme: the old spelling)")
     ap.add_argument("--threads", type=int, default=None, help="torch threads (default: all cores)")
     args = ap.parse_args()
     if args.threads:
@@ -330,10 +341,9 @@ def main() -> None:
                    git=_git_rev())
     figure(results, grids, out / "figure.png")
     (out / "results.json").write_text(json.dumps(results, indent=1))
-    text = report(results, args)
-    (out / "REPORT.md").write_text(text + "\n")
-    if not quick and not args.no_readme:
-        update_readme(text)
+    (out / "REPORT.md").write_text(report(results, args) + "\n")
+    if not quick and not args.no_docs:
+        update_docs(report(results, args, images=DOCS_IMAGES), out)
     log(f"done in {results['minutes']:.1f} min; wrote {out}")
     print("\n".join(verdict(results)))
 

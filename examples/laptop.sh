@@ -1,5 +1,5 @@
 #!/usr/bin/env bash
-# The README's laptop session on a CPU: train the tiny model on the built-in digits, sample, fine-tune
+# The laptop session of docs/cli.md on a CPU: train the tiny model on the built-in digits, sample, fine-tune
 # it into an MRAR model, measure diversity and FID, and fuse two classes of the built-in shapes.
 # Everything lands in the current folder (runs/, samples/, fid/, fuse/); about 15 minutes in all.
 #

@@ -10,7 +10,6 @@ import pytest
 import torch
 from PIL import Image
 from safetensors.torch import load_file
-from test_fid import random_inception_weights
 from typer.testing import CliRunner
 
 from transdiff_cli.cli import app
@@ -92,7 +91,7 @@ def test_sample_published_512_writes_512_pngs(tmp_path, model_512, vae):
 
 
 @pytest.mark.slow  # two 512x512 decodes and Inception on the CPU
-def test_fid_at_512_from_checkpoint_against_adm_stats(tmp_path, model_512, vae, monkeypatch):
+def test_fid_at_512_from_checkpoint_against_adm_stats(tmp_path, model_512, vae, inception_weights, monkeypatch):
     """`fid --ckpt` with the 512 model against a `.npz` in ADM's VIRTUAL_imagenet512 layout
     (arr_0 images plus mu/sigma and the spatial mu_s/sigma_s); Inception with random local
     weights, its input shrunk to its smallest size to fit the CPU budget."""
@@ -100,7 +99,7 @@ def test_fid_at_512_from_checkpoint_against_adm_stats(tmp_path, model_512, vae, 
 
     monkeypatch.setattr(fe.FeatureExtractorInceptionV3, "INPUT_IMAGE_SIZE", 75)
     monkeypatch.setattr(features, "FID_LAYER", "192")
-    weights = random_inception_weights(tmp_path / "weights-inception-2015-12-05-6726825d.pth")
+    weights = inception_weights
     rng = np.random.default_rng(0)
     feats = rng.normal(size=(8, 192))
     ref = tmp_path / "VIRTUAL_imagenet512.npz"

@@ -51,6 +51,7 @@ def test_bench_train(precision):
     assert out["precision"] == ("bf16-autocast" if precision == "bf16" else "fp32") and len(out["times_s"]) == 2
     assert out["images_per_s"] == pytest.approx(1 / out["s_per_step"], rel=1e-2)
     assert out["cpu_capability"] and isinstance(out["native_bf16"], bool)
+    assert out["env"]["auto"]["precision"]["sampling"] in ("fp32", "bf16")  # the `transdiff env` record
     assert out["flops_per_step"] > 0
 
 
@@ -59,3 +60,10 @@ def test_unavailable_device_is_one_line():
                        capture_output=True, text=True, timeout=300)
     assert r.returncode != 0 and "Traceback" not in r.stderr
     assert "cuda:99" in r.stderr
+
+
+@pytest.mark.skipif(__import__("torch").cuda.is_available(), reason="this machine has a GPU: the check would run")
+def test_gpu_check_without_a_gpu_is_one_line():
+    r = subprocess.run(["bash", str(BENCH / "gpu_check.sh")], capture_output=True, text=True, timeout=120)
+    assert r.returncode == 2 and r.stdout == ""
+    assert r.stderr.strip().splitlines() == ["gpu_check: needs a CUDA GPU (torch.cuda.is_available() is False here)"]

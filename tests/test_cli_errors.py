@@ -4,15 +4,9 @@
 import shutil
 
 import pytest
-import torch
-from typer.testing import CliRunner
+from conftest import runner, tiny_checkpoint
 
 from transdiff_cli.cli import app
-from transdiff_cli.core.io.checkpoint import save_checkpoint
-from transdiff_cli.core.model.config import ModelConfig
-from transdiff_cli.core.model.transdiff import TransDiff
-
-runner = CliRunner()
 
 
 def fails(args, *needles):
@@ -26,16 +20,6 @@ def fails(args, *needles):
     for needle in needles:
         assert needle in lines[0], lines[0]
     return lines[0]
-
-
-def tiny_checkpoint(folder, num_classes=10, class_names=None):
-    torch.manual_seed(0)
-    config = ModelConfig(size="tiny", width=32, heads=2, encoder_depth=1, decoder_depth=1, num_classes=num_classes,
-                      latent_channels=1, latent_size=8, patch_size=2, sampling_steps=2)
-    model = TransDiff(config)
-    meta = {"tokenizer": {"kind": "pixels", "image_size": 8, "image_channels": 1, "scale_factor": 1.0},
-            "class_names": class_names}
-    return save_checkpoint(folder, model.state_dict(), config, meta, ema_state=model.state_dict())
 
 
 @pytest.fixture(scope="module")

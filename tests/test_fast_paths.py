@@ -5,8 +5,8 @@ import shutil
 
 import pytest
 import torch
+from conftest import BF16_REL_TOL, make_model
 
-from transdiff_cli.core.model.config import preset
 from transdiff_cli.core.model.layers import Scratch, attend_heads_, split_heads_kv
 from transdiff_cli.core.model.transdiff import TransDiff
 from transdiff_cli.core.sampling.inference import prepare
@@ -14,14 +14,6 @@ from transdiff_cli.core.sampling.loop import sample_rounds
 from transdiff_cli.core.sampling.samplers import EulerMaruyama, EulerODE
 
 FP32_TOL = 1e-5
-# bf16 against the float32 reference, relative to the output's scale (its max |value|). bf16 keeps
-# 8 mantissa bits (relative rounding 2^-9 = 0.2%) and every linear layer rounds its output, so a
-# ~10-layer network gives velocity errors of a few 2^-9; 25-50 sampler steps mostly average them
-# (the fast path keeps the sampler state and the time embedding in float32). Measured: the fast
-# path 0.6-0.8% of max|x| here (0.6% at the benchmark configuration, 25 steps); the plain bf16 path
-# 1.2-1.4% here and 3.4% at the benchmark configuration. 4% bounds both with margin yet catches
-# real bugs (a wrong modulation or a dropped CFG branch moves the output by tens of %).
-BF16_REL_TOL = 4e-2
 
 
 @pytest.fixture(autouse=True)
@@ -32,19 +24,6 @@ def one_thread():
     torch.set_num_threads(1)
     yield
     torch.set_num_threads(n)
-
-
-def make_model(mrar: bool, dtype=torch.float32) -> TransDiff:
-    config = preset("tiny", width=64, heads=2, encoder_depth=1, decoder_depth=2, num_classes=5,
-                 latent_channels=4, latent_size=8, patch_size=1, buffer_size=16, mrar=mrar)
-    torch.manual_seed(0)
-    model = TransDiff(config).eval()
-    with torch.no_grad():  # trained-looking weights: non-zero output layer, sizeable modulation
-        for p in model.decoder.final_layer.parameters():
-            p.normal_(std=0.1)
-        for blk in model.decoder.res_blocks:
-            blk.scale_shift_table.normal_(std=0.5)
-    return model.to(dtype)
 
 
 def reference_em(model: TransDiff, c: torch.Tensor, noise: torch.Tensor, steps: int, cfg: float,

@@ -2,13 +2,12 @@
 ADM-style statistics, the digits classifier's features and class fidelity, sharded generation."""
 
 import json
-from unittest import mock
 
 import numpy as np
 import pytest
 import torch
+from conftest import runner
 from PIL import Image
-from typer.testing import CliRunner
 
 from transdiff_cli.cli import app
 from transdiff_cli.core.distributed import DistInfo
@@ -21,30 +20,6 @@ from transdiff_cli.core.io.checkpoint import save_checkpoint
 from transdiff_cli.core.model.config import ModelConfig
 from transdiff_cli.core.model.transdiff import TransDiff
 from transdiff_cli.core.sampling import generate_npz
-
-runner = CliRunner()
-
-
-def random_inception_weights(path):
-    """torch-fidelity's InceptionV3 architecture with random (He-initialised, so activations neither
-    vanish nor explode through ~100 layers) weights, saved in its own state-dict format at `path`."""
-    from torch_fidelity import feature_extractor_inceptionv3 as fe
-
-    torch.manual_seed(0)
-    # the constructor loads weights: stub the loader (no download) and keep the random init
-    with mock.patch.object(fe.FeatureExtractorInceptionV3, "load_state_dict", lambda self, *a, **k: None), \
-            mock.patch.object(fe, "load_state_dict_from_url", lambda *a, **k: {}):
-        net = fe.FeatureExtractorInceptionV3("inception-v3-compat", ["2048"], feature_extractor_weights_path=None)
-    for m in net.modules():
-        if isinstance(m, torch.nn.Conv2d):
-            torch.nn.init.kaiming_normal_(m.weight)
-    torch.save(net.state_dict(), path)
-    return path
-
-
-@pytest.fixture(scope="module")
-def inception_weights(tmp_path_factory):
-    return random_inception_weights(tmp_path_factory.mktemp("inception") / "weights-inception-2015-12-05-6726825d.pth")
 
 
 def image_folder(folder, seed, low, high, n=3, size=16):

@@ -6,53 +6,16 @@ import json
 import numpy as np
 import pytest
 import torch
-from PIL import Image
-from typer.testing import CliRunner
+from conftest import invoke, make_tiny, png, runner
 
 from transdiff_cli.cli import app
 from transdiff_cli.core.data.classes import resolve_class, resolve_classes
 from transdiff_cli.core.errors import TransDiffError
 from transdiff_cli.core.eval.diversity import cosine_measure
-from transdiff_cli.core.io.checkpoint import load_checkpoint, save_checkpoint
-from transdiff_cli.core.model.config import ModelConfig
-from transdiff_cli.core.model.transdiff import TransDiff
+from transdiff_cli.core.io.checkpoint import load_checkpoint
 from transdiff_cli.core.sampling.fuse import fuse_mask
 from transdiff_cli.core.sampling.generate import mrar_feature_diversity
 from transdiff_cli.core.sampling.settings import sample_settings
-
-runner = CliRunner()
-DIGITS = [f"digit-{i}" for i in range(10)]
-
-
-def make_tiny(folder, mrar=False, num_classes=10, class_names=DIGITS, seed=0):
-    """A random-weight 8x8 one-channel model in our folder format (weights large enough to give
-    images that depend on class and noise)."""
-    torch.manual_seed(seed)
-    config = ModelConfig(size="tiny", width=32, heads=2, encoder_depth=1, decoder_depth=1, num_classes=num_classes,
-                      latent_channels=1, latent_size=8, patch_size=2, mrar=mrar, sampling_steps=3, cfg=1.5)
-    model = TransDiff(config)
-    for p in model.parameters():
-        torch.nn.init.normal_(p, std=0.1)
-    meta = {"tokenizer": {"kind": "pixels", "image_size": 8, "image_channels": 1, "scale_factor": 1.0},
-            "class_names": class_names}
-    return save_checkpoint(folder, model.state_dict(), config, meta, ema_state=model.state_dict())
-
-
-def invoke(args):
-    result = runner.invoke(app, [str(a) for a in args])
-    assert result.exit_code == 0, result.output
-    return result
-
-
-def png(path) -> np.ndarray:
-    with Image.open(path) as im:
-        return np.asarray(im).copy()
-
-
-@pytest.fixture(scope="module")
-def tiny(tmp_path_factory):
-    root = tmp_path_factory.mktemp("tiny")
-    return {"one": make_tiny(root / "one"), "mrar": make_tiny(root / "mrar", mrar=True)}
 
 
 # --------------------------------------------------------------------------- published fixtures
@@ -96,7 +59,7 @@ def test_fuse_published(fixtures, manifest, tmp_path):
         assert (out / name).is_file()
     doc = json.loads((out / "fuse.json").read_text())
     slots = (manifest["img_size"] // 16) ** 2  # KL-16 latent, patch 1: one slot per latent pixel
-    assert doc["slots"] == slots and doc["slots_from_a"] == list(range(slots // 2))  # DESIGN: 0-127 of 256
+    assert doc["slots"] == slots and doc["slots_from_a"] == list(range(slots // 2))  # A's half: 0-127 of 256
     assert doc["a"]["class"] == 1 and doc["b"]["class"] == 2
 
 
@@ -189,6 +152,15 @@ def test_diversity_mrar_per_round(tiny):
     assert doc["mode"] == "mrar" and doc["classes"] == [0, 4] and len(doc["per_class"]) == 2
     assert [r["round"] for r in doc["per_round"]] == list(range(k))
     assert all(-1 <= v <= 1 for r in doc["per_round"] for v in r["per_class"])
+
+
+def test_diversity_takes_the_checkpoint_as_argument_or_ckpt(tiny):
+    positional = invoke(["diversity", tiny["one"], "--classes", "0,1", "--json"])
+    option = invoke(["diversity", "--ckpt", tiny["one"], "--classes", "0,1", "--json"])
+    both = invoke(["diversity", tiny["one"], "--ckpt", tiny["one"], "--classes", "0,1", "--json"])
+    assert json.loads(option.stdout) == json.loads(positional.stdout) == json.loads(both.stdout)
+    two = runner.invoke(app, ["diversity", str(tiny["one"]), "--ckpt", str(tiny["mrar"])])
+    assert two.exit_code == 2 and "two checkpoints given" in two.stderr and "Traceback" not in two.output
 
 
 def test_mrar_feature_diversity_first_block_matches_plain_measure(tiny):

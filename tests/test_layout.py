@@ -1,5 +1,6 @@
-"""The package's shape: no import circles (lazy imports inside functions count too), and nothing
-below the commands imports typer or rich."""
+"""The package's shape: no import circles (lazy imports inside functions count too), no import
+climbs a layer (the order is written down in docs/architecture.md#layers), and nothing below the
+commands imports typer or rich."""
 
 import ast
 from pathlib import Path
@@ -56,6 +57,53 @@ def test_import_graph_has_no_circles():
     assert not cycles, cycles
 
 
+# Lowest first. A module may import its own layer and the layers below it, never one above.
+# Names are relative to transdiff_cli; "" is the package itself (its __init__ exposes the pipeline).
+LAYERS = [
+    ("foundation", ["core", "core.errors", "core.fs", "core.reporting", "core.validate", "core.distributed",
+                    "core.flow"]),
+    ("model", ["core.model"]),
+    ("device, io", ["core.device", "core.io"]),
+    ("data", ["core.data"]),
+    ("eval", ["core.eval"]),
+    ("sampling", ["core.sampling"]),
+    ("training", ["core.training"]),
+    ("pipeline", ["pipeline", ""]),
+    ("commands", ["commands"]),
+    ("cli", ["cli", "__main__"]),
+]
+# Climbs being removed on other branches of issue 23: the folder lock moves into core/fs.py.
+PENDING = {("transdiff_cli.core.data.latents", "transdiff_cli.core.training.run_lock")}
+
+
+def layer_of(module: str) -> int:
+    """Index in LAYERS of the longest prefix naming `module` (every module must have one)."""
+    name = module.removeprefix("transdiff_cli").removeprefix(".")
+    best, rank = -1, None
+    for i, (_, prefixes) in enumerate(LAYERS):
+        for prefix in prefixes:
+            if (name == prefix or name.startswith(prefix + ".")) and len(prefix) > best:
+                best, rank = len(prefix), i
+    assert rank is not None, f"{module} is in no layer of LAYERS"
+    return rank
+
+
+def test_no_import_climbs_a_layer():
+    mods = modules()
+    climbs = sorted(f"{m} ({LAYERS[layer_of(m)][0]}) imports {t} ({LAYERS[layer_of(t)][0]})"
+                    for m, p in mods.items() for t in imports(m, p)
+                    if t in mods and layer_of(t) > layer_of(m) and (m, t) not in PENDING)
+    assert not climbs, climbs
+
+
+def test_layer_rule_catches_a_climb_and_the_docs_state_the_order():
+    assert layer_of("transdiff_cli.core.model.transdiff") < layer_of("transdiff_cli.core.sampling.samplers")
+    assert layer_of("transdiff_cli.core.flow") < layer_of("transdiff_cli.core.model.transdiff")
+    assert layer_of("transdiff_cli.core") < layer_of("transdiff_cli.core.model")  # the longest prefix wins
+    order = " < ".join(name for name, _ in LAYERS)
+    assert order in (PKG.parent / "docs" / "architecture.md").read_text(), order
+
+
 def test_no_terminal_libraries_below_the_commands():
     mods = modules()
     core = {m: p for m, p in mods.items() if m.startswith("transdiff_cli.core") or m == "transdiff_cli.pipeline"}
@@ -93,7 +141,7 @@ def test_parameter_names_become_flags_on_the_command_line(tmp_path):
 
     with pytest.raises(TransDiffError, match="`sampling_steps` must be at least 1"):  # the API's spelling
         sample_settings(ModelConfig(num_classes=2, latent_channels=1, latent_size=4, patch_size=2), sampling_steps=0)
-    from test_generate import make_tiny
+    from conftest import make_tiny
 
     ck = make_tiny(tmp_path / "ck")
     r = CliRunner().invoke(app, ["sample", "--ckpt", str(ck), "--sampling-steps", "0", "--out", str(tmp_path / "o")])

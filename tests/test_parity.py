@@ -1,4 +1,4 @@
-"""Parity with the reference implementation on the published-format fixtures (DESIGN §4).
+"""Parity with the reference implementation on the published-format fixtures (docs/architecture.md#parity-fixtures).
 
 Every size, class count and sampling setting is read from the fixture folder's manifest, so the
 same tests run on fixture folders of other sizes (TRANSDIFF_PARITY_FIXTURES)."""

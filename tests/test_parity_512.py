@@ -1,4 +1,4 @@
-"""Parity on the 512×512 published-format fixture (DESIGN §8): the encoder keeps its condition
+"""Parity on the 512×512 published-format fixture (docs/architecture.md#recipes): the encoder keeps its condition
 slots while the decoder has four times as many tokens.
 
 Every size and sampling setting is read from the folder's manifest; the folder comes from

@@ -8,8 +8,8 @@ import sys
 import numpy as np
 import pytest
 import torch
+from conftest import invoke, make_tiny, png
 from PIL import Image
-from test_generate import invoke, make_tiny, png
 
 import transdiff_cli
 from transdiff_cli import TransDiffPipeline
@@ -35,7 +35,9 @@ def tiny(tmp_path_factory):
 
 @pytest.fixture(scope="module")
 def pipes(tiny):
-    return {k: TransDiffPipeline.from_pretrained(v, device="cpu") for k, v in tiny.items()}
+    # fp32 pinned: the CLI side of every comparison passes --precision fp32, and `auto` is bf16 on
+    # CPUs with native bf16 (a host-dependent answer must never decide a comparison)
+    return {k: TransDiffPipeline.from_pretrained(v, device="cpu", precision="fp32") for k, v in tiny.items()}
 
 
 def pixels(image: Image.Image) -> np.ndarray:
@@ -77,7 +79,8 @@ def test_published_checkpoint_equals_the_cli(fixtures, tmp_path):
     out = tmp_path / "cli"
     invoke(["sample", "--ckpt", fixtures / "transdiff_1step.pth", "--vae", vae, "--class", 4, "--num", 1,
             "--sampling-steps", 2, "--precision", "fp32", "--out", out])
-    pipe = TransDiffPipeline.from_pretrained(fixtures / "transdiff_1step.pth", vae=vae, device="cpu")
+    pipe = TransDiffPipeline.from_pretrained(fixtures / "transdiff_1step.pth", vae=vae, device="cpu",
+                                             precision="fp32")
     got = pipe(4, sampling_steps=2, progress=False)
     assert got.images[0].mode == "RGB" and np.array_equal(pixels(got.images[0]), png(out / "00000_class4.png"))
 
@@ -98,6 +101,26 @@ def test_features_decode_back_to_the_samples(pipes):
     assert not torch.equal(other.latents, decoded.latents[::2])
     with pytest.raises(TransDiffError, match="either"):
         pipe.decode()
+
+
+def test_decode_from_part_of_the_features(pipes):
+    pipe = pipes["one"]
+    n = pipe.config.num_slots
+    feats = pipe.features([2, 5])
+    full = pipe.decode(feats, seed=1, cfg=1.5)
+    assert torch.equal(pipe.decode(feats, seed=1, cfg=1.5, slots=n).latents, full.latents)
+    assert torch.equal(pipe.decode(feats, seed=1, cfg=1.5, slots=list(range(n))).latents, full.latents)
+    first = pipe.decode(feats, seed=1, cfg=1.5, slots=1)
+    assert not torch.equal(first.latents, full.latents)
+    # the first k slots, by count or by index, are the same thing
+    assert torch.equal(pipe.decode(feats, seed=1, cfg=1.5, slots=[0]).latents, first.latents)
+    # the decoder sees only the kept slots: changing another slot's feature changes nothing
+    changed = feats.clone()
+    changed[:, 1:] += 3.0
+    assert torch.equal(pipe.decode(changed, seed=1, cfg=1.5, slots=1).latents, first.latents)
+    for bad, err in ((0, "1.."), (n + 1, "1.."), ([0, 0], "distinct"), ("3", "int")):
+        with pytest.raises(TransDiffError, match=err):
+            pipe.decode(feats, slots=bad)
 
 
 def test_mrar_features_with_references(pipes):

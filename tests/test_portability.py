@@ -7,8 +7,7 @@ import warnings
 import pytest
 import torch
 import torch.nn.functional as F
-from test_fast_paths import BF16_REL_TOL, make_model
-from test_generate import make_tiny, png
+from conftest import BF16_REL_TOL, make_model, make_tiny, png
 from typer.testing import CliRunner
 
 from transdiff_cli.cli import app
@@ -120,12 +119,14 @@ def test_bf16_sampling_close_to_fp32_each_branch(monkeypatch, branch, mrar, cfg)
 
 @pytest.mark.parametrize("native,want", [(True, torch.bfloat16), (False, torch.float32)])
 def test_auto_precision_follows_native_bf16(monkeypatch, native, want):
+    monkeypatch.delenv("TRANSDIFF_PRECISION", raising=False)  # the hardware's answer, not the forced one
     monkeypatch.setattr(cpu_kernels, "native_bf16", lambda: native)
     assert weights_dtype(torch.device("cpu"), "auto") == want
     assert autocast_dtype(torch.device("cpu"), "auto") is None  # CPU training stays fp32
 
 
 def test_auto_precision_on_gpu(monkeypatch):
+    monkeypatch.delenv("TRANSDIFF_PRECISION", raising=False)
     monkeypatch.setattr(torch.cuda, "is_bf16_supported", lambda *a, **k: True)
     assert weights_dtype(torch.device("cuda"), "auto") == torch.bfloat16
     monkeypatch.setattr(torch.cuda, "is_bf16_supported", lambda *a, **k: False)

@@ -14,7 +14,7 @@ import numpy as np
 import pytest
 import torch
 import yaml
-from test_cli_errors import tiny_checkpoint
+from conftest import tiny_checkpoint
 from typer.testing import CliRunner
 
 from transdiff_cli.cli import app

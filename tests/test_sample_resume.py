@@ -6,7 +6,6 @@ import json
 
 import numpy as np
 import pytest
-from test_generate import make_tiny
 from typer.testing import CliRunner
 
 from transdiff_cli.cli import app
@@ -41,12 +40,6 @@ def files(folder):
 def npz_arrays(path):
     with np.load(path) as data:
         return {k: data[k] for k in data.files}
-
-
-@pytest.fixture(scope="module")
-def tiny(tmp_path_factory):
-    root = tmp_path_factory.mktemp("tiny")
-    return {"one": make_tiny(root / "one"), "mrar": make_tiny(root / "mrar", mrar=True)}
 
 
 def kill_at_shard(monkeypatch, k):

@@ -31,7 +31,7 @@ from .core.io.checkpoint import Checkpoint
 from .core.model.config import ModelConfig
 from .core.sampling.fuse import fuse
 from .core.sampling.generate import decode_images, measure_diversity, open_checkpoint, open_tokenizer
-from .core.sampling.loop import decode, model_device_dtype, sample_latents
+from .core.sampling.loop import decode, feature_slots, model_device_dtype, sample_latents
 from .core.sampling.seeding import initial_noise, step_generators
 from .core.sampling.settings import SampleSettings, checkpoint_settings
 
@@ -171,11 +171,12 @@ class TransDiffPipeline:
     def decode(self, features: torch.Tensor | None = None, *, condition: torch.Tensor | None = None,
                noise: torch.Tensor | None = None, seed: int = 0, cfg: float | None = None,
                sampling_steps: int | None = None, scale_0: float | None = None, scale_1: float | None = None,
-               sampler: str = "em") -> TransDiffOutput:
+               sampler: str = "em", slots: int | Sequence[int] | None = None) -> TransDiffOutput:
         """Images from semantic `features` (B, n, D), or from a ready `condition` (features plus the
         diffusion position embedding). `noise` (B, N_d, token_dim) defaults to image i's noise for
         `seed`, so `decode(features(classes))` redraws `pipe(classes)`'s images. Guidance uses the
-        null class's features as the unconditional branch."""
+        null class's features as the unconditional branch. `slots`: decode from part of the features
+        only, the first k (an int) or the given slot indices (paper, Figure 1 middle); None = all."""
         if (features is None) == (condition is None):
             raise TransDiffError("give either features or condition")
         settings = self.settings(mode="1step", cfg=cfg, scale_0=scale_0, scale_1=scale_1,
@@ -185,11 +186,15 @@ class TransDiffPipeline:
         x = (features if condition is None else condition).to(device=device, dtype=dtype)
         c = model.condition(x) if condition is None else x
         n = c.shape[0]
+        try:
+            keep = None if slots is None else feature_slots(slots, c.shape[1])
+        except (TypeError, ValueError) as e:
+            raise TransDiffError(str(e)) from e
         if noise is None:
             noise = initial_noise(model.config, range(n), seed)
         try:
             lat = decode(model, c, noise.to(device=device, dtype=dtype), settings.make_sampler(),
-                         cfg=settings.cfg[0], generator=step_generators(range(n), seed, device))
+                         cfg=settings.cfg[0], generator=step_generators(range(n), seed, device), slots=keep)
         except ValueError as e:  # an MRAR condition with references under guidance
             raise TransDiffError(f"{e} (or decode with cfg=1)") from e
         images = to_pil(decode_images(self.tokenizer, lat))

@@ -10,6 +10,7 @@ from rich.table import Table
 
 from ..core.data.classes import class_label, resolve_classes
 from ..core.device import resolve_device
+from ..core.errors import TransDiffError
 from ..core.sampling.generate import measure_diversity, open_checkpoint
 from ..core.sampling.settings import checkpoint_settings
 from . import _sampling_options as so
@@ -28,6 +29,8 @@ result as JSON on stdout.
 Example:
 
     transdiff diversity checkpoint-last.pth --classes 207,292 --json
+
+    transdiff diversity --ckpt runs/digits-tiny
 """
 
 
@@ -38,7 +41,10 @@ def register(app: typer.Typer) -> None:
     @app.command("diversity", help=help_text(HELP))
     @user_errors
     def diversity_cmd(
-        ckpt: Path = typer.Argument(..., help="checkpoint folder, run folder or published .pth"),
+        ckpt: Path = typer.Argument(None, show_default=False,
+                                    help="checkpoint folder, run folder or published .pth (or --ckpt; "
+                                    "default: the newest run under runs/)"),
+        ckpt_option: Path = typer.Option(None, "--ckpt", help="the checkpoint, as the other commands take it"),
         classes: list[str] = typer.Option(None, "--classes", "--class", "-c",
                                           help="classes to measure (default: all); repeat or comma-separate"),
         mode: so.Mode = None,
@@ -54,6 +60,9 @@ def register(app: typer.Typer) -> None:
         weights: so.Weights = "ema",
         size: so.Size = None,
     ) -> None:
+        if ckpt is not None and ckpt_option is not None and ckpt != ckpt_option:
+            raise TransDiffError(f"two checkpoints given ({ckpt} and --ckpt {ckpt_option}): give one")
+        ckpt = ckpt if ckpt is not None else ckpt_option
         dev = resolve_device(device)
         ck = open_checkpoint(ckpt, weights=weights, size=size, device=dev, precision="fp32")  # a measurement
         mc, model = ck.config, ck.model

@@ -36,12 +36,34 @@ def resolve_device(requested: str | None = None) -> torch.device:
 
 PRECISIONS = {"fp32": torch.float32, "bf16": torch.bfloat16, "fp16": torch.float16}
 _ALIASES = {"float32": "fp32", "bfloat16": "bf16", "float16": "fp16"}
+_NAMES = {dtype: name for name, dtype in PRECISIONS.items()}
+
+# What `auto` resolves to, for every command and the API (auto, fp32, bf16, fp16). A flag or an
+# argument other than auto wins; unset or auto = decided by the hardware, as below. CI runs the
+# CLI and API tests once more with the other answer, so no test depends on the host.
+PRECISION_ENV = "TRANSDIFF_PRECISION"
+
+
+def _canonical(precision: str, where: str) -> str:
+    name = _ALIASES.get(str(precision).strip().lower(), str(precision).strip().lower())
+    if name != "auto" and name not in PRECISIONS:
+        raise TransDiffError(f"{where}: unknown precision {precision!r} (auto, fp32, bf16 or fp16)")
+    return name
+
+
+def forced_precision() -> str | None:
+    """The precision $TRANSDIFF_PRECISION gives `auto`, or None when unset or auto."""
+    value = os.environ.get(PRECISION_ENV, "")
+    if not value.strip():
+        return None
+    name = _canonical(value, f"${PRECISION_ENV}")
+    return None if name == "auto" else name
 
 
 def _check_precision(precision: str, device: torch.device) -> str:
-    name = _ALIASES.get(precision, precision)
-    if name != "auto" and name not in PRECISIONS:
-        raise TransDiffError(f"unknown precision {precision!r} (auto, fp32, bf16 or fp16)")
+    name = _canonical(precision, "`precision`")
+    if name == "auto":
+        name = forced_precision() or "auto"
     if name == "fp16" and device.type == "cpu":
         raise TransDiffError("`precision` fp16 needs a GPU; use bf16 or auto on CPU")
     if name == "bf16" and device.type == "cpu":
@@ -50,14 +72,33 @@ def _check_precision(precision: str, device: torch.device) -> str:
 
 
 def weights_dtype(device: torch.device, precision: str) -> torch.dtype:
-    """The dtype sampling holds the weights in; auto = the fastest correct one for the device."""
+    """The dtype sampling holds the weights in; auto = $TRANSDIFF_PRECISION if set, else the
+    fastest correct one for the device."""
     name = _check_precision(precision, device)
     return inference_dtype(device) if name == "auto" else PRECISIONS[name]
 
 
 def autocast_dtype(device: torch.device, precision: str) -> torch.dtype | None:
-    """The training autocast dtype for `precision` (fp32 -> None; auto: bf16 on GPU, else fp32)."""
+    """The training autocast dtype for `precision` (fp32 -> None; auto: $TRANSDIFF_PRECISION if
+    set, else bf16 on GPU and fp32 elsewhere)."""
     name = _check_precision(precision, device)
     if name == "auto":
         return torch.bfloat16 if device.type == "cuda" else None
     return None if name == "fp32" else PRECISIONS[name]
+
+
+def explain_auto(device: torch.device) -> dict[str, str]:
+    """What `auto` resolves to on `device` for sampling and for training, and why (`transdiff env`)."""
+    forced = forced_precision()
+    if forced:
+        why = f"${PRECISION_ENV}={os.environ[PRECISION_ENV]}"
+        return {"sampling": forced, "training": forced, "why": why}
+    sampling = _NAMES[inference_dtype(device)]
+    if device.type == "cuda":
+        why = "CUDA: bf16 where the GPU supports it" + ("" if sampling == "bf16" else " (this one does not)")
+    elif device.type == "cpu":
+        why = ("CPU with native bf16 (avx512_bf16/AMX or Arm bf16): oneDNN runs bf16 GEMMs natively"
+               if sampling == "bf16" else "CPU without native bf16: emulated bf16 is slower than fp32")
+    else:
+        why = f"{device.type}: fp32"
+    return {"sampling": sampling, "training": "bf16" if device.type == "cuda" else "fp32", "why": why}

@@ -237,7 +237,7 @@ def open_training_data(data: str, vae: str | None = None, image_size: int | None
     if group_size is None:
         dataset: Dataset = base
     elif groups is not None:
-        from ..training.mrar_groups import fixed_groups
+        from .mrar_groups import fixed_groups
 
         dataset = fixed_groups(base, groups, group_size)
     else:

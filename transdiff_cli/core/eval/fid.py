@@ -4,8 +4,8 @@ Features come from torch-fidelity's own InceptionV3 (`inception-v3-compat`, the 
 from a LOCAL weights file, or from the small digits classifier (`--features digits`). The metrics
 are torch-fidelity's functions applied to those features. A reference may be a folder or `.npz` of
 images, or ADM-style statistics (`mu`, `sigma`): torch-fidelity's released `calculate_metrics` has
-no `fid_statistics_file` argument (DESIGN §6), so the generated features' mean and covariance go
-straight into its Fréchet distance.
+no `fid_statistics_file` argument (docs/architecture.md#known-pitfalls), so the generated features'
+mean and covariance go straight into its Fréchet distance.
 """
 
 from __future__ import annotations

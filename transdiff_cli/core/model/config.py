@@ -34,7 +34,7 @@ class ModelConfig:
     latent_size: int = 16
     patch_size: int | None = None  # decoder tokens; None: chosen from the latent shape
     # 1-step encoder condition slots; None: one per decoder token. The published 512 model keeps
-    # the 256 slots of its 256 parent while its decoder has 1024 tokens (DESIGN §8).
+    # the 256 slots of its 256 parent while its decoder has 1024 tokens (docs/architecture.md#recipes).
     condition_slots: int | None = None
     mrar: bool = False
     mrar_steps: int = 4  # K

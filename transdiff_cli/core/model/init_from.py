@@ -1,5 +1,5 @@
 """Starting a training run from another checkpoint (`train --init-from`), possibly at another
-resolution: the paper's 512 recipe fine-tunes the 256 model's decoder at 512 (DESIGN §8).
+resolution: the paper's 512 recipe fine-tunes the 256 model's decoder at 512 (docs/architecture.md#recipes).
 
 The encoder keeps its geometry (buffer and condition slots), so every encoder tensor loads as is;
 the decoder keeps its patch size, so only its position embedding changes shape: its g×g grid is

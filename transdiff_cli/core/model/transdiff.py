@@ -10,8 +10,8 @@ import torch
 import torch.nn as nn
 from torch.utils.checkpoint import checkpoint
 
-from ..sampling import flow
-from ..sampling.samplers import VelocityFn
+from .. import flow
+from ..flow import VelocityFn
 from .config import ModelConfig
 from .layers import DecoderBlock, EncoderBlock, FinalLayer, Scratch, TimeEmbed, fast_linear, split_heads_kv
 from .tokens import patchify, unpatchify
@@ -261,7 +261,7 @@ class TransDiff(nn.Module):
 
         def velocity(x: torch.Tensor, t: float):
             xin = torch.cat([x, x]) if guided else x
-            ts = torch.full((xin.shape[0],), 1000.0 * t, device=x.device, dtype=x.dtype)
+            ts = torch.full((xin.shape[0],), flow.TIME_SCALE * t, device=x.device, dtype=x.dtype)
             v = dec(xin, ts, c=c)
             return (v[:batch], v[batch:]) if guided else (v, None)
 
@@ -274,7 +274,7 @@ class TransDiff(nn.Module):
         # contiguous (per-head) keys/values: the attention then reads them without a copy
         kv = [split_heads_kv(k, v) if scratch is not None else (k.contiguous(), v.contiguous())
               for k, v in dec.condition(c)]
-        ts = torch.tensor([1000.0 * t for t in times], device=c.device)
+        ts = torch.tensor([flow.TIME_SCALE * t for t in times], device=c.device)
         schedule = dec.schedule(ts, dtype)
         step = {t: i for i, t in enumerate(times)}
         copies = 2 if guided else 1

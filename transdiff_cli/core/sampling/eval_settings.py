@@ -1,4 +1,4 @@
-"""Where a checkpoint's sampling defaults come from (DESIGN §8).
+"""Where a checkpoint's sampling defaults come from (docs/architecture.md#recipes).
 
 A published `.pth` carries the authors' *training-time* flags in its `args` (cfg 1.0, scales 1.0,
 `num_sampling_steps` "100", `sampler` ""): they are never sampling settings. So:

@@ -11,6 +11,7 @@ The model computes features, conditions and velocities (`TransDiff.velocity`); a
 
 from __future__ import annotations
 
+import numbers
 from collections.abc import Sequence
 from typing import Any
 
@@ -44,12 +45,34 @@ def run_sampler(model: TransDiff, c: torch.Tensor, noise: torch.Tensor, sampler:
     return sampler(velocity, noise, cfg, generator).to(dtype)
 
 
+def feature_slots(slots: int | Sequence[int], n: int) -> list[int]:
+    """The condition slots to keep: an int k means the first k of the n slots, a sequence names
+    them (distinct, in 0..n-1)."""
+    if isinstance(slots, torch.Tensor):
+        slots = slots.tolist()
+    if isinstance(slots, bool) or isinstance(slots, str) or not isinstance(slots, (numbers.Integral, Sequence)):
+        raise TypeError(f"`slots` must be an int or a sequence of slot indices, not {type(slots).__name__}")
+    if isinstance(slots, numbers.Integral):
+        if not 1 <= slots <= n:
+            raise ValueError(f"`slots` must be in 1..{n} (this model has {n} condition slots), not {slots}")
+        return list(range(int(slots)))
+    idx = list(slots)
+    if not idx or any(isinstance(i, bool) or not isinstance(i, numbers.Integral) for i in idx):
+        raise TypeError("`slots` as a sequence must hold at least one int slot index")
+    if len(set(idx)) != len(idx) or not all(0 <= i < n for i in idx):
+        raise ValueError(f"`slots` indices must be distinct and in 0..{n - 1}")
+    return [int(i) for i in idx]
+
+
 @torch.no_grad()
 def decode(model: TransDiff, c: torch.Tensor, noise: torch.Tensor, sampler: Sampler, *, cfg: float = 1.0,
-           uncond: torch.Tensor | None = None, generator: Generators = None, cache: bool = True) -> torch.Tensor:
+           uncond: torch.Tensor | None = None, generator: Generators = None, cache: bool = True,
+           slots: Sequence[int] | None = None) -> torch.Tensor:
     """Latents (B, C, H, W) sampled from `noise` given the condition c (B, n, D), e.g.
     `model.condition(model.features(...))`. With cfg != 1 the unconditional branch uses `uncond`
-    (default: `model.null_condition`, which fits conditions without MRAR references)."""
+    (default: `model.null_condition`, which fits conditions without MRAR references).
+    `slots`: the decoder cross-attends only to these condition slots (both branches), as in the
+    paper's Figure 1 (middle); see `feature_slots`."""
     if cfg != 1.0:
         if uncond is None:
             uncond = model.null_condition(c.shape[0]).to(c.dtype)
@@ -57,6 +80,8 @@ def decode(model: TransDiff, c: torch.Tensor, noise: torch.Tensor, sampler: Samp
             raise ValueError(f"uncond has shape {tuple(uncond.shape)}, the condition {tuple(c.shape)}: "
                              "a condition with MRAR references needs its own unconditional branch")
         c = torch.cat([c, uncond.expand_as(c)])
+    if slots is not None:
+        c = c[:, torch.as_tensor(list(slots), dtype=torch.long, device=c.device)]
     return model.to_latent(run_sampler(model, c, noise.to(c.dtype), sampler, cfg, generator, cache))
 
 

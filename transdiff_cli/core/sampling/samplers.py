@@ -1,7 +1,7 @@
 """The samplers of the rectified flow: objects that own their time grid and their update rule.
 
 x_t = (1 - t) x0 + t eps, the network predicts v = eps - x0, t runs from 1 (noise) to 0 (data).
-A sampler is given a velocity function (see `VelocityFn`) and the initial noise; the model,
+A sampler is given a velocity function (`core.flow.VelocityFn`) and the initial noise; the model,
 guidance batching and MRAR rounds are the caller's. `times` lets a caller precompute everything
 that depends only on t (the decoder's time modulation) once per run.
 """
@@ -9,16 +9,15 @@ that depends only on t (the decoder's time modulation) once per run.
 from __future__ import annotations
 
 import math
-from collections.abc import Callable, Sequence
+from collections.abc import Sequence
 from dataclasses import dataclass
 from functools import cached_property
 
 import torch
 
-Generators = torch.Generator | Sequence[torch.Generator] | None  # one, or one per image
+from ..flow import VelocityFn
 
-# velocity(x, t) -> (v_cond, v_uncond or None); t is a Python float in [0, 1]
-VelocityFn = Callable[[torch.Tensor, float], tuple[torch.Tensor, torch.Tensor | None]]
+Generators = torch.Generator | Sequence[torch.Generator] | None  # one, or one per image
 
 T_MIN = 0.04  # last Euler-Maruyama time before the final deterministic step (paper, app. F)
 

@@ -1,5 +1,5 @@
 """Training configuration and its per-size defaults (the paper's recipe for B/L/H, a CPU recipe
-for the small sizes, measured in DESIGN §7)."""
+for the small sizes, measured in docs/architecture.md#sizing-the-cpu-default)."""
 
 from __future__ import annotations
 
@@ -109,11 +109,11 @@ class TrainConfig:
                 raise fail("eval_images", self.eval_images, src, "must be at least 2")
 
 
-# Per-size training defaults. B/L/H: the authors' README recipe for L (DESIGN §8): AdamW 0.9/0.95,
+# Per-size training defaults. B/L/H: the authors' README recipe for L (docs/architecture.md#recipes): AdamW 0.9/0.95,
 # wd 0.02, blr 1e-4 (lr = blr x batch / 256), global batch 2048, 800 epochs with 100 warm-up epochs,
 # constant lr, grad clip 3, EMA 0.9999 without warm-up; `diffusion_batch_mul` 4 is the model
-# preset's. The paper gives no recipe for B and H: they follow L's. tiny: DESIGN §7's CPU recipe
-# (digits 8x8, batch 128, lr 5e-4, about 600 steps).
+# preset's. The paper gives no recipe for B and H: they follow L's. tiny: the CPU recipe (digits 8x8,
+# batch 128, lr 5e-4, about 600 steps; docs/architecture.md#sizing-the-cpu-default).
 PAPER_1STEP: dict[str, Any] = dict(batch_size=2048, base_lr=1e-4, lr=None, schedule="constant",
                                    warmup_steps=None, warmup_epochs=100, max_steps=None, epochs=800,
                                    ema_rate=0.9999, ema_warmup=False, ckpt_every=5000,
@@ -143,7 +143,7 @@ FINETUNE_PRESETS: dict[str, dict[str, Any]] = {
 }
 
 # Decoder fine-tuning at a new resolution (`train --init-from --only-train-diff`). L: the authors'
-# 512 recipe (DESIGN §8): 150 epochs, 10 warm-up epochs (6250 steps of ImageNet at batch 2048),
+# 512 recipe (docs/architecture.md#recipes): 150 epochs, 10 warm-up epochs (6250 steps of ImageNet at batch 2048),
 # lr 1e-4 absolute, EMA 0.999; the paper gives no other numbers, so B and H use L's. The CPU
 # sizes keep their batch and train half their steps at half their lr, warm-up 1/15 of the run
 # as in the recipe.

@@ -23,6 +23,7 @@ import torch
 from torch.nn.parallel import DistributedDataParallel as DDP
 from torch.utils.data import DataLoader
 
+from .. import flow
 from ..data.images import save_grid
 from ..device import autocast_dtype
 from ..distributed import DistInfo, all_reduce_mean, barrier
@@ -31,7 +32,6 @@ from ..io.checkpoint import load_checkpoint, load_train_state, mark_latest, reco
 from ..model.config import ModelConfig
 from ..model.transdiff import TransDiff
 from ..reporting import Reporter, Update
-from ..sampling import flow
 from ..sampling.loop import sample_rounds
 from .optim import EMA, lr_at, make_optimizer
 from .run_dir import RunDir
@@ -150,7 +150,8 @@ class Trainer:
             self.model.load_state_dict(init_state)
         if not model_config.mrar:  # 1-step: z_proj's output is overwritten by the mask token
             self.model.z_proj.requires_grad_(False)
-        if train_config.only_train_diff:  # encoder, class and condition embeddings frozen (DESIGN §8)
+        # only_train_diff: encoder, class and condition embeddings frozen (docs/architecture.md#recipes)
+        if train_config.only_train_diff:
             for name, p in self.model.named_parameters():
                 p.requires_grad_(name.startswith("decoder."))
         self.model.to(device)

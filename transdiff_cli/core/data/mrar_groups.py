@@ -17,8 +17,8 @@ from typing import Any
 import torch
 from torch.utils.data import Dataset
 
-from ..data.datasets import ImageDataset, open_image_dataset
 from ..errors import TransDiffError
+from .datasets import ImageDataset, open_image_dataset
 
 
 @dataclass
