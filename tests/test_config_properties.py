@@ -16,10 +16,10 @@ from hypothesis import strategies as st
 from typer.testing import CliRunner
 
 from transdiff_cli.cli import app
+from transdiff_cli.core.data.mrar_groups import read_groups
 from transdiff_cli.core.errors import TransDiffError
 from transdiff_cli.core.model.config import ModelConfig
 from transdiff_cli.core.schema import MODEL_SCHEMA, TRAIN_SCHEMA, Spec, check_value
-from transdiff_cli.core.training.mrar_groups import read_groups
 from transdiff_cli.core.training.run_dir import RunDir
 from transdiff_cli.core.training.run_request import RunRequest, read_user_config
 

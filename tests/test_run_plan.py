@@ -147,3 +147,12 @@ def test_rerun_with_another_init_from_is_one_line(source, tmp_path):
     assert again.exit_code == 2 and len(lines) == 1 and lines[0].startswith("error:"), again.output
     assert "started from" in lines[0] and str(other) in lines[0]
     assert (run / "config.yaml").read_text() == before
+
+
+def test_a_recipe_files_warm_up_is_cut_by_a_short_run_from_a_flag(tmp_path, source):
+    """A YAML warm-up longer than a `--max-steps` trial is allowed (the preset's is too); the same
+    warm-up and run length from one source are refused."""
+    _, _, tc = plan_train(request("fresh", source, tmp_path, {"train": {"warmup_steps": 50}}, train={"max_steps": 2}))
+    assert (tc.warmup_steps, tc.max_steps) == (50, 2)
+    with pytest.raises(TransDiffError, match=r"warmup_steps 50 \(from .*cfg.yaml:\d\) must be shorter"):
+        plan_train(request("fresh", source, tmp_path, {"train": {"warmup_steps": 50, "max_steps": 50}}))

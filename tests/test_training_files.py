@@ -12,10 +12,10 @@ from test_cli_errors import tiny_checkpoint
 from typer.testing import CliRunner
 
 from transdiff_cli.cli import app
+from transdiff_cli.core.data.mrar_groups import read_groups
 from transdiff_cli.core.errors import TransDiffError
 from transdiff_cli.core.io import checkpoint as checkpoint_mod
 from transdiff_cli.core.io.checkpoint import load_checkpoint, resolve
-from transdiff_cli.core.training.mrar_groups import read_groups
 from transdiff_cli.core.training.run_dir import RunDir
 
 runner = CliRunner()

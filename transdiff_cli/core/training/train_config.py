@@ -8,7 +8,7 @@ from dataclasses import dataclass
 from typing import Any
 
 from ..errors import TransDiffError
-from ..schema import TRAIN_SCHEMA, Sources, check_config, fail, named
+from ..schema import FLAG, TRAIN_SCHEMA, Sources, check_config, fail, named
 
 
 @dataclass
@@ -96,10 +96,12 @@ class TrainConfig:
         if self.warmup_steps is not None and self.warmup_epochs is not None:
             raise TransDiffError(f"give either {named('warmup_steps', self.warmup_steps, src)} or "
                                  f"{named('warmup_epochs', self.warmup_epochs, src)}, not both")
-        # a warm-up the user set must end before the run does (a preset's is cut short by a short run)
+        # a warm-up the user set must end before the run does; a preset's is cut short by a short
+        # run, and so is a file's when the run length is a flag (a quick trial of a recipe file)
         for warm, run in (("warmup_steps", "max_steps"), ("warmup_epochs", "epochs")):
             w, r = getattr(self, warm), getattr(self, run)
-            if w and r is not None and w >= r and warm in src:
+            trial = src.get(run) == FLAG and src.get(warm) != FLAG
+            if w and r is not None and w >= r and warm in src and not trial:
                 raise fail(warm, w, src, f"must be shorter than the run, {named(run, r, src)}")
         if self.eval_every:
             if not self.eval_ref:
