@@ -171,7 +171,7 @@ def test_run_config_and_checkpoint_config_are_checked_on_read(tmp_path):
 
 
 def test_yaml_line_numbers_for_flat_files(tmp_path):
-    from transdiff_cli.core.training.config_file import read_config_file
+    from transdiff_cli.core.training.run_request import read_config_file
 
     f = read_config_file(yaml_file(tmp_path, "# a comment\nwidth: 64\nlr: 0.1\n"))
     assert f.model == {"width": 64} and f.train == {"lr": 0.1}

@@ -170,13 +170,10 @@ def check_value(key: str, value: Any, spec: Spec, sources: Sources | None = None
     return _number(key, value, spec, sources, spec.kind)
 
 
-def check_config(values: Any, schema: Mapping[str, Spec], what: str, sources: Sources | None = None,
-                 where: str | None = None) -> dict[str, Any]:
-    """Every key of `values` known and of the right type and range; returns the converted dict.
-    `where` names the whole mapping (a file) when it is not a mapping or has unknown keys."""
+def check_keys(values: Any, schema: Mapping[str, Spec], what: str, sources: Sources | None = None,
+               where: str | None = None) -> None:
+    """`values` is a mapping of known keys. `where` names the whole mapping (a file)."""
     at = f" in {where}" if where else ""
-    if where:  # every key not traced further came from the file
-        sources = {**{k: where for k in values}, **(sources or {})} if isinstance(values, Mapping) else sources
     if not isinstance(values, Mapping):
         raise TransDiffError(f"the {what} config{at} must be a mapping of keys to values, "
                              f"not a {type(values).__name__}")
@@ -185,4 +182,12 @@ def check_config(values: Any, schema: Mapping[str, Spec], what: str, sources: So
         src = (sources or {}).get(unknown[0]) or where
         raise TransDiffError(f"unknown {what} config key{'s' if len(unknown) > 1 else ''} "
                              f"{', '.join(unknown)}{f' (from {src})' if src else ''}")
+
+
+def check_config(values: Any, schema: Mapping[str, Spec], what: str, sources: Sources | None = None,
+                 where: str | None = None) -> dict[str, Any]:
+    """Every key of `values` known and of the right type and range; returns the converted dict."""
+    check_keys(values, schema, what, sources, where)
+    if where:  # every key not traced further came from the file
+        sources = {**{k: where for k in values}, **(sources or {})}
     return {k: check_value(k, v, schema[k], sources) for k, v in values.items()}

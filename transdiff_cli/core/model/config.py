@@ -12,7 +12,7 @@ from dataclasses import dataclass, field
 from typing import Any
 
 from ..errors import TransDiffError
-from ..schema import MODEL_SCHEMA, Sources, check_config, fail, named
+from ..schema import MODEL_SCHEMA, Sources, check_config, check_keys, fail, named
 
 # where each key of the config being built came from (set by from_dict, read by validate), so a
 # relation between keys names their origins as the per-key checks do
@@ -122,10 +122,10 @@ class ModelConfig:
     def from_dict(cls, d: Any, sources: Sources | None = None, where: str | None = None) -> ModelConfig:
         """Checked against the schema (key by key, then the relations); `sources` says where each
         key came from, `where` names a file all of them came from."""
-        values = check_config(d, MODEL_SCHEMA, "model", sources, where)
-        token = _SOURCES.set({**{k: where for k in values}, **(sources or {})} if where else sources)
+        check_keys(d, MODEL_SCHEMA, "model", sources, where)  # each value: in __post_init__
+        token = _SOURCES.set({**{k: where for k in d}, **(sources or {})} if where else sources)
         try:
-            return cls(**values)
+            return cls(**d)
         finally:
             _SOURCES.reset(token)
 
