@@ -131,3 +131,12 @@ def test_sweep_and_fuse_plots_draw_any_name(tmp_path):
     rows = [{"cfg": c, "sampler": s, "fid": 1.0 + c} for c in (1.0, 2.0) for s in ("em\udcff", "$x[/]")]
     assert plot_sweep(tmp_path / "sweep.png", ["cfg", "sampler"], rows, "fid").stat().st_size > 0
     assert drawable("a\udcffb$") == "a\ufffdb\\$"
+
+
+@pytest.mark.parametrize("field,value", [("model", [1, 2]), ("train", "fast"), ("parent", 5)])
+def test_a_run_config_of_the_wrong_shape_is_one_line_naming_file_and_field(finished, tmp_path, cfg, field, value):
+    run = copy_run(finished, tmp_path)
+    doc = yaml.safe_load((run / "config.yaml").read_text())
+    doc[field] = value
+    (run / "config.yaml").write_text(yaml.safe_dump(doc))
+    one_error(train_args(cfg, run, 3), "config.yaml", f"field `{field}`")
