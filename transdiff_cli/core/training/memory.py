@@ -26,18 +26,16 @@ def parameter_count(c: ModelConfig) -> int:
 
 
 def activation_bytes(c: ModelConfig, local_batch: int) -> int:
-    """A lower bound for one micro-batch: each block keeps its token states (a few per layer) and
-    its attention scores for the backward pass; the decoder sees `diffusion_batch_mul` copies."""
+    """A lower bound for one micro-batch: every block keeps at least eight values per token for
+    the backward pass (attention through SDPA stores no score matrix), held in 16 bits as under
+    bf16 autocast; the decoder sees `diffusion_batch_mul` copies of each image."""
     images = c.mrar_steps if c.mrar else 1
-    enc_len = c.buffer_size + c.num_slots
-    rows = local_batch * c.diffusion_batch_mul * images
-    enc = local_batch * c.encoder_blocks * (8 * enc_len * c.width + c.heads * enc_len * enc_len)
-    dec = rows * c.decoder_depth * (12 * c.num_tokens * c.decoder_width
-                                    + 2 * c.heads * c.num_tokens * c.num_tokens)
+    enc = local_batch * c.encoder_blocks * 8 * (c.buffer_size + c.num_slots) * c.width
+    dec = local_batch * c.diffusion_batch_mul * images * c.decoder_depth * 8 * c.num_tokens * c.decoder_width
     if c.grad_checkpointing:  # only block inputs are kept
         enc //= 8
-        dec //= 12
-    return 4 * (enc + dec)
+        dec //= 8
+    return 2 * (enc + dec)
 
 
 def available_bytes(device: torch.device) -> int | None:
