@@ -44,6 +44,7 @@ class Check:
     def run(self, name: str, args: list[str], timeout: int = 300, expect: str | None = None) -> bool:
         """One step: a subprocess, its exit code, time and output tail (and `expect` in its output)."""
         t0 = time.perf_counter()
+        args = [str(a) for a in args]
         try:
             r = subprocess.run(args, capture_output=True, text=True, timeout=timeout, env=self.env, cwd=self.out)
             ok, tail, self.stdout = r.returncode == 0, (r.stdout + r.stderr)[-1500:], r.stdout
@@ -51,6 +52,8 @@ class Check:
                 ok, tail = False, f"expected {expect!r} in the output\n{tail}"
         except subprocess.TimeoutExpired:
             ok, tail = False, f"timed out after {timeout} s"
+        except OSError as e:  # the step could not start; record it and go on
+            ok, tail = False, f"could not start: {e}"
         self.record(name, ok, time.perf_counter() - t0, " ".join(map(str, args)), tail)
         return ok
 
@@ -135,7 +138,7 @@ def main() -> int:
     weights = random_inception_weights(work / "weights-inception-2015-12-05-6726825d.pth")
     c.run("fid --ckpt (random Inception)", c.cli("fid", "--ckpt", "run", "--ref", "digits", "--num-per-class", 2,
                                                  "--class", "0,1", "--inception-weights", weights, "--device", dev,
-                                                 "--out", "fid"))
+                                                 "--out", "fid"), timeout=300 if dev.startswith("cuda") else 1200)
     c.run("fid --ckpt (digits features)", c.cli("fid", "--ckpt", "run", "--ref", "digits", "--features", "digits",
                                                 "--num-per-class", 2, "--class", "0,1,2", "--device", dev,
                                                 "--out", "fid-digits"))

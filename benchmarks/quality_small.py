@@ -36,11 +36,14 @@ import torch
 from transdiff_cli.core.data.images import make_grid
 from transdiff_cli.core.data.tokenizers import load_tokenizer
 from transdiff_cli.core.eval.classifier import digits_dataset, load_digits_classifier
-from transdiff_cli.core.eval.diversity import diversity
+from transdiff_cli.core.eval.diversity import (
+    diversity,
+    mrar_feature_diversity,  # noqa: E402
+)
 from transdiff_cli.core.eval.features import frechet_distance, statistics
 from transdiff_cli.core.io.checkpoint import load_checkpoint
 from transdiff_cli.core.sampling.fuse import fuse, save_figure
-from transdiff_cli.core.sampling.generate import decode_images, generate_arrays, mrar_feature_diversity
+from transdiff_cli.core.sampling.generate import decode_images, generate_arrays
 from transdiff_cli.core.sampling.settings import sample_settings
 from transdiff_cli.core.training.train_run import RunRequest, run_training
 

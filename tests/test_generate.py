@@ -11,10 +11,9 @@ from conftest import invoke, make_tiny, png, runner
 from transdiff_cli.cli import app
 from transdiff_cli.core.data.classes import resolve_class, resolve_classes
 from transdiff_cli.core.errors import TransDiffError
-from transdiff_cli.core.eval.diversity import cosine_measure
+from transdiff_cli.core.eval.diversity import cosine_measure, mrar_feature_diversity
 from transdiff_cli.core.io.checkpoint import load_checkpoint
 from transdiff_cli.core.sampling.fuse import fuse_mask
-from transdiff_cli.core.sampling.generate import mrar_feature_diversity
 from transdiff_cli.core.sampling.settings import sample_settings
 
 

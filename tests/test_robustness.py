@@ -21,12 +21,13 @@ from transdiff_cli.cli import app
 from transdiff_cli.core.data.classes import resolve_classes
 from transdiff_cli.core.data.latents import open_training_data
 from transdiff_cli.core.errors import TransDiffError
+from transdiff_cli.core.fs import LOCK, FolderLock
 from transdiff_cli.core.io import checkpoint as checkpoint_mod
 from transdiff_cli.core.io.checkpoint import load_checkpoint, recover, resolve
 from transdiff_cli.core.sampling import generate as generate_mod
+from transdiff_cli.core.sampling import outputs as outputs_mod
 from transdiff_cli.core.sampling.seeding import image_seed
 from transdiff_cli.core.training.run_dir import RunDir
-from transdiff_cli.core.training.run_lock import LOCK, FolderLock
 
 runner = CliRunner()
 TINY = {"model": {"width": 32, "heads": 2, "encoder_depth": 1, "decoder_depth": 1, "buffer_size": 4}}
@@ -342,7 +343,7 @@ def test_sample_rerun_never_mixes_old_and_new_outputs(ck, tmp_path, monkeypatch)
     assert sorted(p.name for p in out.glob("*_class*.png")) == listed == ["00000_class1.png"]
     before = {p.name: p.read_bytes() for p in out.iterdir()}
     calls = []
-    real = generate_mod.save_pngs
+    real = outputs_mod.save_pngs
 
     def dies(*a, **k):
         calls.append(1)
@@ -350,7 +351,7 @@ def test_sample_rerun_never_mixes_old_and_new_outputs(ck, tmp_path, monkeypatch)
             raise KeyboardInterrupt
         return real(*a, **k)
 
-    monkeypatch.setattr(generate_mod, "save_pngs", dies)
+    monkeypatch.setattr(outputs_mod, "save_pngs", dies)
     result = invoke(["sample", "--ckpt", ck, "--class", 3, "--num", 4, "--batch-size", 2, "--out", out])
     assert result.exit_code == 130
     assert {p.name: p.read_bytes() for p in out.iterdir()} == before

@@ -27,10 +27,11 @@ from .core.data.images import to_pil
 from .core.data.tokenizers import Tokenizer
 from .core.device import resolve_device
 from .core.errors import TransDiffError
+from .core.eval.diversity import measure_diversity
 from .core.io.checkpoint import Checkpoint
 from .core.model.config import ModelConfig
 from .core.sampling.fuse import fuse
-from .core.sampling.generate import decode_images, measure_diversity, open_checkpoint, open_tokenizer
+from .core.sampling.generate import decode_images, open_checkpoint, open_tokenizer
 from .core.sampling.loop import decode, feature_slots, model_device_dtype, sample_latents
 from .core.sampling.seeding import initial_noise, step_generators
 from .core.sampling.settings import SampleSettings, checkpoint_settings

@@ -11,7 +11,8 @@ from rich.table import Table
 from ..core.data.classes import class_label, resolve_classes
 from ..core.device import resolve_device
 from ..core.errors import TransDiffError
-from ..core.sampling.generate import measure_diversity, open_checkpoint
+from ..core.eval.diversity import measure_diversity
+from ..core.sampling.generate import open_checkpoint
 from ..core.sampling.settings import checkpoint_settings
 from . import _sampling_options as so
 from ._common import console, print_settings, user_errors

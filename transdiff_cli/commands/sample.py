@@ -19,14 +19,7 @@ from rich.text import Text
 
 from ..core.data.classes import class_label, resolve_classes
 from ..core.device import resolve_device
-from ..core.sampling.generate import (
-    check_batch_fits,
-    check_outputs,
-    generate_to_folder,
-    grid_rows,
-    open_checkpoint,
-    open_tokenizer,
-)
+from ..core.sampling.generate import check_batch_fits, check_num_images, generate_to_folder
 from ..core.sampling.generate_npz import (
     SHARD_IMAGES,
     check_sample_shards,
@@ -35,6 +28,8 @@ from ..core.sampling.generate_npz import (
     sample_parts_dir,
     shard_size_for,
 )
+from ..core.sampling.inference import open_checkpoint, open_tokenizer
+from ..core.sampling.outputs import check_outputs, grid_rows
 from ..core.sampling.settings import checkpoint_settings
 from ..core.validate import check_seed
 from . import _sampling_options as so
@@ -50,8 +45,10 @@ them as JSON and stops. The same --seed and --batch-size give identical files. A
 unless only a class of that name exists; say which with index:10 or name:10.
 
 Output: everything is written into a fresh folder beside --out that replaces it when done, so a
-rerun never mixes old and new images and an interrupted run leaves the old outputs untouched. A
-non-empty --out that holds no earlier `sample` output is refused unless --overwrite is given.
+rerun never mixes old and new images and an interrupted run leaves the old outputs untouched. Only
+files an earlier `sample` wrote (those its samples.json lists) are ever replaced: an --out holding
+any other file, or an existing --npz this command did not write, is refused before any work unless
+--overwrite is given. A symlinked --out is written through to its target.
 
 With --npz the images are drawn into resumable shards first, kept beside the .npz
 (NAME.parts/) or, when the .npz lies inside --out, beside --out (OUT.parts/): rerunning the same
@@ -125,8 +122,9 @@ def register(app: typer.Typer) -> None:
         device: so.Device = None,
         weights: so.Weights = "ema",
         size: so.Size = None,
-        overwrite: bool = typer.Option(False, "--overwrite", help="replace a non-empty --out that holds "
-                                       "other files (an earlier `sample` output is always replaced)"),
+        overwrite: bool = typer.Option(False, "--overwrite", help="replace an --out holding files `sample` "
+                                       "did not write, or an --npz it did not write (an earlier `sample` output is "
+                                       "always replaced)"),
         dry_run: bool = typer.Option(False, "--dry-run", help="print the resolved run as JSON; write nothing"),
     ) -> None:
         if dry_run:
@@ -142,6 +140,7 @@ def register(app: typer.Typer) -> None:
                                "shards": str(sample_parts_dir(out, npz)) if npz else None}
             print_json({"command": "sample", **plan})
             return
+        check_outputs(out, npz, overwrite)  # every output path, before the checkpoint is even opened
         dev = resolve_device(device)
         ck = open_checkpoint(ckpt, weights=weights, size=size, device=dev, precision=precision, compile=compile)
         mc = ck.config
@@ -155,10 +154,10 @@ def register(app: typer.Typer) -> None:
             notes.append("--shard-size is ignored without --npz")
         for note in notes:
             warn(note)
+        check_num_images(len(picked) * num)  # before a list of that size is built
         labels = [y for y in picked for _ in range(num)]
         tokenizer = open_tokenizer(ck, vae, dev)
         check_seed(seed)  # fail before the work starts, not after minutes of sampling
-        check_outputs(out, npz, overwrite)
         identity = None if npz is None else generation_identity(
             ck, weights=weights, settings=settings, seed=seed, labels=labels, batch_size=batch_size,
             shard_size=shard_size_for(batch_size, shard_size or SHARD_IMAGES), tokenizer=tokenizer,

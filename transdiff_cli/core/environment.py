@@ -72,7 +72,6 @@ def _hub() -> dict[str, Any]:
 
 def collect() -> dict[str, Any]:
     """The whole record, JSON-serialisable."""
-    from .. import __version__
     from .eval.fid_reference import CACHE_ENV, default_cache_dir
 
     model, flags = _cpuinfo()
@@ -83,7 +82,7 @@ def collect() -> dict[str, Any]:
     except AttributeError:  # not on Linux
         affinity = None
     return {
-        "transdiff": __version__,
+        "transdiff": _version("transdiff-cli"),
         "python": sys.version.split()[0],
         "platform": platform.platform(),
         "packages": {p: _version(p) for p in PACKAGES},

@@ -1,14 +1,17 @@
-"""Output paths checked before the work starts, and OS errors turned into one line that names the
-path and the cause (no space, read-only, not a folder)."""
+"""Output paths checked before the work starts, OS errors turned into one line that names the path
+and the cause (no space, read-only, not a folder), atomic writes, and the one-writer folder lock."""
 
 from __future__ import annotations
 
 import contextlib
 import errno
+import json
 import os
+import socket
 import uuid
 from collections.abc import Iterator
 from pathlib import Path
+from types import TracebackType
 
 from .errors import TransDiffError
 
@@ -78,3 +81,109 @@ def atomic_write(path: str | Path, suffix: str = "") -> Iterator[Path]:
 def write_text_atomic(path: str | Path, text: str) -> None:
     with atomic_write(path) as tmp:
         tmp.write_text(text)
+
+
+@contextlib.contextmanager
+def writing(path: str | Path, option: str | None = None) -> Iterator[None]:
+    """Turn an OSError raised while writing `path` (a full disk, a read-only folder) into one line
+    that names it; the caller's temporary-file handling keeps the last good state."""
+    try:
+        yield
+    except OSError as e:
+        raise os_error(e, path, option) from None
+
+
+# --------------------------------------------------------------------------- one writer per folder
+LOCK = ".transdiff.lock"
+
+
+def _alive(pid: int) -> bool:
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except PermissionError:  # exists, owned by someone else
+        return True
+    return True
+
+
+class FolderLock:
+    """`with FolderLock(folder, "run_dir"):` holds `folder/.transdiff.lock` for the block.
+
+    The lock file appears with its contents in one step: the holder's pid and host are written to a
+    temporary file that is then hard-linked to the lock name (which fails if the name exists), so a
+    second starter never reads an empty lock and takes it as stale. A lock whose process is gone
+    (same host, pid not running) is stale and taken over, so a kill -9 never blocks the rerun."""
+
+    def __init__(self, folder: str | Path, option: str):
+        self.path = Path(folder) / LOCK
+        self.option = option
+        self.held = False
+
+    def _holder(self) -> dict | None:
+        try:
+            doc = json.loads(self.path.read_text())
+            return doc if isinstance(doc, dict) else {}
+        except FileNotFoundError:
+            return None
+        except (OSError, ValueError):  # not written by this tool (locks appear whole)
+            return {}
+
+    def _create(self, me: dict) -> bool:
+        """Publish the lock with its contents; False when another holds the name."""
+        tmp = self.path.with_name(f"{LOCK}.tmp-{uuid.uuid4().hex[:8]}")
+        try:
+            tmp.write_text(json.dumps(me))
+            try:
+                os.link(tmp, self.path)
+            except FileExistsError:
+                return False
+            except OSError as e:  # a file system without hard links: O_EXCL on the lock name itself
+                if e.errno not in (errno.EPERM, errno.EOPNOTSUPP, errno.ENOSYS, errno.EMLINK):
+                    raise
+                fd = os.open(self.path, os.O_CREAT | os.O_EXCL | os.O_WRONLY, 0o644)
+                with os.fdopen(fd, "w") as f:
+                    f.write(json.dumps(me))
+            return True
+        finally:
+            tmp.unlink(missing_ok=True)
+
+    def acquire(self) -> FolderLock:
+        me = {"pid": os.getpid(), "host": socket.gethostname()}
+        for _ in range(3):
+            try:
+                if self._create(me):
+                    self.held = True
+                    return self
+            except FileExistsError:
+                pass
+            except OSError as e:
+                raise os_error(e, self.path.parent, self.option) from None
+            holder = self._holder()
+            if holder is None:
+                continue  # released meanwhile: try again
+            pid, host = holder.get("pid"), holder.get("host")
+            if (host == me["host"] and isinstance(pid, int) and not _alive(pid)) or not holder:
+                self.path.unlink(missing_ok=True)  # stale
+                continue
+            raise TransDiffError(
+                f"{self.option} {self.path.parent} is in use by process {pid} on {host} "
+                f"(lock {self.path}); wait for it to finish, or delete the lock file if that "
+                "process is gone")
+        raise TransDiffError(f"{self.option} {self.path.parent}: could not take the lock {self.path}")
+
+    def release(self) -> None:
+        if self.held:
+            self.held = False
+            try:
+                self.path.unlink()
+            except OSError as e:
+                if e.errno != errno.ENOENT:
+                    raise
+
+    def __enter__(self) -> FolderLock:
+        return self.acquire()
+
+    def __exit__(self, typ: type[BaseException] | None, exc: BaseException | None,
+                 tb: TracebackType | None) -> None:
+        self.release()

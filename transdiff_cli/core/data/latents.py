@@ -19,15 +19,15 @@ from pathlib import Path
 from typing import Any
 
 import torch
+from safetensors import SafetensorError
 from safetensors.torch import load as load_safetensors
-from safetensors.torch import save_file
 from torch.utils.data import DataLoader, Dataset
 
 from ..distributed import DistInfo, barrier
 from ..errors import TransDiffError
-from ..fs import ensure_dir, write_text_atomic
+from ..fs import LOCK, FolderLock, ensure_dir, write_text_atomic, writing
 from ..reporting import Reporter
-from ..training.run_lock import LOCK, FolderLock
+from ..shards import SafetensorsCodec, ShardedJob
 from .datasets import BUILTIN, ImageDataset, UnreadableImage, open_image_dataset
 from .tokenizers import PixelTokenizer, Tokenizer, load_tokenizer, posterior_sampler, same_tokenizer
 
@@ -48,7 +48,51 @@ def read_manifest(folder: Path) -> dict[str, Any]:
         raise TransDiffError(f"cannot read {folder / MANIFEST}: {e}") from None
     if not isinstance(manifest, dict) or manifest.get("format") != FORMAT:
         raise TransDiffError(f"{folder / MANIFEST} is not an encode-latents manifest")
+    _check_fields(folder / MANIFEST, manifest, FIELDS)
+    if manifest.get("status") == "complete":
+        _check_fields(folder / MANIFEST, manifest, FINISHED_FIELDS)
+        for i, shard in enumerate(manifest["shards"]):
+            if not isinstance(shard, dict):
+                raise TransDiffError(f"{folder / MANIFEST}: field `shards[{i}]` must be an object, not "
+                                     f"{_kind(shard)}: re-run encode-latents into a new folder")
+            _check_fields(folder / MANIFEST, shard, SHARD_FIELDS, f"shards[{i}].")
     return manifest
+
+
+# The manifest's fields and their types, checked on every read (a manifest edited by hand, or
+# torn, is one line naming the field rather than a TypeError deep in the loader).
+FIELDS = {"job": dict, "tokenizer": dict, "image_size": int, "shard_size": int, "num_shards": int,
+          "num_images": int, "class_names": list, "latent_shape": list, "flip_default": bool}
+FINISHED_FIELDS = {"shards": list, "num_encoded": int, "skipped": list}
+SHARD_FIELDS = {"file": str, "sha256": str, "start": int, "stop": int, "count": int}
+
+
+JSON_NAMES = {dict: "object", list: "list", str: "string", bool: "boolean"}
+
+
+def _kind(value: Any) -> str:
+    return "null" if value is None else type(value).__name__
+
+
+def _check_fields(where: Path, doc: dict[str, Any], fields: dict[str, type], prefix: str = "") -> None:
+    for key, typ in fields.items():
+        value = doc.get(key)
+        if typ is int:
+            good = isinstance(value, int) and not isinstance(value, bool) and value >= 0
+            want = "a non-negative integer"
+        else:
+            good, want = isinstance(value, typ), "a JSON " + JSON_NAMES[typ]
+        if not good:
+            raise TransDiffError(f"{where}: field `{prefix}{key}` must be {want}, not {_kind(value)} {value!r:.40}: "
+                                 "the manifest was changed or is torn; re-run encode-latents into a new folder")
+    if "file" in fields and Path(doc["file"]).name != doc["file"]:
+        raise TransDiffError(f"{where}: field `{prefix}file` must name a file in the folder, not {doc['file']!r:.60}")
+
+
+def shard_job(folder: Path, manifest: dict[str, Any]) -> ShardedJob:
+    """The latent shards of the job `manifest` records (the manifest is the identity record)."""
+    return ShardedJob(folder, {**manifest["job"], "shard_size": manifest["shard_size"]}, SafetensorsCodec(),
+                      record=None)
 
 
 def _write_json(path: Path, obj: Any) -> None:
@@ -78,8 +122,10 @@ class LatentDataset(Dataset):
             raise TransDiffError(f"{self.folder} holds an unfinished encode-latents run: re-run the same "
                                  "`transdiff encode-latents` command to finish it")
         parts: dict[str, list[torch.Tensor]] = {"moments": [], "moments_flip": [], "labels": [], "indices": []}
+        job = shard_job(self.folder, self.manifest)
         for shard in self.manifest["shards"]:
             path = self.folder / shard["file"]
+            job.check_stamp(path)
             try:
                 raw = path.read_bytes()
             except OSError as e:
@@ -87,7 +133,14 @@ class LatentDataset(Dataset):
             if hashlib.sha256(raw).hexdigest() != shard["sha256"]:
                 raise TransDiffError(f"checksum mismatch in {path}: the file changed or is corrupt; "
                                      "delete it and re-run encode-latents to rewrite it")
-            tensors = load_safetensors(raw)
+            try:
+                tensors = load_safetensors(raw)
+                missing = sorted(set(parts) - set(tensors))
+            except (ValueError, SafetensorError) as e:
+                raise TransDiffError(f"cannot read latent shard {path}: {e}") from None
+            if missing:
+                raise TransDiffError(f"latent shard {path} lacks `{missing[0]}`: re-run encode-latents into a new "
+                                     "folder")
             if len(tensors["labels"]) != shard.get("count"):
                 raise TransDiffError(f"{path} holds {len(tensors['labels'])} images but {self.folder / MANIFEST} "
                                      f"says {shard.get('count')}: re-run encode-latents into a new folder")
@@ -287,22 +340,24 @@ def _shard_name(k: int) -> str:
     return f"shard-{k:05d}"
 
 
-def _shard_done(out: Path, k: int) -> dict[str, Any] | None:
-    """The shard's record when it was finished by an earlier run and its file is intact."""
-    record_path, data_path = out / f"{_shard_name(k)}.json", out / f"{_shard_name(k)}.safetensors"
-    if not record_path.is_file() or not data_path.is_file():
+def _shard_done(job: ShardedJob, k: int) -> dict[str, Any] | None:
+    """The shard's record when it was finished by an earlier run of this job and its file is intact
+    (checksum matching, stamped with this job and index); None when it must be (re)drawn."""
+    record_path, data_path = job.folder / f"{_shard_name(k)}.json", job.path(k)
+    if not record_path.is_file() or not data_path.is_file() or not job.stamped(k):
         return None
     try:
         record = json.loads(record_path.read_text())
-    except ValueError:
+    except (OSError, ValueError):
         return None
-    return record if _sha256(data_path) == record.get("sha256") else None
+    return record if isinstance(record, dict) and _sha256(data_path) == record.get("sha256") else None
 
 
-def _write_shard(out: Path, k: int, start: int, stop: int, rows: list[tuple[int, int, torch.Tensor, torch.Tensor]],
-                 skipped: list[dict[str, Any]], moments_shape: tuple[int, ...]) -> None:
-    """Write to a temp name and rename, data first then the record: a shard either is complete
-    (record present, checksum matching) or is redone."""
+def _write_shard(job: ShardedJob, k: int, start: int, stop: int,
+                 rows: list[tuple[int, int, torch.Tensor, torch.Tensor]], skipped: list[dict[str, Any]],
+                 moments_shape: tuple[int, ...]) -> None:
+    """Data first, then the record, each atomically: a shard either is complete (record present,
+    checksum matching) or is redone. A full disk is one line naming the shard."""
     rows.sort(key=lambda r: r[0])
     empty = torch.zeros((0, *moments_shape))
     tensors = {
@@ -311,15 +366,12 @@ def _write_shard(out: Path, k: int, start: int, stop: int, rows: list[tuple[int,
         "labels": torch.tensor([r[1] for r in rows], dtype=torch.int64),
         "indices": torch.tensor([r[0] for r in rows], dtype=torch.int64),
     }
-    final = out / f"{_shard_name(k)}.safetensors"
-    tmp = out / f".{final.name}.tmp{os.getpid()}"
-    save_file({n: t.contiguous() for n, t in tensors.items()}, str(tmp))
-    os.chmod(tmp, 0o644)  # save_file creates 0600; shards are shared data
-    digest = _sha256(tmp)
-    os.replace(tmp, final)
-    record = {"file": final.name, "sha256": digest, "start": start, "stop": stop, "count": len(rows),
+    final = job.write(k, tensors)
+    record = {"file": final.name, "sha256": _sha256(final), "start": start, "stop": stop, "count": len(rows),
               "skipped": sorted(skipped, key=lambda s: s["index"])}
-    _write_json(out / f"{_shard_name(k)}.json", record)
+    record_path = job.folder / f"{_shard_name(k)}.json"
+    with writing(record_path, "`out`"):
+        _write_json(record_path, record)
 
 
 class _SafeReader(Dataset):
@@ -379,15 +431,16 @@ def encode_latents(data: str, tokenizer_spec: str | None, out_dir: str | Path, i
             "class_names": dataset.class_names, "flip_default": dataset.default_flip,
             "num_images": n, "shard_size": shard_size, "num_shards": num_shards,
         }
+        job = shard_job(out, manifest)
+        job.check()  # a shard of another job or index is refused, whatever the manifest says
         if dist.is_main:
-            out.mkdir(parents=True, exist_ok=True)
-            for stale in out.glob(".shard-*.tmp*"):  # left by a killed run
-                stale.unlink()
-            _write_json(out / MANIFEST, manifest)
+            job.start()  # drops temporary files of a killed run
+            with writing(out / MANIFEST, "`out`"):
+                _write_json(out / MANIFEST, manifest)
         barrier(dist)
 
         mine = [k for k in range(dist.rank, num_shards, dist.world_size)]
-        todo = [k for k in mine if _shard_done(out, k) is None]
+        todo = [k for k in mine if _shard_done(job, k) is None]
         indices = [i for k in todo for i in range(k * shard_size, min(n, (k + 1) * shard_size))]
         if num_workers is None:
             num_workers = 0 if data in BUILTIN else min(8, os.cpu_count() or 1)
@@ -414,7 +467,7 @@ def encode_latents(data: str, tokenizer_spec: str | None, out_dir: str | Path, i
                         skipped[k].append({"index": i, "file": dataset.source(i), "reason": reason})
                     seen[k] += 1
                     if seen[k] == min(n, (k + 1) * shard_size) - k * shard_size:
-                        _write_shard(out, k, k * shard_size, min(n, (k + 1) * shard_size), rows.pop(k), skipped.pop(k),
+                        _write_shard(job, k, k * shard_size, min(n, (k + 1) * shard_size), rows.pop(k), skipped.pop(k),
                                      tuple(manifest["moments_shape"]))
                         if delay:
                             time.sleep(delay)
@@ -432,15 +485,18 @@ def encode_latents(data: str, tokenizer_spec: str | None, out_dir: str | Path, i
 
 def _finish_manifest(out: Path, manifest: dict[str, Any]) -> None:
     records = []
+    job = shard_job(out, manifest)
     for k in range(manifest["num_shards"]):
-        path = out / f"{_shard_name(k)}.json"
-        if not path.is_file():
-            raise TransDiffError(f"shard {k} of {out} was not written (a worker failed?): re-run to finish")
-        records.append(json.loads(path.read_text()))
+        record = _shard_done(job, k)
+        if record is None:
+            raise TransDiffError(f"shard {k} of {out} was not written or is damaged (a worker failed?): "
+                                 "re-run the same command to finish")
+        records.append(record)
     skipped = [s for r in records for s in r["skipped"]]
     manifest.update(
         status="complete", num_encoded=sum(r["count"] for r in records), num_skipped=len(skipped),
         shards=[{k: r[k] for k in ("file", "sha256", "start", "stop", "count")} for r in records],
         skipped=skipped,
     )
-    _write_json(out / MANIFEST, manifest)
+    with writing(out / MANIFEST, "`out`"):
+        _write_json(out / MANIFEST, manifest)

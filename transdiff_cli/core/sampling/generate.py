@@ -1,37 +1,57 @@
 """Class-conditional generation in batches: the sampling loop (`loop.sample_latents`, seeded per
-image) run over batches, decoded through the tokenizer, and written as PNGs, a grid and MRAR round
-strips into a fresh folder (the resumable `.npz` of `fid --ckpt` and `sample --npz` is
-`generate_npz`'s); loading a checkpoint and its tokenizer for generation; the MRAR diversity measure.
+image) run over batches and decoded through the tokenizer, with the memory checks made before a
+batch is allocated. Writing the folder is `outputs`' job, the resumable `.npz` `generate_npz`'s,
+opening a checkpoint `inference`'s (its names stay importable from here); the diversity measure is
+`eval.diversity`.
 """
 
 from __future__ import annotations
 
-import json
 import os
-import shutil
-import uuid
-from collections.abc import Callable, Iterable, Iterator, Sequence
-from dataclasses import dataclass, field
+from collections.abc import Iterator, Sequence
 from pathlib import Path
 from typing import Any
 
 import numpy as np
 import torch
 
-from ..data.classes import class_label
-from ..data.images import make_grid, save_pngs, to_uint8
-from ..data.tokenizers import Tokenizer, load_tokenizer
+from ..data.images import to_uint8
+from ..data.tokenizers import Tokenizer
 from ..errors import TransDiffError
-from ..eval.diversity import cosine_measure, diversity
-from ..fs import check_file_target, ensure_dir, os_error
-from ..io.checkpoint import Checkpoint, load_checkpoint, newest_run_checkpoint
 from ..model.transdiff import TransDiff
 from ..validate import check_seed
-from .inference import prepare
+from .inference import open_checkpoint, open_tokenizer, tokenizer_spec
 from .loop import model_device_dtype, sample_latents
+from .outputs import (
+    GRID_MAX,
+    GRID_PNG,
+    SAMPLES_JSON,
+    Batch,
+    Written,
+    check_outputs,
+    file_name,
+    grid_rows,
+    into_fresh_folder,
+    samples_doc,
+    strip_file,
+    write_samples,
+)
 from .settings import SampleSettings
 
-GRID_MAX = 256  # images shown in grid.png; the PNG files and the .npz hold every image
+__all__ = ["GRID_MAX", "GRID_PNG", "SAMPLES_JSON", "Batch", "Written", "check_outputs", "file_name", "grid_rows",
+           "open_checkpoint", "open_tokenizer", "samples_doc",
+           "strip_file", "tokenizer_spec"]
+
+# A stated limit on the images of one call (`--num` times the classes): the labels, file names
+# and samples.json grow with it before the first image is drawn.
+MAX_IMAGES = 1_000_000
+
+
+def check_num_images(n: int, what: str = "`num` times the number of classes") -> None:
+    """Refuse an image count beyond MAX_IMAGES before any list of that size is built."""
+    if n > MAX_IMAGES:
+        raise TransDiffError(f"{what} asks for {n} images; one call draws at most {MAX_IMAGES:,}: split the "
+                             "work over several calls (another `seed` each, or other classes)")
 
 
 @torch.no_grad()
@@ -92,14 +112,6 @@ def _size(n: int) -> str:
     return f"{n / 2**30:.1f} GiB" if n >= 2**30 else f"{n / 2**20:.0f} MiB"
 
 
-@dataclass
-class Batch:
-    indices: list[int]
-    labels: list[int]
-    images: torch.Tensor  # (B, C, H, W) in [-1, 1], CPU
-    rounds: list[torch.Tensor] | None = None  # decoded image of every MRAR round, with save_steps
-
-
 def generate(model: TransDiff, tokenizer: Tokenizer, labels: Sequence[int], settings: SampleSettings, *,
              seed: int = 0, batch_size: int = 16, indices: Sequence[int] | None = None,
              save_steps: bool = False) -> Iterator[Batch]:
@@ -136,79 +148,6 @@ def generate_arrays(model: TransDiff, tokenizer: Tokenizer, labels: Sequence[int
     return np.concatenate(arrays)
 
 
-@dataclass
-class Written:
-    out: Path
-    pngs: list[Path] = field(default_factory=list)
-    grid: Path | None = None
-    strips: list[Path] = field(default_factory=list)
-    npz: Path | None = None
-    info: Path | None = None
-    done: bool = False  # already there from an earlier run of the same job: nothing was written
-
-
-def file_name(index: int, label: int) -> str:
-    return f"{index:05d}_class{label}.png"
-
-
-SAMPLES_JSON = "samples.json"
-GRID_PNG = "grid.png"
-
-
-def strip_file(out: Path, png: str) -> Path:
-    """Where `save_steps` puts the strip of every MRAR round of image file `png`."""
-    return out / "steps" / png.replace(".png", "_steps.png")
-
-
-def check_outputs(out: str | Path, npz: str | Path | None = None, overwrite: bool = False) -> None:
-    """Everything about `--out` / `--npz` that can fail, checked before any work (writes nothing
-    but the folder above `--out`)."""
-    if npz is not None:
-        check_file_target(npz, "`npz`")
-    _check_out(Path(out), overwrite)
-    ensure_dir(Path(out).resolve().parent, "`out`")
-
-
-def _check_out(out: Path, overwrite: bool) -> None:
-    if out.exists() and not out.is_dir():
-        raise TransDiffError(f"`out` {out} is a file, not a folder")
-    if out.is_dir() and not overwrite and not (out / SAMPLES_JSON).is_file() and any(out.iterdir()):
-        raise TransDiffError(f"`out` {out} is not empty and holds no earlier `sample` output: choose a new or "
-                             "empty folder, or pass `overwrite` to replace it")
-    full = out.resolve()
-    if out.is_dir() and any(out.iterdir()) and full in (Path.cwd(), *Path.cwd().parents):
-        raise TransDiffError(f"`out` {out} is the current folder (or holds it) and is not empty: "
-                             "choose a new or empty folder")
-
-
-def prepare_out(out: Path, overwrite: bool = False) -> Path:
-    """Check `--out` before any work and return a fresh staging folder beside it. A folder holding
-    anything but an earlier `sample` output (a samples.json) is refused unless `overwrite`."""
-    _check_out(out, overwrite)
-    full = out.resolve()
-    ensure_dir(full.parent, "`out`")
-    for stale in full.parent.glob(f".{full.name}.tmp-*"):  # left by a killed run
-        shutil.rmtree(stale, ignore_errors=True)
-    return ensure_dir(full.parent / f".{full.name}.tmp-{uuid.uuid4().hex[:8]}", "`out`")
-
-
-def swap_in(staging: Path, out: Path) -> None:
-    """Replace `out` by `staging` with renames: the old outputs stay whole until the new are."""
-    try:
-        if out.is_dir() and any(out.iterdir()):
-            full = out.resolve()
-            old = full.parent / f".{full.name}.old-{uuid.uuid4().hex[:8]}"
-            os.replace(out, old)
-            os.replace(staging, out)
-            shutil.rmtree(old, ignore_errors=True)
-        else:
-            if out.is_dir():
-                out.rmdir()
-            os.replace(staging, out)
-    except OSError as e:
-        raise os_error(e, out, "`out`") from None
-
-
 def generate_to_folder(model: TransDiff, tokenizer: Tokenizer, labels: Sequence[int], settings: SampleSettings,
                        out: str | Path, *, seed: int = 0, batch_size: int = 16, save_steps: bool = False,
                        nrow: int | None = None, class_names: Sequence[str] | None = None,
@@ -222,141 +161,3 @@ def generate_to_folder(model: TransDiff, tokenizer: Tokenizer, labels: Sequence[
     return into_fresh_folder(Path(out), overwrite, lambda staging: write_samples(
         batches, labels, settings, staging, seed=seed, batch_size=batch_size, num_classes=model.config.num_classes,
         nrow=nrow, class_names=class_names, info=info, on_batch=on_batch))
-
-
-def into_fresh_folder(out: Path, overwrite: bool, write: Callable[[Path], Written]) -> Written:
-    """`write(staging)` fills a fresh folder beside `out` that replaces it at the end, so a rerun
-    never mixes old and new images and a killed run leaves the old outputs as they were. The
-    returned paths are those under `out`."""
-    staging = prepare_out(out, overwrite)
-    try:
-        w = write(staging)
-    except BaseException:
-        shutil.rmtree(staging, ignore_errors=True)
-        raise
-    swap_in(staging, out)
-    moved = lambda p: None if p is None else out / p.relative_to(staging)  # noqa: E731
-    return Written(out, [moved(p) for p in w.pngs], moved(w.grid), [moved(p) for p in w.strips],
-                   w.npz if w.npz is None or not w.npz.is_relative_to(staging) else moved(w.npz), moved(w.info))
-
-
-def samples_doc(labels: Sequence[int], settings: SampleSettings, *, seed: int, batch_size: int, num_classes: int,
-                class_names: Sequence[str] | None, info: dict[str, Any] | None) -> str:
-    """The text of samples.json: what was done, one entry per image file."""
-    doc = {"settings": settings.to_dict(), "seed": seed, "batch_size": batch_size,
-           "images": [{"file": file_name(i, int(y)), "class": int(y),
-                       "name": class_label(int(y), num_classes, class_names)} for i, y in enumerate(labels)],
-           **(info or {})}
-    return json.dumps(doc, indent=1)
-
-
-def write_samples(batches: Iterable[Batch], labels: Sequence[int], settings: SampleSettings, out: Path, *,
-                  seed: int, batch_size: int, num_classes: int, nrow: int | None,
-                  class_names: Sequence[str] | None, info: dict[str, Any] | None, on_batch: Any = None) -> Written:
-    """The PNGs, grid, round strips (batches with `rounds`) and samples.json of `batches` in `out`;
-    one batch in memory at a time (and the GRID_MAX images of the grid)."""
-    w = Written(out)
-    shown: list[torch.Tensor] = []
-    for batch in batches:
-        names = [file_name(i, y) for i, y in zip(batch.indices, batch.labels)]
-        w.pngs += save_pngs(batch.images, out, names)
-        if len(shown) < GRID_MAX:
-            shown += list(batch.images[: GRID_MAX - len(shown)])
-        if batch.rounds is not None:
-            per_image = torch.stack(batch.rounds, dim=1)  # (B, rounds, C, H, W)
-            for name, strip in zip(names, per_image):
-                p = strip_file(out, name)
-                p.parent.mkdir(exist_ok=True)
-                make_grid(strip, nrow=strip.shape[0]).save(p)
-                w.strips.append(p)
-        if on_batch is not None:
-            on_batch(len(batch.indices))
-    if shown:
-        grid = torch.stack(shown)
-        w.grid = out / GRID_PNG
-        make_grid(grid, nrow=nrow if nrow and nrow <= 32 else None).save(w.grid)
-    w.info = out / SAMPLES_JSON
-    w.info.write_text(samples_doc(labels, settings, seed=seed, batch_size=batch_size, num_classes=num_classes,
-                                  class_names=class_names, info=info))
-    return w
-
-
-# --------------------------------------------------------------------------- loading for generation
-def open_checkpoint(ckpt: str | Path | None, *, weights: str = "ema", size: str | None = None,
-                    device: torch.device, precision: str = "auto", compile: bool = False) -> Checkpoint:
-    """Load `ckpt` (default: the newest run under runs/) and ready its model for generation."""
-    path = newest_run_checkpoint("runs") if ckpt is None else ckpt
-    ck = load_checkpoint(path, weights=weights, size=size, device="cpu")
-    ck.model = prepare(ck.model, device, precision, compile)
-    return ck
-
-
-def tokenizer_spec(ck: Any, vae: str | None) -> Any:
-    """`--vae` if given, else the tokenizer the checkpoint names (published files name none)."""
-    spec: Any = vae if vae else ck.meta.get("tokenizer")
-    if spec is None:
-        raise TransDiffError(f"{ck.path} does not say which tokenizer it was trained with (published "
-                             "checkpoints do not): pass `vae` kl16:PATH (the KL-16 VAE checkpoint)")
-    return spec
-
-
-def open_tokenizer(ck: Checkpoint, vae: str | None, device: torch.device) -> Tokenizer:
-    """`--vae` if given, else the tokenizer the checkpoint was trained with; its latents must be the
-    model's."""
-    spec = tokenizer_spec(ck, vae)
-    mc = ck.config
-    tok = load_tokenizer(spec, image_size=mc.latent_size, image_channels=mc.latent_channels, device=device)
-    got = getattr(tok, "latent_channels", mc.latent_channels)
-    if got != mc.latent_channels:
-        raise TransDiffError(f"the tokenizer gives {got}-channel latents but the model was trained on "
-                             f"{mc.latent_channels}-channel latents: wrong `vae`?")
-    if getattr(tok, "image_channels", 3) not in (1, 3):
-        raise TransDiffError(f"tokenizer {spec!r} turns these {mc.latent_channels}-channel latents into "
-                             f"{tok.image_channels}-channel arrays, not images: pass `vae` kl16:PATH")
-    return tok
-
-
-def grid_rows(num_per_class: int) -> int | None:
-    """One class per grid row when that stays readable."""
-    return num_per_class if 1 < num_per_class <= 32 else None
-
-
-# --------------------------------------------------------------------------- MRAR diversity
-@torch.no_grad()
-def mrar_feature_diversity(model: TransDiff, labels: Sequence[int], settings: SampleSettings, *,
-                           seed: int = 0, num_refs: int = 1, batch_size: int = 16
-                           ) -> tuple[torch.Tensor, torch.Tensor]:
-    """The diversity measure of an MRAR model's features, which depend on the images it sampled.
-    For every label, `num_refs` MRAR samples are drawn; with their rounds 0..K-2 as references the
-    encoder gives the K blocks of features that condition the last image. Returns (per label: the
-    measure of all K blocks together, the same feature count as the 1-step model's; per round k and
-    label: the measure of block k alone), each averaged over the `num_refs` samples."""
-    mc = model.config
-    r = mc.ref_tokens
-    rounds = settings.rounds
-    expanded = [int(y) for y in labels for _ in range(num_refs)]
-    full, blocks = [], []
-    for start in range(0, len(expanded), batch_size):
-        lab = expanded[start:start + batch_size]
-        idx = list(range(start, start + len(lab)))
-        latents = sample_latents(model, lab, idx, settings, seed)
-        refs = torch.cat([model.reference_tokens(s) for s in latents[:-1]], dim=1) if rounds > 1 else None
-        y = torch.as_tensor(lab, device=latents[0].device)
-        feats = model.features(model.class_emb(y), refs).float()
-        full.append(cosine_measure(feats))
-        blocks.append(torch.stack([cosine_measure(feats[:, k * r:(k + 1) * r]) for k in range(rounds)]))
-    per_label = torch.cat(full).view(len(labels), num_refs).mean(1)
-    per_round = torch.cat(blocks, dim=1).view(rounds, len(labels), num_refs).mean(2)
-    return per_label.cpu(), per_round.cpu()
-
-
-def measure_diversity(model: TransDiff, labels: Sequence[int], settings: SampleSettings, *, seed: int = 0,
-                      num_refs: int = 1, batch_size: int = 64) -> tuple[torch.Tensor, torch.Tensor | None]:
-    """The paper's measure per label, and in MRAR mode per round (`mrar_feature_diversity`). In 1-step
-    mode (an MRAR checkpoint too: its first block, which sees no references) nothing is sampled."""
-    if settings.mode == "mrar":
-        return mrar_feature_diversity(model, labels, settings, seed=seed, num_refs=num_refs, batch_size=batch_size)
-    device, _ = model_device_dtype(model)
-    per_label = [diversity(model, torch.tensor(list(labels[i:i + batch_size]), device=device))
-                 for i in range(0, len(labels), batch_size)]
-    return torch.cat(per_label).cpu(), None

@@ -7,9 +7,10 @@ Under torchrun rank r draws shards r, r + W, ...; every finished shard is writte
 image's noise depends only on (seed, image number) and every shard is drawn in the same batches
 whoever draws it, so a rerun of the same command (with any number of processes) continues from the
 finished shards and gives exactly the images of an uninterrupted run. `identity.json` records what
-the images are (checkpoint, settings, seed, labels, ...): shards or a finished `.npz` of anything
-else are refused, never mixed in. Rank 0 streams the shards into the final `.npz` (ADM's layout:
-`arr_0` uint8 NHWC, `labels`, plus `identity`) and removes the parts.
+the images are (checkpoint, settings, seed, labels, ...) and every shard carries that identity's
+digest and its own index (`core/shards.py`): shards or a finished `.npz` of anything else are
+refused, never mixed in, and a damaged shard is drawn again. Rank 0 streams the shards into the
+final `.npz` (ADM's layout: `arr_0` uint8 NHWC, `labels`, plus `identity`) and removes the parts.
 """
 
 from __future__ import annotations
@@ -17,9 +18,8 @@ from __future__ import annotations
 import hashlib
 import json
 import math
-import os
 import shutil
-import uuid
+import zipfile
 from collections.abc import Callable, Iterator, Sequence
 from pathlib import Path
 from typing import Any
@@ -32,15 +32,18 @@ from ..data.npz_stream import NpzWriter
 from ..data.tokenizers import Tokenizer
 from ..distributed import DistInfo, barrier
 from ..errors import TransDiffError
-from ..fs import check_file_target
+from ..fs import check_file_target, writing
 from ..io.checkpoint import Checkpoint
 from ..model.transdiff import TransDiff
-from .generate import (
+from ..shards import NpzCodec, ShardedJob, first_difference
+from .generate import available_memory, generate
+from .outputs import (
+    GENERATED_FORMAT,
     GRID_PNG,
     SAMPLES_JSON,
     Batch,
     Written,
-    generate,
+    check_npz,
     into_fresh_folder,
     samples_doc,
     strip_file,
@@ -48,12 +51,24 @@ from .generate import (
 )
 from .settings import SampleSettings
 
-FORMAT = "transdiff-generated/1"
+FORMAT = GENERATED_FORMAT
 SHARD_IMAGES = 1024  # about this many images per shard (rounded up to whole batches)
 
 
 def shard_size_for(batch_size: int, target: int = SHARD_IMAGES) -> int:
     return batch_size * max(1, math.ceil(target / batch_size))
+
+
+def check_shard_fits(model: TransDiff, tokenizer: Tokenizer, shard_size: int, rounds: int = 1) -> None:
+    """A shard's images (and with `save_steps` every round's) are held in memory until it is
+    written: refuse a `shard_size` whose shard cannot fit, before the first image is drawn."""
+    side = int(getattr(tokenizer, "image_size", None) or model.config.latent_size)
+    need = shard_size * side * side * int(getattr(tokenizer, "image_channels", 3)) * (1 + rounds) * 2
+    free = available_memory(torch.device("cpu"))
+    if free is not None and need > free * 0.5:
+        fits = max(1, int(shard_size * free * 0.25 / need))
+        raise TransDiffError(f"`shard_size` {shard_size} holds about {need / 2**30:.1f} GiB of images in memory but "
+                             f"only {free / 2**30:.1f} GiB is available: try `shard_size` {fits}")
 
 
 def checkpoint_fingerprint(ck: Checkpoint, weights: str) -> dict[str, Any]:
@@ -90,23 +105,22 @@ def parts_dir(path: Path) -> Path:
     return path.with_name(f"{path.stem}.parts")
 
 
-def _first_difference(old: dict[str, Any], new: dict[str, Any]) -> str:
-    for key in [*new, *(k for k in old if k not in new)]:
-        if old.get(key) != new[key]:
-            a, b = old.get(key), new[key]
-            if isinstance(a, dict) and isinstance(b, dict):
-                sub = next((k for k in b if a.get(k) != b[k]), next(iter(set(a) - set(b)), ""))
-                return f"{key}.{sub}: {a.get(sub)} there, {b.get(sub)} now"
-            return f"{key}: {a} there, {b} now"
-    return "unknown field"
-
-
 def read_npz_identity(path: Path) -> dict[str, Any] | None:
+    """The identity a finished `.npz` of this engine records; None when it records none. A file
+    that cannot be read (truncated, corrupt) is refused in one line naming it."""
     try:
-        with np.load(path) as data:
-            return json.loads(str(data["identity"])) if "identity" in data.files else None
-    except (OSError, ValueError, KeyError):
-        return None
+        with np.load(path, allow_pickle=False) as data:
+            if "identity" not in data.files:
+                return None
+            doc = json.loads(str(data["identity"]))
+    except (OSError, ValueError, KeyError, EOFError, zipfile.BadZipFile) as e:
+        raise TransDiffError(f"{path} cannot be read ({cause_of(e)}): it is truncated or not an .npz; "
+                             "delete it (or choose another path) to draw it again") from None
+    return doc if isinstance(doc, dict) else None
+
+
+def cause_of(e: BaseException) -> str:
+    return (str(e).splitlines() or [type(e).__name__])[0][:200] or type(e).__name__
 
 
 def check_existing(path: Path, identity: dict[str, Any], parts: Path | None = None) -> bool:
@@ -118,49 +132,31 @@ def check_existing(path: Path, identity: dict[str, Any], parts: Path | None = No
             raise TransDiffError(f"{path} exists and was not generated by this command (no identity): "
                                  "choose another `out`, or move the file away")
         if old != identity:
-            raise TransDiffError(f"{path} holds images of another job ({_first_difference(old, identity)}): "
+            raise TransDiffError(f"{path} holds images of another job ({first_difference(old, identity)}): "
                                  "choose another `out`, or move it away")
         return True
     check_parts(parts or parts_dir(path), identity)
     return False
 
 
+def shard_job(parts: Path, identity: dict[str, Any]) -> ShardedJob:
+    return ShardedJob(parts, identity, NpzCodec())
+
+
 def check_parts(parts: Path, identity: dict[str, Any]) -> None:
-    """Refuse shards in `parts` of another job (checkpoint, settings, seed, labels, ...)."""
-    record = parts / "identity.json"
-    if record.is_file():
-        try:
-            old = json.loads(record.read_text())
-        except ValueError:
-            old = {}
-        if old != identity:
-            raise TransDiffError(f"{parts} holds shards of another job ({_first_difference(old, identity)}): "
-                                 "re-run the original command to finish it, or move the folder away")
+    """Refuse shards in `parts` of another job (checkpoint, settings, seed, labels, ...), by its
+    identity record and by every shard's own stamp."""
+    shard_job(parts, identity).check()
 
 
-def _shard_file(parts: Path, k: int) -> Path:
-    return parts / f"shard-{k:05d}.npz"
+def _shard_valid(count: int) -> Callable[[dict[str, Any]], bool]:
+    return lambda arrays: "arr_0" in arrays and len(arrays.get("indices", ())) == count == len(arrays["arr_0"])
 
 
-def _shard_done(parts: Path, k: int, count: int) -> bool:
-    f = _shard_file(parts, k)
-    if not f.is_file():
-        return False
-    try:
-        with np.load(f) as data:
-            return len(data["indices"]) == count
-    except (OSError, ValueError, KeyError):
-        return False
-
-
-def _write_shard(parts: Path, k: int, images: np.ndarray, indices: Sequence[int],
+def _write_shard(job: ShardedJob, k: int, images: np.ndarray, indices: Sequence[int],
                  rounds: np.ndarray | None = None) -> Path:
-    final = _shard_file(parts, k)
-    tmp = parts / f".{final.stem}.tmp-{uuid.uuid4().hex[:8]}.npz"
     extra = {} if rounds is None else {"rounds": rounds}
-    np.savez(tmp, arr_0=images, indices=np.asarray(indices, dtype=np.int64), **extra)
-    os.replace(tmp, final)
-    return final
+    return job.write(k, {"arr_0": images, "indices": np.asarray(indices, dtype=np.int64), **extra})
 
 
 def _shard_indices(k: int, shard: int, n: int) -> list[int]:
@@ -197,20 +193,19 @@ def generate_shards(model: TransDiff, tokenizer: Tokenizer, labels: Sequence[int
     shard = int(identity["shard_size"])
     if shard % batch_size:
         raise ValueError("the shard size must be a multiple of the batch size")
-    check_parts(parts, identity)
-    parts.mkdir(parents=True, exist_ok=True)
+    check_shard_fits(model, tokenizer, shard, settings.rounds if identity.get("save_steps") else 0)
+    job = shard_job(parts, identity)
+    job.check()  # every rank: all raise, or none does
+    with writing(parts, "`npz`"):
+        parts.mkdir(parents=True, exist_ok=True)
     if info.is_main:
-        for stale in parts.glob(".shard-*.tmp-*"):  # left by a killed run
-            stale.unlink(missing_ok=True)
-        record = parts / "identity.json"
-        if not record.is_file():
-            record.write_text(json.dumps(identity, indent=1))
+        job.start()
     barrier(info)
     n = len(labels)
     save_steps = bool(identity.get("save_steps"))
     for k in range(info.rank, math.ceil(n / shard), info.world_size):
         idx = _shard_indices(k, shard, n)
-        if _shard_done(parts, k, len(idx)):
+        if job.done(k, _shard_valid(len(idx))):
             if on_batch is not None:
                 on_batch(len(idx))
             continue
@@ -222,7 +217,7 @@ def generate_shards(model: TransDiff, tokenizer: Tokenizer, labels: Sequence[int
                 rounds.append(np.stack([to_uint8(r) for r in batch.rounds], axis=1))
             if on_batch is not None:
                 on_batch(len(batch.indices))
-        _write_shard(parts, k, np.concatenate(images), idx, np.concatenate(rounds) if rounds else None)
+        _write_shard(job, k, np.concatenate(images), idx, np.concatenate(rounds) if rounds else None)
     barrier(info)
 
 
@@ -231,26 +226,34 @@ def read_shards(parts: Path, identity: dict[str, Any], n: int) -> Iterator[tuple
     """(indices, uint8 images, uint8 per-round images or None) of every shard in global order, one
     shard in memory at a time; refuses before the first when a shard is missing."""
     shard = int(identity["shard_size"])
+    job = shard_job(parts, identity)
+    job.check()
     num_shards = math.ceil(n / shard)
-    missing = [k for k in range(num_shards) if not _shard_done(parts, k, len(_shard_indices(k, shard, n)))]
+    missing = [k for k in range(num_shards) if not job.path(k).is_file()]
     if missing:
         raise TransDiffError(f"shard {missing[0]} of {parts} was not written (a worker failed?): re-run to finish")
-    for k in range(num_shards):
-        with np.load(_shard_file(parts, k)) as data:
-            yield data["indices"], data["arr_0"], data["rounds"] if "rounds" in data.files else None
+    for k in range(num_shards):  # each read whole and checked by content: a damaged one is never merged
+        idx = _shard_indices(k, shard, n)
+        data = job.read(k, lambda a, idx=idx: _shard_valid(len(idx))(a) and a["indices"].tolist() == idx)
+        if data is None:
+            job.path(k).unlink(missing_ok=True)
+            raise TransDiffError(f"shard {job.path(k)} was damaged (cut or corrupt) and is removed: re-run the same "
+                                 "command to draw it again")
+        yield data["indices"], data["arr_0"], data.get("rounds")
 
 
 def merge_parts(path: Path, identity: dict[str, Any], labels: Sequence[int], parts: Path | None = None) -> Path:
     """The shards in `parts` (default `parts_dir(path)`) in global order, streamed into `path`."""
     writer = None
     try:
-        for _, images, _ in read_shards(parts or parts_dir(path), identity, len(labels)):
-            if images.shape[-1] == 1:  # ADM's layout is RGB
-                images = np.repeat(images, 3, axis=-1)
-            if writer is None:
-                writer = NpzWriter(path, (len(labels), *images.shape[1:]))
-            writer.write(images)
-        writer.close(labels=np.asarray(labels, dtype=np.int64), identity=np.asarray(json.dumps(identity)))
+        with writing(path, "`npz`"):  # a full disk: one line, the shards stay for the rerun
+            for _, images, _ in read_shards(parts or parts_dir(path), identity, len(labels)):
+                if images.shape[-1] == 1:  # ADM's layout is RGB
+                    images = np.repeat(images, 3, axis=-1)
+                if writer is None:
+                    writer = NpzWriter(path, (len(labels), *images.shape[1:]))
+                writer.write(images)
+            writer.close(labels=np.asarray(labels, dtype=np.int64), identity=np.asarray(json.dumps(identity)))
     except BaseException:
         if writer is not None:
             writer.abort()
@@ -309,7 +312,8 @@ def generate_folder_and_npz(model: TransDiff, tokenizer: Tokenizer, labels: Sequ
     done = _finished(out, npz, identity, samples_doc(**doc))
     if done is not None:
         return done
-    parts = check_sample_shards(out, npz, identity)  # before anything is written
+    check_npz(out, npz, overwrite)  # before anything is written
+    parts = check_sample_shards(out, npz, identity)
     inside = npz.resolve().is_relative_to(out.resolve())
 
     def write(staging: Path) -> Written:

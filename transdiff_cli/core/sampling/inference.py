@@ -1,13 +1,18 @@
-"""Getting a loaded model ready for generation: device, precision, optional torch.compile."""
+"""Opening a checkpoint and its tokenizer for generation, and getting the model ready: device,
+precision, optional torch.compile."""
 
 from __future__ import annotations
 
 import shutil
+from pathlib import Path
+from typing import Any
 
 import torch
 
+from ..data.tokenizers import Tokenizer, load_tokenizer
 from ..device import weights_dtype
 from ..errors import TransDiffError
+from ..io.checkpoint import Checkpoint, load_checkpoint, newest_run_checkpoint
 from ..model.transdiff import TransDiff
 
 
@@ -43,3 +48,38 @@ def compile_decoder(model: TransDiff, device: torch.device) -> None:
 
     dec.forward_step = forward_step
     dec._compiled_step = True
+
+
+# --------------------------------------------------------------------------- opening a checkpoint
+def open_checkpoint(ckpt: str | Path | None, *, weights: str = "ema", size: str | None = None,
+                    device: torch.device, precision: str = "auto", compile: bool = False) -> Checkpoint:
+    """Load `ckpt` (default: the newest run under runs/) and ready its model for generation."""
+    path = newest_run_checkpoint("runs") if ckpt is None else ckpt
+    ck = load_checkpoint(path, weights=weights, size=size, device="cpu")
+    ck.model = prepare(ck.model, device, precision, compile)
+    return ck
+
+
+def tokenizer_spec(ck: Any, vae: str | None) -> Any:
+    """`--vae` if given, else the tokenizer the checkpoint names (published files name none)."""
+    spec: Any = vae if vae else ck.meta.get("tokenizer")
+    if spec is None:
+        raise TransDiffError(f"{ck.path} does not say which tokenizer it was trained with (published "
+                             "checkpoints do not): pass `vae` kl16:PATH (the KL-16 VAE checkpoint)")
+    return spec
+
+
+def open_tokenizer(ck: Checkpoint, vae: str | None, device: torch.device) -> Tokenizer:
+    """`--vae` if given, else the tokenizer the checkpoint was trained with; its latents must be the
+    model's."""
+    spec = tokenizer_spec(ck, vae)
+    mc = ck.config
+    tok = load_tokenizer(spec, image_size=mc.latent_size, image_channels=mc.latent_channels, device=device)
+    got = getattr(tok, "latent_channels", mc.latent_channels)
+    if got != mc.latent_channels:
+        raise TransDiffError(f"the tokenizer gives {got}-channel latents but the model was trained on "
+                             f"{mc.latent_channels}-channel latents: wrong `vae`?")
+    if getattr(tok, "image_channels", 3) not in (1, 3):
+        raise TransDiffError(f"tokenizer {spec!r} turns these {mc.latent_channels}-channel latents into "
+                             f"{tok.image_channels}-channel arrays, not images: pass `vae` kl16:PATH")
+    return tok

@@ -12,9 +12,8 @@ import torch
 from ..device import resolve_device
 from ..distributed import DistInfo, cleanup, init_distributed
 from ..errors import TransDiffError
-from ..fs import ensure_dir
+from ..fs import FolderLock, ensure_dir
 from .run_dir import RunDir
-from .run_lock import FolderLock
 from .run_plan import RunPlan, plan_run
 from .run_request import RunRequest
 from .trainer import Trainer, TrainResult
