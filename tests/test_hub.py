@@ -78,7 +78,8 @@ def test_fid_reference_through_the_hub_cache(hub_cache, tmp_path):
 @pytest.mark.parametrize("ckpt,needles", [
     (f"hf://{REPO}/transdiff_h/checkpoint-last.pth",
      ["transdiff_h/checkpoint-last.pth", REPO, f"hf download {REPO} transdiff_h/checkpoint-last.pth"]),
-    ("hf://zhendch/Transdiff", ["malformed Hub id"]),
+    ("hf://zhendch/Transdiff", ["hf://zhendch/Transdiff", "not a model folder", "transdiff export"]),  # a repo
+    ("hf://zhendch/Transdiff@", ["malformed Hub folder id"]),
 ])
 def test_missing_or_malformed_is_one_line(hub_cache, tmp_path, ckpt, needles):
     result = runner.invoke(app, ["sample", "--ckpt", ckpt, "--out", str(tmp_path / "o"), "--device", "cpu"])

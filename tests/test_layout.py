@@ -67,9 +67,10 @@ LAYERS = [
     ("data", ["core.data"]),
     ("sampling", ["core.sampling"]),
     ("eval", ["core.eval"]),
+    ("share", ["core.share"]),
     ("training", ["core.training"]),
     ("environment", ["core.environment"]),
-    ("pipeline", ["pipeline", ""]),
+    ("pipeline", ["pipeline", "", "figures"]),
     ("commands", ["commands"]),
     ("cli", ["cli", "__main__"]),
 ]

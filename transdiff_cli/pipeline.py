@@ -28,13 +28,15 @@ from .core.data.tokenizers import Tokenizer
 from .core.device import resolve_device
 from .core.errors import TransDiffError
 from .core.eval.diversity import measure_diversity
-from .core.io.checkpoint import Checkpoint
+from .core.io.checkpoint import Checkpoint, load_checkpoint
+from .core.io.hub import upload_folder
 from .core.model.config import ModelConfig
 from .core.sampling.fuse import fuse
 from .core.sampling.generate import decode_images, open_checkpoint, open_tokenizer
 from .core.sampling.loop import decode, feature_slots, model_device_dtype, sample_latents
 from .core.sampling.seeding import initial_noise, step_generators
 from .core.sampling.settings import SampleSettings, checkpoint_settings
+from .core.share.export import Exported, export_checkpoint
 
 Classes = int | str | Sequence[int | str] | None  # indices or names; None = every class
 
@@ -69,6 +71,11 @@ class DiversityOutput:
         return self.per_class.double().mean().item()
 
 
+def _tokenizer_spec(tokenizer: Tokenizer) -> dict | None:
+    spec = getattr(tokenizer, "spec", None)
+    return spec() if callable(spec) else None
+
+
 class TransDiffPipeline:
     """A loaded checkpoint (model on its device, in its precision) and the tokenizer that turns
     its latents into images."""
@@ -82,13 +89,43 @@ class TransDiffPipeline:
     def from_pretrained(cls, source: str | Path, vae: str | None = None, device: str | None = None,
                         precision: str = "auto", *, weights: str = "ema", compile: bool = False
                         ) -> TransDiffPipeline:
-        """`source`: a run folder (its latest checkpoint), a checkpoint folder or a published `.pth`.
+        """`source`: a run folder (its latest checkpoint), a checkpoint or exported model folder, a
+        published `.pth`, or a Hub file or model folder (`hf://OWNER/REPO/FILE`, `hf://OWNER/REPO[@REV]`).
         `vae`: the tokenizer ("kl16:PATH", ...; default: the one the checkpoint was trained with).
         `device`: default the best available; `precision`: auto (bf16 where it is native: GPUs, CPUs with
         avx512_bf16/AMX; else fp32), fp32, bf16 or fp16 (GPU)."""
         dev = resolve_device(device)
         ck = open_checkpoint(source, weights=weights, device=dev, precision=precision, compile=compile)
         return cls(ck, open_tokenizer(ck, vae, dev))
+
+    # ------------------------------------------------------------------ sharing
+    def save_pretrained(self, save_directory: str | Path, *, with_vae: bool = False, overwrite: bool = False,
+                        license: str | None = None) -> Exported:
+        """Write this model as an exported folder (`transdiff export`): model.safetensors, config.json,
+        README.md and, with `with_vae`, the pipeline's VAE under vae/. The weights are the float32 ones
+        this pipeline was loaded from (re-read when it holds them in another precision)."""
+        ck = self.checkpoint
+        state = None
+        if self.model.class_emb.weight.dtype != torch.float32:
+            state = load_checkpoint(ck.path, weights=ck.meta.get("weights", "ema").replace("model_ema", "ema")
+                                    ).model.state_dict()
+        else:
+            state = {k: v.detach().cpu() for k, v in self.model.state_dict().items()}
+        vae = None if self.tokenizer.kind == "pixels" else self.tokenizer
+        return export_checkpoint(ck, save_directory, with_vae=with_vae, overwrite=overwrite, license=license,
+                                 tokenizer=vae if with_vae else None, state=state,
+                                 vae=_tokenizer_spec(self.tokenizer))
+
+    def push_to_hub(self, repo_id: str, *, with_vae: bool = False, private: bool | None = None,
+                    token: str | None = None, commit_message: str | None = None, license: str | None = None) -> str:
+        """Upload the `save_pretrained` folder to the Hub repo `repo_id` (created if missing) through
+        huggingface_hub; returns the commit URL. Offline it raises, naming the files it would have uploaded."""
+        import tempfile
+
+        with tempfile.TemporaryDirectory(prefix="transdiff-push-") as tmp:
+            folder = Path(tmp) / repo_id.replace("/", "--")
+            self.save_pretrained(folder, with_vae=with_vae, license=license)
+            return upload_folder(folder, repo_id, private=private, token=token, commit_message=commit_message)
 
     @property
     def config(self) -> ModelConfig:

@@ -29,7 +29,7 @@ from ..fs import os_error, write_text_atomic
 from ..model.config import ModelConfig, preset
 from ..model.convert import config_from_published, from_published_keys
 from ..model.transdiff import TransDiff
-from .hub import hub_file, is_hub_id
+from .hub import hub_file, hub_folder, is_hub_folder, is_hub_id, parse_hub_folder
 
 CONFIG = "config.json"
 MODEL = "model.safetensors"
@@ -143,8 +143,15 @@ def recover(checkpoints_dir: Path) -> None:
 # ----------------------------------------------------------------------------- finding
 def resolve(path: str | Path) -> Path:
     """A checkpoint folder or `.pth` file from what the user gave: the file itself, a checkpoint
-    folder, a run folder (its latest checkpoint), a `checkpoints/` folder, or a Hub file
-    (`hf://OWNER/REPO/PATH[@REVISION]`, through the Hugging Face cache)."""
+    folder (an exported model folder is one), a run folder (its latest checkpoint), a `checkpoints/`
+    folder, a Hub file (`hf://OWNER/REPO/PATH[@REVISION]`) or a Hub model folder
+    (`hf://OWNER/REPO[@REVISION]`), both through the Hugging Face cache."""
+    if is_hub_folder(path):
+        p = hub_folder(path)
+        if not (p / CONFIG).is_file() or not (p / MODEL).is_file():
+            raise TransDiffError(f"{parse_hub_folder(path)} is not a model folder ({CONFIG} and {MODEL} expected; "
+                                 "write one with `transdiff export`)")
+        return p
     if is_hub_id(path):
         return hub_file(path)
     p = Path(path)
@@ -276,6 +283,16 @@ def build_model(config: ModelConfig, state: dict[str, torch.Tensor], path: Path 
     return model
 
 
+def _folder_meta(doc: dict[str, Any], folder: Path) -> dict[str, Any]:
+    """A folder's metadata; a tokenizer path relative to the folder (the VAE an exported folder
+    bundles under `vae/`) made absolute, so the folder loads from anywhere."""
+    meta = {k: v for k, v in doc.items() if k != "model"}
+    tok = meta.get("tokenizer")
+    if isinstance(tok, dict) and isinstance(tok.get("path"), str) and tok.get("bundled"):
+        meta["tokenizer"] = {**tok, "path": str((folder / tok["path"]).absolute())}
+    return meta
+
+
 def load_checkpoint(path: str | Path, *, weights: str = "ema", size: str | None = None,
                     heads: int | None = None, device: str | torch.device = "cpu",
                     keep_raw: bool = False) -> Checkpoint:
@@ -294,7 +311,7 @@ def load_checkpoint(path: str | Path, *, weights: str = "ema", size: str | None 
         model = build_model(config, state, p)
         args = ck.get("args")
         meta = {"source": str(p), "epoch": ck.get("epoch"), "tokenizer": None,
-                "published_args": vars(args) if args is not None else {}}
+                "published_args": vars(args) if args is not None else {}, "weights": key}
         raw = from_published_keys(ck["model"]) if keep_raw and "model" in ck else None
         raw_ema = (from_published_keys(ck["model_ema"])
                    if keep_raw and "model_ema" in ck else None)
@@ -309,7 +326,7 @@ def load_checkpoint(path: str | Path, *, weights: str = "ema", size: str | None 
     use_ema = weights == "ema" and (p / EMA).is_file()
     state = _load_safetensors(p / (EMA if use_ema else MODEL))
     model = build_model(config, state, p)
-    meta = {k: v for k, v in doc.items() if k != "model"}
+    meta = {**_folder_meta(doc, p), "weights": "ema" if use_ema else "model"}
     raw = _load_safetensors(p / MODEL) if keep_raw else None
     raw_ema = _load_safetensors(p / EMA) if keep_raw and (p / EMA).is_file() else None
     return Checkpoint(model.to(device), config, meta, p, False, raw, raw_ema)
@@ -366,7 +383,7 @@ def inspect_checkpoint(path: str | Path, *, weights: str = "ema", size: str | No
                 shapes = {k: tuple(v.shape) for k, v in load(f.read_bytes()).items()}
         except (SafetensorError, OSError, ValueError) as e:
             raise TransDiffError(f"cannot read {f}: {e} (file corrupt or truncated?)") from e
-        meta = {k: v for k, v in doc.items() if k != "model"}
+        meta = _folder_meta(doc, p)
         published = False
     _check_size(config, size, p)
     check_fits(config, shapes, p)

@@ -87,8 +87,14 @@ def sample_settings(config: ModelConfig, *, mode: str | None = None, rounds: int
 
 def checkpoint_settings(ck: Any, **options: Any) -> SampleSettings:
     """`sample_settings` for a Checkpoint or CheckpointInfo (anything with `config` and `published`):
-    published files get the authors' evaluation table for their size, never their saved args."""
-    return sample_settings(ck.config, defaults=checkpoint_defaults(ck.config, ck.published), **options)
+    published files get the authors' evaluation table for their size, never their saved args. An
+    exported folder's settings also say where the export took them from ("checkpoint: published table ...")."""
+    defaults = checkpoint_defaults(ck.config, ck.published)
+    exported = ((getattr(ck, "meta", None) or {}).get("evaluation") or {}).get("sources") or {}
+    for name, origin in exported.items():
+        if defaults.sources.get(name) == CHECKPOINT and origin != CHECKPOINT:
+            defaults.sources[name] = f"{CHECKPOINT}: {origin}"
+    return sample_settings(ck.config, defaults=defaults, **options)
 
 
 def _parse_cfg(cfg: str | float | Sequence[float], rounds: int, mode: str) -> list[float]:

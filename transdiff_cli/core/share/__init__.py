@@ -1,0 +1,1 @@
+"""Sharing a model: pickle-free export folders (weights, config, model card)."""
