@@ -14,9 +14,9 @@ import yaml
 from typer.testing import CliRunner
 
 from transdiff_cli.cli import app
-from transdiff_cli.core.model.config import load_yaml_overrides, preset
+from transdiff_cli.core.model.config import preset
+from transdiff_cli.core.training.run_request import merge_train, read_config_file
 from transdiff_cli.core.training.train_config import TrainConfig, train_defaults
-from transdiff_cli.core.training.train_run import _merge_train, _split_yaml
 
 EXAMPLES = Path(__file__).resolve().parents[1] / "examples"
 SIZES = ["tiny", "S", "B", "L", "H"]
@@ -24,11 +24,12 @@ SIZES = ["tiny", "S", "B", "L", "H"]
 
 @pytest.mark.parametrize("size", SIZES)
 def test_config_files_are_the_presets(size):
-    model, train = _split_yaml(load_yaml_overrides(EXAMPLES / "configs" / f"{size}.yaml"))
+    f = read_config_file(EXAMPLES / "configs" / f"{size}.yaml")
+    model, train = f.model, f.train
     assert model.pop("size") == size
     assert preset(size, **model) == preset(size)
     want = TrainConfig.from_dict(train_defaults(size))
-    got = TrainConfig.from_dict(_merge_train(train_defaults(size), train, {}))
+    got = TrainConfig.from_dict(merge_train(train_defaults(size), train))
     assert got == want
 
 

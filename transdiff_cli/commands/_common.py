@@ -12,7 +12,6 @@ from typing import Any
 import click
 import typer
 from rich.console import Console
-from rich.markup import escape
 from rich.progress import (
     BarColumn,
     MofNCompleteColumn,
@@ -28,7 +27,8 @@ from ..core.errors import TransDiffError
 from ..core.fs import cause
 from ..core.reporting import Reporter, Update
 
-console = Console(stderr=True)
+# markup off: user text (class names, paths) prints literally; colour is given with `style`
+console = Console(stderr=True, markup=False)
 
 _PARAM = re.compile(r"`([a-z][a-z0-9_]*)`")
 
@@ -54,7 +54,7 @@ def cli_words(text: str) -> str:
 
 
 def warn(text: str) -> None:
-    console.print(f"[yellow]warning:[/] {escape(cli_words(text))}")
+    console.print(Text.assemble(("warning:", "yellow"), " ", cli_words(text)))
 
 
 def _show_warning(message: Warning | str, category: type[Warning], *args: Any, **kwargs: Any) -> None:
@@ -129,7 +129,8 @@ class RichReporter(Reporter):
     def progress(self, description: str, total: int, completed: int = 0, unit: str = "",
                  fields: dict[str, Any] | None = None) -> Iterator[Update]:
         fields = dict(fields or {})
-        columns: list[Any] = [TextColumn("[bold]{task.description}"), BarColumn(), MofNCompleteColumn()]
+        columns: list[Any] = [TextColumn("{task.description}", style="bold", markup=False), BarColumn(),
+                              MofNCompleteColumn()]
         columns += [TextColumn(FIELD_FORMATS.get(k, f"{k} {{task.fields[{k}]}}")) for k in fields if k != "ips"]
         if "ips" in fields:  # a rate the caller measures itself (images per second over its log window)
             columns.append(TextColumn("{task.fields[ips]:.0f} " + (unit or "/s")))

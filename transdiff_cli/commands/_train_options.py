@@ -2,11 +2,16 @@
 
 from __future__ import annotations
 
+import functools
+import inspect
+import typing
+from collections.abc import Callable
 from typing import Annotated, Any
 
 import typer
 
 from ..core.distributed import check_gpus, relaunch_with_torchrun, under_torchrun
+from ..core.schema import MODEL_SCHEMA, TRAIN_SCHEMA
 from ..core.training.train_run import RunRequest
 from ._common import RichReporter
 
@@ -68,20 +73,53 @@ def maybe_relaunch(gpus: int, nnodes: int, node_rank: int, master_addr: str, mas
     raise typer.Exit(relaunch_with_torchrun(gpus, nnodes, node_rank, master_addr, master_port))
 
 
-TRAIN_KEYS = ("data", "vae", "image_size", "batch_size", "grad_accum", "lr", "base_lr", "schedule",
-              "warmup_steps", "warmup_epochs", "max_steps", "epochs", "ema_rate", "precision", "seed", "ckpt_every",
-              "log_every", "num_workers", "eval_every", "eval_images", "eval_ref", "eval_features",
-              "eval_inception_weights")
+# The options of both commands, declared once: (parameter, annotation, default). A parameter named
+# like a training or model key is that key (`--lr` sets `lr`); unset options stay None so that the
+# preset and the YAML file decide (core/training/run_plan.py has the precedence).
+SHARED: list[tuple[str, Any, Any]] = [
+    ("config", Config, None), ("data", Data, None), ("vae", Vae, None), ("image_size", ImageSize, None),
+    ("batch_size", BatchSize, None), ("grad_accum", GradAccum, None), ("lr", Lr, None),
+    ("base_lr", BaseLr, None), ("schedule", Schedule, None), ("warmup_steps", Warmup, None),
+    ("warmup_epochs", WarmupEpochs, None), ("max_steps", MaxSteps, None), ("epochs", Epochs, None),
+    ("ema_rate", EmaRate, None), ("precision", Precision, None), ("seed", Seed, None),
+    ("ckpt_every", CkptEvery, None), ("log_every", LogEvery, None), ("num_workers", Workers, None),
+    ("grad_checkpointing", GradCkpt, False), ("run_dir", RunDirOpt, None), ("name", Name, None),
+    ("resume", Resume, None), ("device", Device, None), ("gpus", Gpus, 1), ("nnodes", Nnodes, 1),
+    ("node_rank", NodeRank, 0), ("master_addr", MasterAddr, "127.0.0.1"), ("master_port", MasterPort, 29500),
+    ("no_progress", NoProgress, False), ("eval_every", EvalEvery, None), ("eval_images", EvalImages, None),
+    ("eval_ref", EvalRef, None), ("eval_features", EvalFeatures, None),
+    ("eval_inception_weights", EvalInception, None), ("tensorboard", Tensorboard, False),
+]
+
+
+def with_train_options(fn: Callable[..., Any]) -> Callable[..., Any]:
+    """Give a command (declared with `**options`) the shared options after its own: typer reads
+    the combined signature, the command receives the shared ones in `options`."""
+    sig = inspect.signature(fn)
+    hints = typing.get_type_hints(fn, include_extras=True)  # the command module's string annotations
+    own = [p.replace(annotation=hints.get(p.name, p.annotation)) for p in sig.parameters.values()
+           if p.kind is not inspect.Parameter.VAR_KEYWORD]
+    shared = [inspect.Parameter(name, inspect.Parameter.KEYWORD_ONLY, annotation=ann, default=default)
+              for name, ann, default in SHARED]
+
+    @functools.wraps(fn)
+    def command(**kwargs: Any) -> Any:
+        return fn(**kwargs)
+
+    command.__signature__ = sig.replace(parameters=[
+        p.replace(kind=inspect.Parameter.KEYWORD_ONLY) for p in own] + shared)  # type: ignore[attr-defined]
+    command.__annotations__ = {**hints, **{name: ann for name, ann, _ in SHARED}}
+    return command
 
 
 def run_request(options: dict[str, Any], **fields: Any) -> RunRequest:
-    """The command's options (its `locals()`) sorted into a RunRequest; unset options stay None so
-    that the size preset and the YAML file decide."""
+    """The shared options sorted into a RunRequest: training keys by their names, the rest by
+    hand. `fields`: the command's own (size, init_from, finetune_from, ...)."""
     o = options
+    maybe_relaunch(o["gpus"], o["nnodes"], o["node_rank"], o["master_addr"], o["master_port"], o["device"])
+    train = {k: v for k, v in o.items() if k in TRAIN_SCHEMA and v is not None and v is not False}
+    model = {k: v for k, v in o.items() if k in MODEL_SCHEMA and v is not None and v is not False}
     return RunRequest(
         config_file=o["config"], run_dir=o["run_dir"], name=o["name"], device=o["device"],
         resume=o["resume"], progress=not o["no_progress"], reporter=RichReporter(),
-        model_overrides={"grad_checkpointing": o["grad_checkpointing"] or None,
-                         "mrar_steps": o.get("mrar_steps")},
-        train_overrides={**{k: o[k] for k in TRAIN_KEYS if o[k] is not None},
-                         **({"tensorboard": True} if o["tensorboard"] else {})}, **fields)
+        model_overrides=model, train_overrides=train, **fields)

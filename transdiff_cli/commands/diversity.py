@@ -105,6 +105,6 @@ def register(app: typer.Typer) -> None:
         table.add_row("all", "mean", f"{doc['mean']:.4f}", *(f"{r['mean']:.4f}" for r in rounds), style="bold")
         from rich.console import Console
 
-        Console().print(table)
+        Console(markup=False).print(table)
         if out is not None:
             console.print(f"wrote {out}")

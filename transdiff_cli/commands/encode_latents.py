@@ -5,7 +5,6 @@ from __future__ import annotations
 from pathlib import Path
 
 import typer
-from rich.markup import escape
 
 from ..core.data.latents import encode_latents as encode
 from ..core.data.latents import read_manifest
@@ -60,9 +59,9 @@ def register(app: typer.Typer) -> None:
         console.print(f"encoded {m['num_encoded']} image(s) (+ flips) of {len(m['class_names'])} classes into "
                       f"{m['num_shards']} shard(s) in {folder}/: latents {c}x{h}x{w}, scale {m['scale_factor']}")
         if m["skipped"]:
-            console.print(f"[yellow]skipped {m['num_skipped']} unreadable image(s)[/] "
-                          f"(listed in {folder}/manifest.json):")
+            console.print(f"skipped {m['num_skipped']} unreadable image(s) (listed in {folder}/manifest.json):",
+                          style="yellow")
             for s in m["skipped"][:10]:
-                console.print(f"  {escape(str(s['file']))}: {escape(str(s['reason']))}")
+                console.print(f"  {s['file']}: {s['reason']}")
             if m["num_skipped"] > 10:
                 console.print(f"  ... and {m['num_skipped'] - 10} more")

@@ -167,7 +167,7 @@ def register(app: typer.Typer) -> None:
             for point in sweep_points(axes):
                 folder = out / point_name(point)
                 if info.is_main:
-                    console.print(f"[bold]{point_name(point)}[/]")
+                    console.print(point_name(point), style="bold")
                 path = job.run(folder / "generated.npz", sampler=sampler, **{**base, **point})
                 if info.is_main:
                     m = {**metrics_of(path), "settings": job.last_settings}
@@ -219,8 +219,8 @@ class _Generation:
                              batch_size=self.batch_size, info=self.info, on_batch=lambda n: bar.advance(task, n))
             except KeyboardInterrupt:
                 if self.info.is_main:
-                    console.print(f"[yellow]finished shards are kept in {parts_dir(path)}: run the same "
-                                  "command again to continue[/yellow]")
+                    console.print(f"finished shards are kept in {parts_dir(path)}: run the same "
+                                  "command again to continue", style="yellow")
                 raise
         if self.info.is_main:
             console.print(f"wrote {path}")
@@ -264,4 +264,4 @@ def _print(metrics: dict) -> None:
             table.add_row(key, f"{value:.4f}")
         elif isinstance(value, int):
             table.add_row(key, str(value))
-    Console().print(table)
+    Console(markup=False).print(table)

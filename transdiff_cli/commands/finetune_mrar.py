@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from typing import Annotated
+from typing import Annotated, Any
 
 import typer
 
@@ -27,28 +27,17 @@ Example:
 def register(app: typer.Typer) -> None:
     @app.command("finetune-mrar", help=HELP)
     @user_errors
+    @o.with_train_options
     def finetune_mrar(
         from_: Annotated[str, typer.Option("--from", help="1-step checkpoint (folder, run or .pth)")],
         mrar_steps: Annotated[int | None, typer.Option("--mrar-steps", help="K (default 4)")] = None,
         groups: Annotated[str | None, typer.Option(
             "--groups", help='fixed groups: JSON lines {"cate": CLASS, "files": [K names]} (default: random)')] = None,
-        config: o.Config = None, data: o.Data = None, vae: o.Vae = None,
-        image_size: o.ImageSize = None, batch_size: o.BatchSize = None,
-        grad_accum: o.GradAccum = None, lr: o.Lr = None, base_lr: o.BaseLr = None,
-        schedule: o.Schedule = None, warmup_steps: o.Warmup = None,
-        warmup_epochs: o.WarmupEpochs = None, max_steps: o.MaxSteps = None,
-        epochs: o.Epochs = None, ema_rate: o.EmaRate = None, precision: o.Precision = None,
-        seed: o.Seed = None, ckpt_every: o.CkptEvery = None, log_every: o.LogEvery = None,
-        num_workers: o.Workers = None, grad_checkpointing: o.GradCkpt = False,
-        run_dir: o.RunDirOpt = None, name: o.Name = None, resume: o.Resume = None,
-        device: o.Device = None, gpus: o.Gpus = 1, nnodes: o.Nnodes = 1, node_rank: o.NodeRank = 0,
-        master_addr: o.MasterAddr = "127.0.0.1", master_port: o.MasterPort = 29500,
-        no_progress: o.NoProgress = False, eval_every: o.EvalEvery = None, eval_images: o.EvalImages = None,
-        eval_ref: o.EvalRef = None, eval_features: o.EvalFeatures = None,
-        eval_inception_weights: o.EvalInception = None, tensorboard: o.Tensorboard = False,
+        **options: Any,
     ) -> None:
-        o.maybe_relaunch(gpus, nnodes, node_rank, master_addr, master_port, device)
-        req = o.run_request(locals(), finetune_from=from_)
+        req = o.run_request(options, finetune_from=from_)
+        if mrar_steps is not None:
+            req.model_overrides["mrar_steps"] = mrar_steps
         if groups is not None:
             req.train_overrides["groups"] = groups
         report(run_training(req))

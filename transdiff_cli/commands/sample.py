@@ -5,7 +5,6 @@ from __future__ import annotations
 from pathlib import Path
 
 import typer
-from rich.markup import escape
 from rich.progress import (
     BarColumn,
     MofNCompleteColumn,
@@ -88,7 +87,7 @@ class _Rate(ProgressColumn):
 
 def progress_bar() -> Progress:
     """Advances after every batch, with the elapsed time and the rate so far."""
-    return Progress(TextColumn("[bold]{task.description}"), BarColumn(), MofNCompleteColumn(),
+    return Progress(TextColumn("{task.description}", style="bold", markup=False), BarColumn(), MofNCompleteColumn(),
                     TaskProgressColumn(), _Rate(), TimeElapsedColumn(), TimeRemainingColumn(),
                     console=console, transient=True)
 
@@ -167,7 +166,7 @@ def register(app: typer.Typer) -> None:
             check_sample_shards(out, npz, identity)
         check_batch_fits(ck.model, tokenizer, min(batch_size, len(labels)), settings)
         print_settings(settings)
-        names = ", ".join(f"{y} ({escape(class_label(y, mc.num_classes, ck.class_names))})" for y in picked[:8])
+        names = ", ".join(f"{y} ({class_label(y, mc.num_classes, ck.class_names)})" for y in picked[:8])
         console.print(f"sampling {len(labels)} image(s) of {names}{' ...' if len(picked) > 8 else ''}: "
                       f"{settings.mode}, cfg {settings.cfg}, {settings.sampling_steps} {settings.sampler} steps, "
                       f"scales {settings.scale_0}/{settings.scale_1}, seed {seed}")
@@ -189,14 +188,14 @@ def register(app: typer.Typer) -> None:
                     written = generate_folder_and_npz(ck.model, tokenizer, labels, settings, out, npz, identity,
                                                       on_batch=advance, on_write=on_write, **options)
                 except KeyboardInterrupt:
-                    console.print(f"[yellow]finished shards are kept in {sample_parts_dir(out, npz)}: run the "
-                                  "same command again to continue[/yellow]")
+                    console.print(f"finished shards are kept in {sample_parts_dir(out, npz)}: run the "
+                                  "same command again to continue", style="yellow")
                     raise
         if written.done:
-            console.print(f"nothing to do: {escape(str(written.out))}/ and {written.npz} already hold this run's "
+            console.print(f"nothing to do: {written.out}/ and {written.npz} already hold this run's "
                           f"{len(written.pngs)} image(s)")
             return
-        console.print(f"wrote {len(written.pngs)} PNG(s) to {escape(str(written.out))}/, grid {written.grid}")
+        console.print(f"wrote {len(written.pngs)} PNG(s) to {written.out}/, grid {written.grid}")
         if written.strips:
             console.print(f"wrote {len(written.strips)} step strip(s) to {written.out / 'steps'}/")
         if written.npz:

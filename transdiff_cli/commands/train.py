@@ -3,9 +3,10 @@
 from __future__ import annotations
 
 import json
-from typing import Annotated
+from typing import Annotated, Any
 
 import typer
+from rich.text import Text
 
 from ..core.training.train_run import run_training
 from ..core.training.trainer import TrainResult
@@ -29,31 +30,18 @@ Example:
 def register(app: typer.Typer) -> None:
     @app.command("train", help=HELP)
     @user_errors
+    @o.with_train_options
     def train(
         size: Annotated[str | None, typer.Option("--size", help="tiny | S | B | L | H")] = None,
-        config: o.Config = None, data: o.Data = None, vae: o.Vae = None,
-        image_size: o.ImageSize = None, batch_size: o.BatchSize = None,
-        grad_accum: o.GradAccum = None, lr: o.Lr = None, base_lr: o.BaseLr = None,
-        schedule: o.Schedule = None, warmup_steps: o.Warmup = None,
-        warmup_epochs: o.WarmupEpochs = None, max_steps: o.MaxSteps = None,
-        epochs: o.Epochs = None, ema_rate: o.EmaRate = None, precision: o.Precision = None,
-        seed: o.Seed = None, ckpt_every: o.CkptEvery = None, log_every: o.LogEvery = None,
-        num_workers: o.Workers = None, grad_checkpointing: o.GradCkpt = False,
-        run_dir: o.RunDirOpt = None, name: o.Name = None, resume: o.Resume = None,
-        device: o.Device = None, gpus: o.Gpus = 1, nnodes: o.Nnodes = 1, node_rank: o.NodeRank = 0,
-        master_addr: o.MasterAddr = "127.0.0.1", master_port: o.MasterPort = 29500,
-        no_progress: o.NoProgress = False, eval_every: o.EvalEvery = None, eval_images: o.EvalImages = None,
-        eval_ref: o.EvalRef = None, eval_features: o.EvalFeatures = None,
-        eval_inception_weights: o.EvalInception = None, tensorboard: o.Tensorboard = False,
         init_from: Annotated[str | None, typer.Option(
             "--init-from", help="start from this checkpoint (folder, run or .pth), at the data's "
             "resolution: the decoder position embedding is resized to the new token grid")] = None,
         only_train_diff: Annotated[bool, typer.Option(
             "--only-train-diff", help="with --init-from: train only the diffusion decoder "
             "(encoder, class and condition embeddings frozen), the paper's 512 recipe")] = False,
+        **options: Any,
     ) -> None:
-        o.maybe_relaunch(gpus, nnodes, node_rank, master_addr, master_port, device)
-        req = o.run_request(locals(), size=size, init_from=init_from)
+        req = o.run_request(options, size=size, init_from=init_from)
         if only_train_diff:
             req.train_overrides["only_train_diff"] = True
         report(run_training(req))
@@ -67,11 +55,11 @@ def report(result: TrainResult) -> None:
             raise typer.Exit(130)
         return
     if result.stopped_early:
-        console.print(f"[yellow]stopped by {s['stopped_by']} at step {s['step']}; checkpoint saved "
-                      f"to {s['checkpoint']} — run the same command again to resume[/yellow]")
+        console.print(f"stopped by {s['stopped_by']} at step {s['step']}; checkpoint saved "
+                      f"to {s['checkpoint']} — run the same command again to resume", style="yellow")
     else:
-        console.print(f"[green]done[/green]: {s['step']} steps in {s['seconds']} s "
-                      f"({s['images_per_s']} images/s)")
+        console.print(Text.assemble(("done", "green"), f": {s['step']} steps in {s['seconds']} s "
+                                              f"({s['images_per_s']} images/s)"))
     console.print(f"checkpoint: {s['checkpoint']}\nsamples:    {s['grid']}")
     typer.echo(json.dumps(s))
     if result.stopped_early:

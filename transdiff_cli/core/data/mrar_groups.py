@@ -32,9 +32,13 @@ def read_groups(path: str | Path, group_size: int) -> list[Group]:
     """Parse the JSON-lines file; every group must hold `group_size` files."""
     p = Path(path)
     try:
-        text = p.read_text()
+        text = p.read_bytes().decode("utf-8")
     except OSError as e:
         raise TransDiffError(f"`groups` {p}: cannot read the file ({e.strerror or e})") from None
+    except UnicodeDecodeError as e:
+        line = p.read_bytes()[:e.start].count(b"\n") + 1
+        raise TransDiffError(f"`groups` {p} line {line}: not text (UTF-8 JSON lines expected; byte "
+                             f"{e.object[e.start]:#04x} at offset {e.start})") from None
     groups = []
     for n, line in enumerate(text.splitlines(), 1):
         if not line.strip():

@@ -10,6 +10,7 @@ from pathlib import Path
 from typing import Any
 
 from ..errors import TransDiffError
+from ..plot_text import drawable
 
 AXES = {"cfg": float, "scale_0": float, "scale_1": float, "sampling_steps": int}
 IS_KEY = "inception_score_mean"
@@ -86,8 +87,8 @@ def plot_sweep(path: Path, names: list[str], rows: list[dict[str, Any]], fid_key
         for g in groups:
             pts = sorted((r[x_axis], r[key]) for r in rows if g is None or r[names[1]] == g)
             ax.plot([p[0] for p in pts], [p[1] for p in pts], marker="o",
-                    label=None if g is None else f"{names[1]}={g}")
-        ax.set_xlabel(x_axis)
+                    label=None if g is None else drawable(f"{names[1]}={g}"))
+        ax.set_xlabel(drawable(x_axis))
         ax.set_ylabel(label)
         ax.grid(alpha=0.3)
         if len(groups) > 1:

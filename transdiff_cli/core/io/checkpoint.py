@@ -22,7 +22,7 @@ from typing import Any
 
 import torch
 from safetensors import SafetensorError, safe_open
-from safetensors.torch import load_file, save_file
+from safetensors.torch import load, load_file, save_file
 
 from ..errors import TransDiffError
 from ..fs import os_error, write_text_atomic
@@ -195,8 +195,18 @@ def newest_run_checkpoint(runs: str | Path = "runs") -> Path:
 
 
 # ----------------------------------------------------------------------------- loading
+def _utf8(path: Path) -> bool:
+    try:
+        str(path).encode("utf-8")
+        return True
+    except UnicodeEncodeError:  # a file name with undecodable bytes (surrogates in Python)
+        return False
+
+
 def _load_safetensors(path: Path) -> dict[str, torch.Tensor]:
     try:
+        if not _utf8(path):  # safetensors opens UTF-8 paths only; read the bytes ourselves
+            return load(path.read_bytes())
         return load_file(str(path))
     except (SafetensorError, OSError, ValueError) as e:
         raise TransDiffError(f"cannot read {path}: {e} (file corrupt or truncated?)") from e
@@ -309,7 +319,7 @@ def load_checkpoint(path: str | Path, *, weights: str = "ema", size: str | None 
 
     try:
         doc = json.loads((p / CONFIG).read_text())
-        config = ModelConfig.from_dict(doc["model"])
+        config = ModelConfig.from_dict(doc["model"], where=str(p / CONFIG))
     except (json.JSONDecodeError, KeyError, TypeError) as e:
         raise TransDiffError(f"{p / CONFIG} is not a valid checkpoint config: {e}") from e
     _check_size(config, size, p)
@@ -361,13 +371,16 @@ def inspect_checkpoint(path: str | Path, *, weights: str = "ema", size: str | No
     else:
         try:
             doc = json.loads((p / CONFIG).read_text())
-            config = ModelConfig.from_dict(doc["model"])
+            config = ModelConfig.from_dict(doc["model"], where=str(p / CONFIG))
         except (json.JSONDecodeError, KeyError, TypeError) as e:
             raise TransDiffError(f"{p / CONFIG} is not a valid checkpoint config: {e}") from e
         f = p / (EMA if weights == "ema" and (p / EMA).is_file() else MODEL)
         try:
-            with safe_open(str(f), "pt") as st:
-                shapes = {k: tuple(st.get_slice(k).get_shape()) for k in st.keys()}
+            if _utf8(f):
+                with safe_open(str(f), "pt") as st:
+                    shapes = {k: tuple(st.get_slice(k).get_shape()) for k in st.keys()}
+            else:
+                shapes = {k: tuple(v.shape) for k, v in load(f.read_bytes()).items()}
         except (SafetensorError, OSError, ValueError) as e:
             raise TransDiffError(f"cannot read {f}: {e} (file corrupt or truncated?)") from e
         meta = _folder_meta(doc, p)

@@ -6,14 +6,17 @@ buffer length) follows the data, so the same preset works for ImageNet latents a
 
 from __future__ import annotations
 
+import contextvars
 import dataclasses
 from dataclasses import dataclass, field
-from pathlib import Path
 from typing import Any
 
-import yaml
-
 from ..errors import TransDiffError
+from ..schema import MODEL_SCHEMA, Sources, check_config, check_keys, fail, named
+
+# where each key of the config being built came from (set by from_dict, read by validate), so a
+# relation between keys names their origins as the per-key checks do
+_SOURCES: contextvars.ContextVar[Sources | None] = contextvars.ContextVar("model_sources", default=None)
 
 
 @dataclass
@@ -49,6 +52,10 @@ class ModelConfig:
     mrar_cfg: list[float] = field(default_factory=list)  # per MRAR step; empty -> cfg everywhere
 
     def __post_init__(self) -> None:
+        # types and ranges first (also for direct construction), so no relation divides by zero
+        fields = {f.name: getattr(self, f.name) for f in dataclasses.fields(self)}
+        for key, value in check_config(fields, MODEL_SCHEMA, "model", _SOURCES.get()).items():
+            setattr(self, key, value)
         if self.patch_size is None:
             self.patch_size = auto_patch_size(self.latent_channels, self.latent_size)
         if self.ref_patch_size is None:
@@ -60,20 +67,20 @@ class ModelConfig:
         self.validate()
 
     def validate(self) -> None:
-        if self.width % self.heads or self.decoder_width % self.heads:
-            raise TransDiffError(f"width {self.width} is not divisible by heads {self.heads}")
-        for p, what in ((self.patch_size, "patch_size"), (self.ref_patch_size, "ref_patch_size")):
-            if p < 1 or self.latent_size % p:
-                raise TransDiffError(
-                    f"{what} {p} does not divide the latent size {self.latent_size} "
-                    f"(latents are {self.latent_channels}x{self.latent_size}x{self.latent_size})"
-                )
-        if self.condition_slots is not None:
-            if self.mrar:
-                raise TransDiffError("condition_slots applies to 1-step models; an MRAR model's "
-                                     "slots follow its reference patches (mrar_steps x ref_tokens)")
-            if self.condition_slots < 1:
-                raise TransDiffError(f"condition_slots must be positive, not {self.condition_slots}")
+        """Relations between keys (each key's own range is in schema.MODEL_SCHEMA)."""
+        src = _SOURCES.get()
+        for key in ("width", "decoder_width"):
+            if getattr(self, key) % self.heads:
+                raise fail("heads", self.heads, src,
+                           f"must divide {named(key, getattr(self, key), src)}")
+        for key in ("patch_size", "ref_patch_size"):
+            p = getattr(self, key)
+            if self.latent_size % p:
+                raise fail(key, p, src, f"does not divide the latent size {self.latent_size} "
+                           f"(latents are {self.latent_channels}x{self.latent_size}x{self.latent_size})")
+        if self.condition_slots is not None and self.mrar:
+            raise TransDiffError("condition_slots applies to 1-step models; an MRAR model's "
+                                 "slots follow its reference patches (mrar_steps x ref_tokens)")
 
     # token geometry -------------------------------------------------------------------------
     @property
@@ -112,19 +119,15 @@ class ModelConfig:
         return dataclasses.asdict(self)
 
     @classmethod
-    def from_dict(cls, d: dict[str, Any]) -> ModelConfig:
-        return build_dataclass(cls, d, "model")
-
-
-def build_dataclass(cls: Any, d: dict[str, Any], what: str) -> Any:
-    """cls(**d), with a one-line error naming keys a config file got wrong."""
-    unknown = sorted(set(d) - {f.name for f in dataclasses.fields(cls)})
-    if unknown:
-        raise TransDiffError(f"unknown {what} config keys: {', '.join(unknown)}")
-    try:
-        return cls(**d)
-    except TypeError as e:
-        raise TransDiffError(f"bad {what} config: {e}") from e
+    def from_dict(cls, d: Any, sources: Sources | None = None, where: str | None = None) -> ModelConfig:
+        """Checked against the schema (key by key, then the relations); `sources` says where each
+        key came from, `where` names a file all of them came from."""
+        check_keys(d, MODEL_SCHEMA, "model", sources, where)  # each value: in __post_init__
+        token = _SOURCES.set({**{k: where for k in d}, **(sources or {})} if where else sources)
+        try:
+            return cls(**d)
+        finally:
+            _SOURCES.reset(token)
 
 
 def auto_patch_size(channels: int, size: int) -> int:
@@ -159,8 +162,9 @@ IMAGENET_GEOMETRY = dict(latent_channels=16, latent_size=16, patch_size=1, buffe
                          num_classes=1000)
 
 
-def preset(size: str, **overrides: Any) -> ModelConfig:
-    """The named size with data geometry and user overrides applied."""
+def preset(size: str, sources: Sources | None = None, **overrides: Any) -> ModelConfig:
+    """The named size with data geometry and user overrides applied (`sources`: where each
+    override came from, for messages)."""
     key = {k.lower(): k for k in PRESETS}.get(size.lower())
     if key is None:
         raise TransDiffError(f"unknown size {size!r}; choose one of {', '.join(PRESETS)}")
@@ -168,20 +172,4 @@ def preset(size: str, **overrides: Any) -> ModelConfig:
     if overrides.get("mrar") and key in MRAR_SAMPLING:
         values.update(MRAR_SAMPLING[key])
     values.update({k: v for k, v in overrides.items() if v is not None})
-    return ModelConfig.from_dict(values)
-
-
-def load_yaml_overrides(path: str | Path | None) -> dict[str, Any]:
-    """Read a YAML config file; its `model:` section (or the whole file) overrides the preset."""
-    if path is None:
-        return {}
-    p = Path(path)
-    if not p.is_file():
-        raise TransDiffError(f"config file not found: {p}")
-    try:
-        data = yaml.safe_load(p.read_text()) or {}
-    except yaml.YAMLError as e:
-        raise TransDiffError(f"config file {p} is not valid YAML: {str(e).splitlines()[0]}") from e
-    if not isinstance(data, dict):
-        raise TransDiffError(f"config file {p} must hold a mapping")
-    return data
+    return ModelConfig.from_dict(values, sources)

@@ -16,6 +16,7 @@ import torch
 from ..errors import TransDiffError
 from ..model.config import ModelConfig
 from ..model.transdiff import TransDiff
+from ..plot_text import drawable
 from .loop import decode, model_device_dtype
 from .seeding import image_seed, initial_noise
 from .settings import SampleSettings
@@ -101,7 +102,7 @@ def save_figure(images: torch.Tensor, titles: list[str], path: str | Path) -> Pa
         gray = arr.shape[-1] == 1
         ax.imshow(arr[..., 0] if gray else arr, cmap="gray" if gray else None, vmin=0, vmax=255,
                   interpolation="nearest")
-        ax.set_title(title, fontsize=10)
+        ax.set_title(drawable(title), fontsize=10)
         ax.axis("off")
     fig.tight_layout()
     path = Path(path)

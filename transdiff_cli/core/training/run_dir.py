@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import warnings
 from pathlib import Path
 from typing import Any
 
@@ -10,6 +11,7 @@ import yaml
 
 from ..errors import TransDiffError
 from ..fs import atomic_write, write_text_atomic
+from ..plot_text import drawable
 
 
 class RunDir:
@@ -31,13 +33,14 @@ class RunDir:
     def write_config(self, doc: dict[str, Any]) -> None:
         write_text_atomic(self.config, yaml.safe_dump(doc, sort_keys=False))
 
-    def check_config(self, doc: dict[str, Any], keys: tuple[str, ...] = ("model",)) -> None:
-        """A run folder belongs to one model: refuse to resume it with a different one."""
+    def _read_config(self) -> dict[str, Any]:
+        """config.yaml as a mapping ({} when absent), checked on read: one line naming the file
+        and the field that is wrong."""
         if not self.config.is_file():
-            return
+            return {}
         try:
             old = yaml.safe_load(self.config.read_text()) or {}
-        except yaml.YAMLError as e:
+        except (yaml.YAMLError, UnicodeDecodeError) as e:
             where = getattr(e, "problem_mark", None)
             at = f" (line {where.line + 1})" if where is not None else ""
             raise TransDiffError(f"{self.config} is not a valid run config{at}: "
@@ -45,6 +48,18 @@ class RunDir:
         if not isinstance(old, dict):
             raise TransDiffError(f"{self.config} is not a valid run config (not a mapping); "
                                  "fix or delete it")
+        for key in ("model", "train"):
+            if not isinstance(old.get(key, {}), dict):
+                raise TransDiffError(f"{self.config}: field `{key}` must be a mapping, not a "
+                                     f"{type(old[key]).__name__}; fix or delete it")
+        if not isinstance(old.get("parent"), (str, type(None))):
+            raise TransDiffError(f"{self.config}: field `parent` must be a path, not a "
+                                 f"{type(old['parent']).__name__}; fix or delete it")
+        return old
+
+    def check_config(self, doc: dict[str, Any], keys: tuple[str, ...] = ("model",)) -> None:
+        """A run folder belongs to one model: refuse to resume it with a different one."""
+        old = self._read_config()
         for key in keys:
             if old.get(key) != doc.get(key):
                 diff = sorted(k for k in set(old.get(key, {})) | set(doc.get(key, {}))
@@ -53,24 +68,43 @@ class RunDir:
                     f"run folder {self.root} holds a run with a different {key} config "
                     f"({', '.join(diff[:4])} differ); pass another `run_dir` (or `name`)")
 
+    def check_parent(self, parent: str | None) -> None:
+        """A run folder continues the run it holds: refuse one started from another checkpoint
+        (`init_from`, finetune-mrar's source) rather than relabel it."""
+        old = self._read_config().get("parent")
+        if _same_path(old, parent):
+            return
+        was = f"from {old}" if old else "without a parent checkpoint"
+        now = f"from {parent}" if parent else "without one"
+        raise TransDiffError(f"run folder {self.root} holds a run started {was}, but this run starts "
+                             f"{now}; pass another `run_dir` (or `name`)")
+
     def append_metrics(self, rows: list[dict[str, Any]]) -> None:
         with self.metrics.open("a") as f:
             for row in rows:
                 f.write(json.dumps(row) + "\n")
 
     def _lines(self) -> list[tuple[str, dict[str, Any]]]:
-        """Each complete row with its text; a torn line (a crash or a full disk mid-write) is
-        skipped."""
+        """Each complete row with its text. A torn line (a crash or a full disk mid-write) is
+        skipped; a row of another shape (not an object, its `step` not a whole number) is skipped
+        with a warning."""
         if not self.metrics.is_file():
             return []
-        rows = []
-        for line in self.metrics.read_text(errors="replace").splitlines():
+        rows, foreign = [], []
+        for n, line in enumerate(self.metrics.read_text(errors="replace").splitlines(), 1):
             try:
                 row = json.loads(line)
             except ValueError:
                 continue
-            if isinstance(row, dict):
+            step = row.get("step") if isinstance(row, dict) else None
+            if isinstance(step, int) and not isinstance(step, bool) and step >= 0:
                 rows.append((line, row))
+            elif line.strip():
+                foreign.append(n)
+        if foreign:
+            warnings.warn(f"{self.metrics}: dropped {len(foreign)} row(s) without a whole-number `step` "
+                          f"(line {', '.join(map(str, foreign[:5]))}{' ...' if len(foreign) > 5 else ''})",
+                          stacklevel=2)
         return rows
 
     def truncate_metrics(self, step: int) -> None:
@@ -85,7 +119,7 @@ class RunDir:
         return [row for _, row in self._lines()]
 
     def plot_loss(self) -> Path | None:
-        rows = [r for r in self.read_metrics() if "loss" in r]
+        rows = [r for r in self.read_metrics() if _is_number(r.get("loss"))]
         if not rows:
             return None
         import matplotlib
@@ -104,7 +138,7 @@ class RunDir:
             ax.plot(steps, smooth, lw=2, label=f"moving average ({w})")
         ax.set_xlabel("step")
         ax.set_ylabel("flow-matching loss")
-        ax.set_title(self.root.name)
+        ax.set_title(drawable(self.root.name))
         ax.grid(alpha=0.3)
         ax.legend()
         fig.tight_layout()
@@ -112,3 +146,13 @@ class RunDir:
             fig.savefig(tmp)
         plt.close(fig)
         return self.loss_plot
+
+
+def _same_path(a: str | None, b: str | None) -> bool:
+    if a is None or b is None:
+        return a == b
+    return a == b or Path(a).resolve() == Path(b).resolve()
+
+
+def _is_number(v: object) -> bool:
+    return isinstance(v, (int, float)) and not isinstance(v, bool)

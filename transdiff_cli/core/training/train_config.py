@@ -8,8 +8,7 @@ from dataclasses import dataclass
 from typing import Any
 
 from ..errors import TransDiffError
-from ..model.config import build_dataclass
-from ..validate import check_seed
+from ..schema import FLAG, TRAIN_SCHEMA, Sources, check_config, fail, named
 
 
 @dataclass
@@ -62,44 +61,54 @@ class TrainConfig:
             return round(self.warmup_epochs * steps_per_epoch)
         return self.warmup_steps or 0
 
+    def __post_init__(self) -> None:
+        # where each key the user set came from (for messages); not part of the configuration
+        self._sources: dict[str, str] = {}
+        fields = {f.name: getattr(self, f.name) for f in dataclasses.fields(self)}
+        for key, value in check_config(fields, TRAIN_SCHEMA, "training").items():
+            setattr(self, key, value)
+
     def to_dict(self) -> dict[str, Any]:
         return dataclasses.asdict(self)
 
     @classmethod
-    def from_dict(cls, d: dict[str, Any]) -> TrainConfig:
-        if "sample_steps" in d:  # grid_sampling_steps's old name, in run folders and YAML files
+    def from_dict(cls, d: Any, sources: Sources | None = None, where: str | None = None) -> TrainConfig:
+        """Checked key by key against the schema (`validate` checks the relations); `sources`
+        says where each key came from, `where` names a file all of them came from."""
+        if isinstance(d, dict) and "sample_steps" in d:  # grid_sampling_steps's old name, in run folders and YAML files
             d = dict(d)
             old = d.pop("sample_steps")
             d.setdefault("grid_sampling_steps", old)
-        return build_dataclass(cls, d, "training")
+        values = check_config(d, TRAIN_SCHEMA, "training", sources, where)
+        src = {**{k: where for k in values}, **(sources or {})} if where else dict(sources or {})
+        config = cls(**values)
+        config._sources = src
+        return config
 
     def validate(self) -> None:
-        if self.batch_size < 1 or self.grad_accum < 1:
-            raise TransDiffError("`batch_size` and `grad_accum` must be positive")
+        """Relations between keys (each key's own range is in schema.TRAIN_SCHEMA)."""
+        src = self._sources
         if self.max_steps is not None and self.epochs is not None:
-            raise TransDiffError("give either `max_steps` or `epochs`, not both")
+            raise TransDiffError(f"give either {named('max_steps', self.max_steps, src)} or "
+                                 f"{named('epochs', self.epochs, src)}, not both")
         if self.max_steps is None and self.epochs is None:
             raise TransDiffError("give `max_steps` or `epochs`")
         if self.warmup_steps is not None and self.warmup_epochs is not None:
-            raise TransDiffError(f"give either `warmup_steps` ({self.warmup_steps}) or `warmup_epochs` "
-                                 f"({self.warmup_epochs:g}), not both")
-        if (self.warmup_steps or 0) < 0 or (self.warmup_epochs or 0) < 0:
-            raise TransDiffError("`warmup_steps` and `warmup_epochs` must not be negative")
-        if self.schedule not in ("constant", "cosine"):
-            raise TransDiffError(f"unknown lr schedule {self.schedule!r} (constant or cosine)")
-        if not 0.0 <= self.ema_rate < 1.0:
-            raise TransDiffError("`ema_rate` must be in [0, 1)")
-        check_seed(self.seed)
-        if self.eval_every is not None and self.eval_every < 0:
-            raise TransDiffError("`eval_every` must be positive (0: no evaluation)")
+            raise TransDiffError(f"give either {named('warmup_steps', self.warmup_steps, src)} or "
+                                 f"{named('warmup_epochs', self.warmup_epochs, src)}, not both")
+        # a warm-up the user set must end before the run does; a preset's is cut short by a short
+        # run, and so is a file's when the run length is a flag (a quick trial of a recipe file)
+        for warm, run in (("warmup_steps", "max_steps"), ("warmup_epochs", "epochs")):
+            w, r = getattr(self, warm), getattr(self, run)
+            trial = src.get(run) == FLAG and src.get(warm) != FLAG
+            if w and r is not None and w >= r and warm in src and not trial:
+                raise fail(warm, w, src, f"must be shorter than the run, {named(run, r, src)}")
         if self.eval_every:
             if not self.eval_ref:
                 raise TransDiffError("`eval_every` needs a reference: `eval_ref` DIR|NPZ|digits (e.g. ADM's "
                                      "VIRTUAL_imagenet256_labeled.npz)")
             if self.eval_images < 2:
-                raise TransDiffError("`eval_images` must be at least 2")
-            if self.eval_features not in ("inception", "digits"):
-                raise TransDiffError(f"`eval_features` must be inception or digits, not {self.eval_features!r}")
+                raise fail("eval_images", self.eval_images, src, "must be at least 2")
 
 
 # Per-size training defaults. B/L/H: the authors' README recipe for L (docs/architecture.md#recipes): AdamW 0.9/0.95,
@@ -140,7 +149,7 @@ FINETUNE_PRESETS: dict[str, dict[str, Any]] = {
 # lr 1e-4 absolute, EMA 0.999; the paper gives no other numbers, so B and H use L's. The CPU
 # sizes keep their batch and train half their steps at half their lr, warm-up 1/15 of the run
 # as in the recipe.
-L_512 = dict(batch_size=2048, lr=1e-4, warmup_steps=6250, max_steps=None, epochs=150,
+L_512 = dict(batch_size=2048, lr=1e-4, warmup_steps=6250, warmup_epochs=None, max_steps=None, epochs=150,
              ema_rate=0.999, ckpt_every=5000)
 DECODER_FINETUNE_PRESETS: dict[str, dict[str, Any]] = {
     "tiny": dict(base_lr=5e-4, warmup_steps=20, max_steps=300, ckpt_every=100),

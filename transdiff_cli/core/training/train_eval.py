@@ -24,6 +24,7 @@ from ..eval.fid import BUILTIN_DIGITS, Reference, fid_key, generated_metrics, pr
 from ..fs import atomic_write
 from ..model.config import ModelConfig
 from ..model.transdiff import TransDiff
+from ..plot_text import drawable
 from ..sampling.generate import generate_arrays
 from ..sampling.settings import sample_settings
 from .run_dir import RunDir
@@ -101,7 +102,8 @@ class TrainingEvaluator:
 
 def plot_fid(run: RunDir, path: Path) -> Path | None:
     """FID (and IS / class fidelity on a second axis) against the training step."""
-    rows = [r for r in run.read_metrics() if "fid" in r]
+    rows = [r for r in run.read_metrics()
+            if isinstance(r.get("fid"), (int, float)) and not isinstance(r.get("fid"), bool)]
     if not rows:
         return None
     import matplotlib
@@ -113,7 +115,7 @@ def plot_fid(run: RunDir, path: Path) -> Path | None:
     fig, ax = plt.subplots(figsize=(6, 3.5), dpi=120)
     ax.plot(steps, [r["fid"] for r in rows], marker="o", color="C0", label="FID")
     ax.set_xlabel("step")
-    ax.set_ylabel(f"FID ({rows[-1].get('eval_features', '')} features, {rows[-1].get('eval_images')} images)")
+    ax.set_ylabel(drawable(f"FID ({rows[-1].get('eval_features', '')} features, {rows[-1].get('eval_images')} images)"))
     ax.grid(alpha=0.3)
     second = "class_fidelity" if all("class_fidelity" in r for r in rows) else "inception_score"
     if all(r.get(second) is not None for r in rows):
@@ -121,7 +123,7 @@ def plot_fid(run: RunDir, path: Path) -> Path | None:
         ax2.plot(steps, [r[second] for r in rows], marker="s", color="C1", label=second.replace("_", " "))
         ax2.set_ylabel(second.replace("_", " "))
         ax.legend(ax.get_lines() + ax2.get_lines(), ["FID", second.replace("_", " ")], loc="best")
-    ax.set_title(f"{run.root.name}: EMA model quality")
+    ax.set_title(drawable(f"{run.root.name}: EMA model quality"))
     fig.tight_layout()
     with atomic_write(path, suffix=".png") as tmp:
         fig.savefig(tmp)

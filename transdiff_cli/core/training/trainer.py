@@ -264,6 +264,17 @@ class Trainer:
             if self.tb is not None:
                 self.tb.scalars(row, "eval/")
 
+    def _missed_evaluation(self) -> bool:
+        """A resumed run whose checkpoint step is an evaluation step without an FID row in the
+        metrics (rank 0 reads them and tells every rank, since all of them draw images)."""
+        every = self.train_config.eval_every
+        if self.evaluator is None or self.resumed_from is None or not every or self.step % every:
+            return False
+        missing = self.dist.is_main and not any(
+            r["step"] == self.step and "fid" in r for r in self.run.read_metrics())
+        flag = all_reduce_mean(torch.tensor([1.0 if missing else 0.0], device=self.device), self.dist)
+        return flag.item() > 0
+
     # ------------------------------------------------------------------ loop
     def _loader(self) -> DataLoader:
         idx = epoch_indices(len(self.data.dataset), self.train_config.seed, self.epoch, self.train_config.batch_size,
@@ -297,6 +308,8 @@ class Trainer:
         self.model.train()
         params = [p for p in self.model.parameters() if p.requires_grad]
         start_step, t0 = self.step, time.time()
+        if self._missed_evaluation():  # killed between checkpoint N and its evaluation
+            self.evaluate()
         window: list[torch.Tensor] = []
         window_t, window_start = time.time(), self.step
         last_ckpt: Path | None = None
