@@ -57,7 +57,8 @@ def register(app: typer.Typer) -> None:
         dev = resolve_device(device)
         ck = open_checkpoint(ckpt, weights=weights, size=size, device=dev, precision="fp32")  # a measurement
         mc, model = ck.config, ck.model
-        settings = checkpoint_settings(ck, mode=mode, sampling_steps=sampling_steps or REFERENCE_STEPS, cfg=cfg)
+        opts = so.options(mode=mode, sampling_steps=sampling_steps or REFERENCE_STEPS, cfg=cfg)
+        settings = checkpoint_settings(ck, opts)
         if sampling_steps is None:  # cheap references: not the checkpoint's, not a flag
             settings.sources["sampling_steps"] = f"diversity default ({REFERENCE_STEPS})"
         if settings.mode == "mrar":  # only MRAR samples anything
