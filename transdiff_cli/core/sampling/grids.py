@@ -1,6 +1,8 @@
 """Time grids for the few-step samplers: t_0 = 1 > t_1 > ... > t_n = 0 (noise -> data).
 
 - uniform: t_i = 1 - i / n;
+- shifted: the uniform grid mapped by t' = s t / (1 + (s - 1) t) (SD3's shift; s > 1 puts more steps
+  at high noise, s < 1 more near the data);
 - curvature: the steps placed where the learned velocity bends most. `density_grid` inverts the
   cumulative of a measured per-interval weight (see `curvature.measure_curvature`), so every step
   covers an equal share of it.
@@ -10,11 +12,16 @@ from __future__ import annotations
 
 from collections.abc import Sequence
 
-GRIDS = ("uniform", "curvature")
+GRIDS = ("uniform", "shifted", "curvature")
 
 
 def uniform(n: int) -> list[float]:
     return [1.0 - i / n for i in range(n)] + [0.0]
+
+
+def shifted(n: int, shift: float) -> list[float]:
+    """The uniform grid through t' = s t / (1 + (s - 1) t); s = 1 is the uniform grid."""
+    return [shift * t / (1.0 + (shift - 1.0) * t) for t in uniform(n)]
 
 
 def density_grid(n: int, weights: Sequence[float], floor: float = 0.1) -> list[float]:

@@ -203,12 +203,15 @@ class GridSampler(Sampler):
     `profile` is the measured curvature a `curvature` grid follows (filled in by the sampling loop)."""
 
     sampling_steps: int
-    grid: str = param("uniform", "time grid: uniform or curvature", choices=grids.GRIDS)
+    grid: str = param("uniform", "time grid: uniform, shifted or curvature", choices=grids.GRIDS)
+    shift: float = param(3.0, "the shifted grid's s in t' = s t / (1 + (s - 1) t)", low=1e-3, high=1e3)
     profile: tuple[float, ...] | None = None
 
     @cached_property
     def grid_times(self) -> list[float]:
         n = self.sampling_steps
+        if self.grid == "shifted":
+            return grids.shifted(n, self.shift)
         if self.grid == "curvature":
             if self.profile is None:
                 raise TransDiffError("the curvature grid needs a measured profile (`curvature.with_profile`)")
