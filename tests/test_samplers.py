@@ -39,10 +39,15 @@ def tiny_model(mrar=False) -> TransDiff:
 # ------------------------------------------------------------------ grids
 def test_grids():
     assert grids.uniform(4) == [1.0, 0.75, 0.5, 0.25, 0.0]
+    assert grids.shifted(4, 1.0) == pytest.approx(grids.uniform(4))
+    s = grids.shifted(4, 3.0)
+    assert s[0] == 1.0 and s[-1] == 0.0 and s[2] == pytest.approx(0.75)  # 3 * .5 / (1 + 2 * .5)
+    assert all(a > b for a, b in zip(s, s[1:]))
     assert grids.density_grid(4, [1.0] * 8) == pytest.approx(grids.uniform(4))
     # all the weight in the high-noise half (t > 0.5): most steps go there
     g = grids.density_grid(8, [1.0] * 4 + [0.0] * 4, floor=0.0)
     assert g[0] == 1.0 and g[-1] == 0.0 and g[-2] == pytest.approx(1 - 7 / 16) and all(a > b for a, b in zip(g, g[1:]))
+    assert EulerODE(4, grid="shifted", shift=3.0).times == pytest.approx(s[:-1])
 
 
 # ------------------------------------------------------------------ updates
@@ -56,7 +61,7 @@ def test_heun_exact_on_a_velocity_linear_in_t():
     """dx/dt = a + b t: each Heun step (the trapezoidal rule) is exact; the last step is plain Euler."""
     a, b = torch.randn(2, 5), torch.randn(2, 5)
     x1 = torch.randn(2, 5)
-    sampler = Heun(5, profile=(1.0, 3.0, 0.5), grid="curvature")
+    sampler = Heun(5, grid="shifted", shift=2.0)
     out = sampler(lambda x, t: (a + b * t, None), x1)
     ts = sampler.grid_times
     t_last = ts[-2]
@@ -204,11 +209,11 @@ def test_registry_declares_parameters():
             assert p.help and p.check(p.default) == p.default
         assert make_sampler(name, 3).nfe == len(make_sampler(name, 3).times)
     with pytest.raises(ValueError, match="out of range"):
-        sample_settings(tiny_model().config, sampler="em-heun", sampler_params={"scale_0": -1.0})
+        sample_settings(tiny_model().config, sampler="heun", sampler_params={"shift": -1.0})
     with pytest.raises(ValueError, match="one of uniform"):
         sample_settings(tiny_model().config, sampler="heun", sampler_params={"grid": "bent"})
-    with pytest.raises(TypeError, match="`scale_1` must be float"):
-        sample_settings(tiny_model().config, sampler="em-heun", sampler_params={"scale_1": [1]})
+    with pytest.raises(TypeError, match="`shift` must be float"):
+        sample_settings(tiny_model().config, sampler="heun", sampler_params={"shift": [1]})
     notes = []
     s = sample_settings(tiny_model().config, sampler="ode", scale_0=0.5, warnings=notes)
     assert "scale_0" not in s.params and "ignored by the ode sampler" in notes[0]

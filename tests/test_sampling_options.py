@@ -38,12 +38,12 @@ def test_api_and_cli_give_the_same_settings_and_provenance(ck, pipe):
     assert api.pop("sources") == plan["provenance"]
     assert plan["provenance"]["sampler"] == "tool default" and plan["sampler"] == "em"
     assert all(plan[k] == v for k, v in api.items())
-    plan = dry_run(ck, "--sampler", "heun", "--sampling-steps", 4, "--cfg-interval", "0.2,0.8", "-P", "grid=uniform")
+    plan = dry_run(ck, "--sampler", "heun", "--sampling-steps", 4, "--cfg-interval", "0.2,0.8", "-P", "grid=shifted")
     options = SamplingOptions.build(sampler="heun", sampling_steps=4, cfg_interval=(0.2, 0.8),
-                                    sampler_params={"grid": "uniform"})
+                                    sampler_params={"grid": "shifted"})
     api = pipe.settings(options).to_dict()
     assert api.pop("sources") == plan["provenance"] and plan["provenance"]["sampler"] == "flag"
-    assert plan["provenance"]["grid"] == "flag" and (plan["nfe"], plan["rows"]) == (7, 7 + 6)
+    assert plan["provenance"]["shift"] == "sampler default" and (plan["nfe"], plan["rows"]) == (7, 7 + 4)
     assert all(plan[k] == v for k, v in api.items())
 
 
