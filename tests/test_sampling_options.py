@@ -10,6 +10,7 @@ from typer.testing import CliRunner
 
 from transdiff_cli import TransDiffPipeline
 from transdiff_cli.cli import app
+from transdiff_cli.core.errors import TransDiffError
 from transdiff_cli.core.sampling.options import SamplingOptions
 from transdiff_cli.core.sampling.settings import sample_settings
 
@@ -88,3 +89,18 @@ def test_sample_json_and_output_report_nfe(ck, tmp_path):
     assert "NFE 5 per image (7 network rows per image, 14 for 2 image(s))" in r.output
     info = json.loads((tmp_path / "o" / "samples.json").read_text())["settings"]
     assert (info["nfe"], info["rows"], info["cfg_interval"]) == (5, 7, [0.0, 0.5])
+
+
+def test_sweep_axes_cover_samplers_and_their_parameters():
+    from transdiff_cli.core.eval.sweep import parse_sweeps, point_options, sweep_points
+
+    axes = parse_sweeps(["sampler=ode,heun", "nfe=4,8"])
+    opts = SamplingOptions.build(cfg_interval="0.1,0.9", sampler_params={"grid": "shifted"})
+    got = [point_options(opts, p) for p in sweep_points(axes)]
+    assert [(o.sampler, o.sampling_steps) for o in got] == [("ode", 4), ("ode", 8), ("heun", 2), ("heun", 4)]
+    assert all(o.params == {"grid": "shifted"} and o.cfg_interval == "0.1,0.9" for o in got)
+    assert parse_sweeps(["shift=1,3", "cfg_interval=0:1,0.2:0.8"]) == [("shift", [1.0, 3.0]),
+                                                                      ("cfg_interval", ["0:1", "0.2:0.8"])]
+    for bad, msg in [(["sampler=em,rk4"], "choose from"), (["nfe=2", "sampling_steps=2"], "one of them")]:
+        with pytest.raises(TransDiffError, match=msg):
+            parse_sweeps(bad)

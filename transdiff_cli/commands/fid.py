@@ -16,7 +16,7 @@ from ..core.errors import TransDiffError
 from ..core.eval.features import inception_weights_path, make_extractor
 from ..core.eval.fid import BUILTIN_DIGITS, fid_key, generated_metrics, load_input, prepare_reference
 from ..core.eval.fid_reference import save_reference_stats
-from ..core.eval.sweep import parse_sweeps, point_name, sweep_points, write_sweep
+from ..core.eval.sweep import parse_sweeps, point_name, point_options, sweep_points, write_sweep
 from ..core.fs import ensure_dir
 from ..core.io.hub import hub_file, is_hub_id
 from ..core.sampling.curvature import with_profile
@@ -43,9 +43,10 @@ are read from a local file in torch-fidelity's format (weights-inception-2015-12
 class fidelity. Writes OUT/metrics.json.
 
 --save-stats OUT.npz writes the reference's mu and sigma (and with --with-images N a batch of N
-of its images as arr_0): ADM's layout, for any dataset. --sweep AXIS=V1,V2 (cfg, scale_0,
-scale_1, sampling_steps; twice for a grid) evaluates every setting and writes OUT/sweep.json,
-sweep.md and sweep.png.
+of its images as arr_0): ADM's layout, for any dataset. --sweep AXIS=V1,V2 (cfg, cfg_interval as
+LO:HI, sampling_steps, nfe, sampler, or any sampler parameter: scale_0, scale_1, grid, shift; twice
+for a grid) evaluates every setting and writes OUT/sweep.json, sweep.md and sweep.png, with each
+point's NFE (network evaluations per image, a guided pair counted once) and rows per image.
 
 With --ckpt, a published B/L/H file is sampled with the authors' evaluation settings for its size;
 the settings and their provenance are printed first, and --dry-run prints the whole resolved run as
@@ -81,8 +82,8 @@ def register(app: typer.Typer) -> None:
                                         "(ADM's layout) and stop"),
         with_images: int = typer.Option(None, "--with-images", min=1,
                                         help="--save-stats: also store N reference images as arr_0"),
-        sweep: list[str] = typer.Option(None, "--sweep", help="--ckpt: AXIS=V1,V2,... over cfg, scale_0, "
-                                        "scale_1 or sampling_steps; give twice for a grid"),
+        sweep: list[str] = typer.Option(None, "--sweep", help="--ckpt: AXIS=V1,V2,... over cfg, cfg_interval, "
+                                        "sampling_steps, nfe, sampler or a sampler parameter; twice for a grid"),
         num_per_class: int = typer.Option(50, "--num-per-class", min=1, help="--ckpt: images per class"),
         classes: list[str] = typer.Option(None, "--class", "-c", help="--ckpt: classes (default: all)"),
         vae: so.Vae = None,
@@ -172,7 +173,7 @@ def register(app: typer.Typer) -> None:
                 folder = out / point_name(point)
                 if info.is_main:
                     console.print(f"[bold]{point_name(point)}[/]")
-                path = job.run(folder / "generated.npz", opts.with_values(point))
+                path = job.run(folder / "generated.npz", point_options(opts, point))
                 if info.is_main:
                     m = {**metrics_of(path), "settings": job.last_settings, **job.last_cost}
                     (folder / "metrics.json").write_text(json.dumps(m, indent=1))

@@ -11,11 +11,14 @@ from pathlib import Path
 from typing import Any
 
 from ..errors import TransDiffError
+from ..sampling.eval_settings import DEFAULT_SAMPLER
+from ..sampling.options import SamplingOptions
 from ..sampling.samplers import SAMPLERS
 
-# cfg_interval values are written LO:HI (the comma separates the sweep's values)
+# cfg_interval values are written LO:HI (the comma separates the sweep's values); nfe picks each
+# sampler's sampling_steps: the most steps within that many network evaluations
 AXES: dict[str, type] = {"cfg": float, "scale_0": float, "scale_1": float, "sampling_steps": int, "sampler": str,
-                         "cfg_interval": str,
+                         "cfg_interval": str, "nfe": int,
                          **{n: p.type for cls in SAMPLERS.values() for n, p in cls.params().items()}}
 IS_KEY = "inception_score_mean"
 
@@ -39,12 +42,24 @@ def parse_sweeps(specs: list[str] | None) -> list[tuple[str, list[float | int]]]
                                  f"{'integers' if AXES[name] is int else 'numbers'}") from None
         if name == "sampler" and set(parsed) - set(SAMPLERS):
             raise TransDiffError(f"`sweep` sampler: choose from {', '.join(SAMPLERS)}")
-        if name == "sampling_steps" and min(parsed) < 1:
-            raise TransDiffError("`sweep` sampling_steps: values must be at least 1")
+        if name in ("sampling_steps", "nfe") and min(parsed) < 1:
+            raise TransDiffError(f"`sweep` {name}: values must be at least 1")
         axes.append((name, parsed))
     if len(axes) > 2:
         raise TransDiffError("`sweep`: at most two axes (a grid of two)")
+    if {"nfe", "sampling_steps"} <= {a for a, _ in axes}:
+        raise TransDiffError("`sweep`: nfe sets sampling_steps; sweep one of them")
     return axes
+
+
+def point_options(options: SamplingOptions, point: dict[str, Any]) -> SamplingOptions:
+    """The sampling options of one sweep point (an `nfe` value becomes the sampler's step count)."""
+    values = dict(point)
+    nfe = values.pop("nfe", None)
+    if nfe is not None:
+        name = values.get("sampler") or options.sampler or DEFAULT_SAMPLER
+        values["sampling_steps"] = SAMPLERS[name].steps_for_nfe(nfe)
+    return options.with_values(values)
 
 
 def sweep_points(axes: list[tuple[str, list[float | int]]]) -> list[dict[str, float | int]]:

@@ -132,6 +132,11 @@ class Sampler:
         """The times at which the network is evaluated, in order."""
         raise NotImplementedError
 
+    @classmethod
+    def steps_for_nfe(cls, nfe: int) -> int:
+        """The most steps whose evaluations fit in a budget of `nfe` (at least one step)."""
+        return max(1, nfe)
+
     @property
     def nfe(self) -> int:
         """Network evaluations per image (a guided pair batched together counts once)."""
@@ -254,6 +259,10 @@ class Heun(GridSampler):
 
     name = "heun"
     summary = "Heun (2nd order) on the probability-flow ODE (2 evaluations per step, the last 1)"
+
+    @classmethod
+    def steps_for_nfe(cls, nfe: int) -> int:
+        return max(1, (nfe + 1) // 2)  # n steps cost 2n - 1
 
     @cached_property
     def times(self) -> list[float]:
