@@ -177,7 +177,7 @@ def register(app: typer.Typer) -> None:
                 if info.is_main:
                     m = {**metrics_of(path), "settings": job.last_settings, **job.last_cost}
                     (folder / "metrics.json").write_text(json.dumps(m, indent=1))
-                    rows.append({**point, **{k: v for k, v in m.items() if isinstance(v, float | int)}})
+                    rows.append({**{k: v for k, v in m.items() if isinstance(v, float | int)}, **point})
             if info.is_main:
                 written = write_sweep(out, axes, rows, fid_key(features))
                 console.print(Path(written["table"]).read_text())
