@@ -36,7 +36,7 @@ from .core.sampling.generate import decode_images, measure_diversity, open_check
 from .core.sampling.loop import decode, model_device_dtype, sample_latents
 from .core.sampling.options import OptionTypeError, OptionValueError, SamplingOptions
 from .core.sampling.seeding import initial_noise, step_generators
-from .core.sampling.settings import SampleSettings, checkpoint_settings
+from .core.sampling.settings import SampleSettings, checkpoint_settings, reference_settings
 from .core.validate import SEED_MAX
 
 Classes = int | str | Sequence[int | str] | None  # indices or names; None = every class
@@ -247,16 +247,17 @@ class TransDiffPipeline:
         return FuseOutput(images, result.latents.float().cpu(), result.mask.cpu(), (ya, yb))
 
     def diversity(self, classes: Classes = None, *, mode: str | None = None, num_refs: int = 1,
-                  sampling_steps: int | None = 10, cfg: float | Sequence[float] | None = None, seed: int = 0,
+                  sampling_steps: int | None = None, cfg: float | Sequence[float] | None = None, seed: int = 0,
                   batch_size: int = 64, options: SamplingOptions | None = None) -> DiversityOutput:
         """The paper's diversity measure (appendix D) of each class's features (`transdiff
-        diversity`). MRAR mode samples `num_refs` references per class with `sampling_steps` (or
-        with `options`)."""
+        diversity`). MRAR mode samples `num_refs` references per class with `sampling_steps`
+        (default 10, as the CLI), or with `options`."""
         _check_int("num_refs", num_refs)
         _check_int("batch_size", batch_size)
         _check_int("seed", seed, low=0, high=SEED_MAX)
-        settings = self.settings(options, **({} if options is not None else dict(
-            mode=mode, sampling_steps=sampling_steps, cfg=cfg)))
+        if options is None:
+            options = SamplingOptions.build(mode=mode, sampling_steps=sampling_steps, cfg=cfg)
+        settings = reference_settings(self.checkpoint, options)
         labels = self.labels(classes)
         per_class, per_round = measure_diversity(self.model, labels, settings, seed=seed, num_refs=num_refs,
                                                  batch_size=batch_size)

@@ -20,6 +20,7 @@ from .samplers import SAMPLERS, Sampler, make_sampler
 MODES = ("1step", "mrar")
 SAMPLER_DEFAULT = "sampler default"
 COMPUTED = "computed"
+REFERENCE_STEPS = 10  # the diversity measure's MRAR references: features, not pictures
 
 
 @dataclass
@@ -118,6 +119,16 @@ def checkpoint_settings(ck: Any, options: SamplingOptions | None = None, **keywo
     """`sample_settings` for a Checkpoint or CheckpointInfo (anything with `config` and `published`):
     published files get the authors' evaluation table for their size, never their saved args."""
     return sample_settings(ck.config, options, defaults=checkpoint_defaults(ck.config, ck.published), **keywords)
+
+
+def reference_settings(ck: Any, options: SamplingOptions) -> SampleSettings:
+    """The settings of the diversity measure's MRAR references: cheap (REFERENCE_STEPS sampler steps)
+    unless `sampling_steps` is given; the same for the CLI and the API."""
+    if options.sampling_steps is not None:
+        return checkpoint_settings(ck, options)
+    settings = checkpoint_settings(ck, options.with_values({"sampling_steps": REFERENCE_STEPS}))
+    settings.sources["sampling_steps"] = f"diversity default ({REFERENCE_STEPS})"
+    return settings
 
 
 def _mode_rounds(config: ModelConfig, o: SamplingOptions, src: dict[str, str], notes: list[str]) -> tuple[str, int]:
