@@ -104,3 +104,11 @@ def test_sweep_axes_cover_samplers_and_their_parameters():
     for bad, msg in [(["sampler=em,rk4"], "choose from"), (["nfe=2", "sampling_steps=2"], "one of them")]:
         with pytest.raises(TransDiffError, match=msg):
             parse_sweeps(bad)
+
+
+def test_per_round_steps_on_the_command_line(tmp_path):
+    mrar = make_tiny(tmp_path / "mrar", mrar=True)
+    plan = dry_run(mrar, "--sampling-steps", "2,2,3,5", "--sampler", "ode", "--cfg", "1")
+    assert plan["sampling_steps"] == [2, 2, 3, 5] and (plan["nfe"], plan["rows"]) == (12, 12)
+    r = runner.invoke(app, ["sample", "--ckpt", str(mrar), "--dry-run", "--sampling-steps", "2,3"])
+    assert r.exit_code == 2 and "give one or 4 (one per MRAR round)" in r.output
