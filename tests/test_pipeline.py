@@ -35,7 +35,7 @@ def tiny(tmp_path_factory):
 
 @pytest.fixture(scope="module")
 def pipes(tiny):
-    return {k: TransDiffPipeline.from_pretrained(v, device="cpu") for k, v in tiny.items()}
+    return {k: TransDiffPipeline.from_pretrained(v, device="cpu", precision="fp32") for k, v in tiny.items()}
 
 
 def pixels(image: Image.Image) -> np.ndarray:
@@ -77,7 +77,7 @@ def test_published_checkpoint_equals_the_cli(fixtures, tmp_path):
     out = tmp_path / "cli"
     invoke(["sample", "--ckpt", fixtures / "transdiff_1step.pth", "--vae", vae, "--class", 4, "--num", 1,
             "--sampling-steps", 2, "--precision", "fp32", "--out", out])
-    pipe = TransDiffPipeline.from_pretrained(fixtures / "transdiff_1step.pth", vae=vae, device="cpu")
+    pipe = TransDiffPipeline.from_pretrained(fixtures / "transdiff_1step.pth", vae=vae, device="cpu", precision="fp32")
     got = pipe(4, sampling_steps=2, progress=False)
     assert got.images[0].mode == "RGB" and np.array_equal(pixels(got.images[0]), png(out / "00000_class4.png"))
 
