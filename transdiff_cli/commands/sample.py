@@ -150,7 +150,7 @@ def register(app: typer.Typer) -> None:
         ck = open_checkpoint(ckpt, weights=weights, size=size, device=dev, precision=precision, compile=compile)
         mc = ck.config
         notes: list[str] = []
-        settings = with_profile(ck.model, checkpoint_settings(ck, opts, warnings=notes))
+        settings = checkpoint_settings(ck, opts, warnings=notes)
         if save_steps and settings.rounds == 1:
             notes.append("--save-steps: 1-step sampling has a single round; each strip holds one image")
         picked = resolve_classes(classes, mc.num_classes, ck.class_names, warnings=notes)
@@ -162,6 +162,7 @@ def register(app: typer.Typer) -> None:
         tokenizer = open_tokenizer(ck, vae, dev)
         check_seed(seed)  # fail before the work starts, not after minutes of sampling
         check_outputs(out, npz, overwrite)
+        with_profile(ck.model, settings)  # a curvature grid is measured once the inputs are checked
         identity = None if npz is None else generation_identity(
             ck, weights=weights, settings=settings, seed=seed, labels=labels, batch_size=batch_size,
             shard_size=shard_size_for(batch_size, shard_size or SHARD_IMAGES), tokenizer=tokenizer,
