@@ -44,5 +44,5 @@ def test_shell_completion():
     env = {"_TRANSDIFF_COMPLETE": "complete_bash", "COMP_WORDS": "transdiff sample --sa", "COMP_CWORD": "2"}
     result = runner.invoke(app, [], env=env, prog_name="transdiff")
     assert result.exit_code == 0
-    assert result.output.split() == ["--sampling-steps", "--sampler", "--save-steps"]
+    assert result.output.split() == ["--sampling-steps", "--sampler", "--sampler-param", "--save-steps"]
     assert "--install-completion" in runner.invoke(app, ["--help"]).output

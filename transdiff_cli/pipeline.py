@@ -13,6 +13,7 @@ seed and batch size give the CLI's pixels. Progress goes through `tqdm.auto` (a 
 from __future__ import annotations
 
 import numbers
+import os
 import warnings
 from collections.abc import Sequence
 from dataclasses import dataclass
@@ -31,12 +32,15 @@ from .core.eval.diversity import measure_diversity
 from .core.io.checkpoint import Checkpoint, load_checkpoint
 from .core.io.hub import upload_folder
 from .core.model.config import ModelConfig
+from .core.sampling.curvature import with_profile
 from .core.sampling.fuse import fuse
 from .core.sampling.generate import decode_images, open_checkpoint, open_tokenizer
 from .core.sampling.loop import decode, feature_slots, model_device_dtype, sample_latents
+from .core.sampling.options import OptionTypeError, OptionValueError, SamplingOptions
 from .core.sampling.seeding import initial_noise, step_generators
-from .core.sampling.settings import SampleSettings, checkpoint_settings
+from .core.sampling.settings import SampleSettings, checkpoint_settings, reference_settings
 from .core.share.export import Exported, export_checkpoint
+from .core.validate import SEED_MAX
 
 Classes = int | str | Sequence[int | str] | None  # indices or names; None = every class
 
@@ -94,6 +98,8 @@ class TransDiffPipeline:
         `vae`: the tokenizer ("kl16:PATH", ...; default: the one the checkpoint was trained with).
         `device`: default the best available; `precision`: auto (bf16 where it is native: GPUs, CPUs with
         avx512_bf16/AMX; else fp32), fp32, bf16 or fp16 (GPU)."""
+        if not isinstance(source, (str, os.PathLike)):
+            raise TypeError(f"`source` must be a path (str or Path), not {type(source).__name__} ({source!r})")
         dev = resolve_device(device)
         ck = open_checkpoint(source, weights=weights, device=dev, precision=precision, compile=compile)
         return cls(ck, open_tokenizer(ck, vae, dev))
@@ -147,34 +153,49 @@ class TransDiffPipeline:
         return resolve_classes(None if values is None else list(values), self.config.num_classes,
                                self.class_names)
 
-    def settings(self, *, mode: str | None = None, rounds: int | None = None,
-                 cfg: float | Sequence[float] | None = None, scale_0: float | None = None,
-                 scale_1: float | None = None, sampling_steps: int | None = None,
-                 sampler: str = "em") -> SampleSettings:
+    def settings(self, options: SamplingOptions | None = None, *, mode: str | None = None,
+                 rounds: int | None = None, cfg: float | Sequence[float] | None = None,
+                 cfg_interval: Sequence[float] | None = None, scale_0: float | None = None,
+                 scale_1: float | None = None, sampling_steps: int | Sequence[int] | None = None,
+                 sampler: str | None = None, sampler_params: dict | None = None) -> SampleSettings:
         """The sampling settings: what is not given comes from the checkpoint, or for a published file
-        from the authors' evaluation table (as in the CLI); `settings.sources` says which."""
+        from the authors' evaluation table (as in the CLI); `settings.sources` says which. Give a
+        `SamplingOptions` or the same as keywords."""
+        keywords = dict(mode=mode, rounds=rounds, cfg=cfg, cfg_interval=cfg_interval, scale_0=scale_0,
+                        scale_1=scale_1, sampling_steps=sampling_steps, sampler=sampler, sampler_params=sampler_params)
+        if options is None:
+            options = SamplingOptions.build(**keywords)
+        elif not isinstance(options, SamplingOptions):
+            raise TypeError(f"`options` must be a SamplingOptions, not {type(options).__name__}")
+        elif any(v is not None for v in keywords.values()):
+            raise TypeError("give `options` or sampling keywords, not both")
         notes: list[str] = []
-        settings = checkpoint_settings(self.checkpoint, mode=mode, rounds=rounds, sampling_steps=sampling_steps,
-                                       cfg=cfg, scale_0=scale_0, scale_1=scale_1, sampler=sampler, warnings=notes)
+        settings = checkpoint_settings(self.checkpoint, options, warnings=notes)
         for note in notes:
             warnings.warn(note, stacklevel=3)
-        return settings
+        return with_profile(self.model, settings)
 
     # ------------------------------------------------------------------ sampling
     def __call__(self, classes: Classes = None, num_per_class: int = 1, mode: str | None = None,
                  rounds: int | None = None, cfg: float | Sequence[float] | None = None,
-                 scale_0: float | None = None, scale_1: float | None = None, sampling_steps: int | None = None,
-                 sampler: str = "em", seed: int = 0, batch_size: int = 16, progress: bool = True
-                 ) -> TransDiffOutput:
+                 scale_0: float | None = None, scale_1: float | None = None,
+                 sampling_steps: int | Sequence[int] | None = None, sampler: str | None = None,
+                 seed: int = 0, batch_size: int = 16, progress: bool = True, *,
+                 cfg_interval: Sequence[float] | None = None, sampler_params: dict | None = None,
+                 options: SamplingOptions | None = None) -> TransDiffOutput:
         """`num_per_class` images of each class (grouped by class). `mode` "1step" or "mrar",
-        `rounds` MRAR's K, `cfg` one guidance scale or one per round, `sampling_steps` sampler
-        steps per image, `sampler` "em" (Euler-Maruyama) or "ode"; defaults from the checkpoint.
-        Image i's noise depends on (seed, i) only; the same seed and batch size give `transdiff
-        sample`'s images."""
-        if num_per_class < 1 or batch_size < 1:
-            raise TransDiffError("num_per_class and batch_size must be at least 1")
-        settings = self.settings(mode=mode, rounds=rounds, cfg=cfg, scale_0=scale_0, scale_1=scale_1,
-                                 sampling_steps=sampling_steps, sampler=sampler)
+        `rounds` MRAR's K, `cfg` one guidance scale or one per round, `cfg_interval` (lo, hi) guidance
+        only for those times, `sampling_steps` sampler steps per round (or one count per round),
+        `sampler` a name in `SAMPLERS` ("em" Euler-Maruyama, "ode", "heun", "em-heun") with
+        `sampler_params` (e.g. {"grid": "shifted"}); defaults from the checkpoint. Or all of these as
+        one `options`. Image i's noise depends on (seed, i) only; the same seed and batch size give
+        `transdiff sample`'s images."""
+        _check_int("num_per_class", num_per_class)
+        _check_int("batch_size", batch_size)
+        _check_int("seed", seed, low=0, high=SEED_MAX)
+        settings = self.settings(options, mode=mode, rounds=rounds, cfg=cfg, cfg_interval=cfg_interval,
+                                 scale_0=scale_0, scale_1=scale_1, sampling_steps=sampling_steps, sampler=sampler,
+                                 sampler_params=sampler_params)
         labels = [y for y in self.labels(classes) for _ in range(num_per_class)]
         latents: list[list[torch.Tensor]] = [[] for _ in range(settings.rounds)]
         images: list[list[Image.Image]] = [[] for _ in range(settings.rounds)]
@@ -209,7 +230,9 @@ class TransDiffPipeline:
     def decode(self, features: torch.Tensor | None = None, *, condition: torch.Tensor | None = None,
                noise: torch.Tensor | None = None, seed: int = 0, cfg: float | None = None,
                sampling_steps: int | None = None, scale_0: float | None = None, scale_1: float | None = None,
-               sampler: str = "em", slots: int | Sequence[int] | None = None) -> TransDiffOutput:
+               sampler: str | None = None, cfg_interval: Sequence[float] | None = None,
+               sampler_params: dict | None = None, options: SamplingOptions | None = None,
+               slots: int | Sequence[int] | None = None) -> TransDiffOutput:
         """Images from semantic `features` (B, n, D), or from a ready `condition` (features plus the
         diffusion position embedding). `noise` (B, N_d, token_dim) defaults to image i's noise for
         `seed`, so `decode(features(classes))` redraws `pipe(classes)`'s images. Guidance uses the
@@ -217,8 +240,17 @@ class TransDiffPipeline:
         only, the first k (an int) or the given slot indices (paper, Figure 1 middle); None = all."""
         if (features is None) == (condition is None):
             raise TransDiffError("give either features or condition")
-        settings = self.settings(mode="1step", cfg=cfg, scale_0=scale_0, scale_1=scale_1,
-                                 sampling_steps=sampling_steps, sampler=sampler)
+        for name, value in (("features", features), ("condition", condition), ("noise", noise)):
+            if value is not None and not isinstance(value, torch.Tensor):
+                raise TypeError(f"`{name}` must be a torch.Tensor (B, n, D), not {type(value).__name__}")
+            if value is not None and value.dim() != 3:
+                raise ValueError(f"`{name}` must have 3 dimensions (B, n, D), not shape {tuple(value.shape)}")
+        _check_int("seed", seed, low=0, high=SEED_MAX)
+        if options is not None:
+            options = options.with_values({"mode": "1step"})
+        settings = self.settings(options, **({} if options is not None else dict(
+            mode="1step", cfg=cfg, scale_0=scale_0, scale_1=scale_1, sampling_steps=sampling_steps,
+            sampler=sampler, cfg_interval=cfg_interval, sampler_params=sampler_params)))
         model = self.model
         device, dtype = model_device_dtype(model)
         x = (features if condition is None else condition).to(device=device, dtype=dtype)
@@ -226,13 +258,16 @@ class TransDiffPipeline:
         n = c.shape[0]
         try:
             keep = None if slots is None else feature_slots(slots, c.shape[1])
-        except (TypeError, ValueError) as e:
-            raise TransDiffError(str(e)) from e
+        except TypeError as e:
+            raise OptionTypeError(str(e)) from None
+        except ValueError as e:
+            raise OptionValueError(str(e)) from None
         if noise is None:
             noise = initial_noise(model.config, range(n), seed)
         try:
             lat = decode(model, c, noise.to(device=device, dtype=dtype), settings.make_sampler(),
-                         cfg=settings.cfg[0], generator=step_generators(range(n), seed, device), slots=keep)
+                         cfg=settings.cfg[0], generator=step_generators(range(n), seed, device),
+                         interval=settings.cfg_interval, slots=keep)
         except ValueError as e:  # an MRAR condition with references under guidance
             raise TransDiffError(f"{e} (or decode with cfg=1)") from e
         images = to_pil(decode_images(self.tokenizer, lat))
@@ -241,24 +276,45 @@ class TransDiffPipeline:
     # ------------------------------------------------------------------ the paper's analyses
     def fuse(self, a: int | str, b: int | str, ratio: float = 0.5, pattern: str = "halves", *, seed: int = 0,
              cfg: float | None = None, sampling_steps: int | None = None, scale_0: float | None = None,
-             scale_1: float | None = None, sampler: str = "em") -> FuseOutput:
+             scale_1: float | None = None, sampler: str | None = None, cfg_interval: Sequence[float] | None = None,
+             sampler_params: dict | None = None, options: SamplingOptions | None = None) -> FuseOutput:
         """Feature fusion (paper §4.2.2, 1-step models): a `ratio` share of the slots from class A's
         features (`pattern` halves, interleave or random), the rest from B's; A, the fusion and B
         are decoded from the same noise (`transdiff fuse`)."""
-        settings = self.settings(mode="1step", cfg=cfg, scale_0=scale_0, scale_1=scale_1,
-                                 sampling_steps=sampling_steps, sampler=sampler)
+        _check_int("seed", seed, low=0, high=SEED_MAX)
+        if options is not None:
+            options = options.with_values({"mode": "1step"})
+        settings = self.settings(options, **({} if options is not None else dict(
+            mode="1step", cfg=cfg, scale_0=scale_0, scale_1=scale_1, sampling_steps=sampling_steps,
+            sampler=sampler, cfg_interval=cfg_interval, sampler_params=sampler_params)))
         ya, yb = (resolve_class(v, self.config.num_classes, self.class_names) for v in (a, b))
         result = fuse(self.model, ya, yb, settings, ratio=ratio, pattern=pattern, seed=seed)
         images = to_pil(decode_images(self.tokenizer, result.latents))
         return FuseOutput(images, result.latents.float().cpu(), result.mask.cpu(), (ya, yb))
 
     def diversity(self, classes: Classes = None, *, mode: str | None = None, num_refs: int = 1,
-                  sampling_steps: int | None = 10, cfg: float | Sequence[float] | None = None, seed: int = 0,
-                  batch_size: int = 64) -> DiversityOutput:
+                  sampling_steps: int | None = None, cfg: float | Sequence[float] | None = None, seed: int = 0,
+                  batch_size: int = 64, options: SamplingOptions | None = None) -> DiversityOutput:
         """The paper's diversity measure (appendix D) of each class's features (`transdiff
-        diversity`). MRAR mode samples `num_refs` references per class with `sampling_steps`."""
-        settings = self.settings(mode=mode, sampling_steps=sampling_steps, cfg=cfg)
+        diversity`). MRAR mode samples `num_refs` references per class with `sampling_steps`
+        (default 10, as the CLI), or with `options`."""
+        _check_int("num_refs", num_refs)
+        _check_int("batch_size", batch_size)
+        _check_int("seed", seed, low=0, high=SEED_MAX)
+        if options is None:
+            options = SamplingOptions.build(mode=mode, sampling_steps=sampling_steps, cfg=cfg)
+        settings = reference_settings(self.checkpoint, options)
         labels = self.labels(classes)
         per_class, per_round = measure_diversity(self.model, labels, settings, seed=seed, num_refs=num_refs,
                                                  batch_size=batch_size)
         return DiversityOutput(labels, per_class.double(), per_round)
+
+
+def _check_int(name: str, value: object, low: int = 1, high: int | None = None) -> int:
+    """An API count or seed: a TypeError unless an int, a ValueError unless within [low, high]."""
+    if not isinstance(value, numbers.Integral) or isinstance(value, bool):
+        raise OptionTypeError(f"`{name}` must be an int, not {type(value).__name__} ({value!r})")
+    if value < low or (high is not None and value > high):
+        raise OptionValueError(f"`{name}` {value} is out of range: give an int from {low}"
+                               + (f" to {high}" if high is not None else " up"))
+    return int(value)

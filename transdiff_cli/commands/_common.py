@@ -94,6 +94,15 @@ def print_settings(settings: Any) -> None:
         console.print(line, highlight=False, markup=False)
 
 
+def cost_line(settings: Any, images: int) -> str:
+    """NFE per image (a guided pair batched counts once) and the network rows it computed."""
+    c = settings.cost()
+    if c["nfe"] is None:
+        return "NFE: measured with the curvature grid"
+    return (f"NFE {c['nfe']} per image ({c['rows']} network rows per image, "
+            f"{c['rows'] * images} for {images} image(s))")
+
+
 def print_json(doc: Any) -> None:
     """One JSON object on stdout (--dry-run)."""
     import json

@@ -13,7 +13,7 @@ from ..core.device import resolve_device
 from ..core.errors import TransDiffError
 from ..core.eval.diversity import measure_diversity
 from ..core.sampling.generate import open_checkpoint
-from ..core.sampling.settings import checkpoint_settings
+from ..core.sampling.settings import reference_settings
 from . import _sampling_options as so
 from ._common import console, print_settings, user_errors
 from .sample import help_text
@@ -33,9 +33,6 @@ Example:
 
     transdiff diversity --ckpt runs/digits-tiny
 """
-
-
-REFERENCE_STEPS = 10
 
 
 def register(app: typer.Typer) -> None:
@@ -67,9 +64,7 @@ def register(app: typer.Typer) -> None:
         dev = resolve_device(device)
         ck = open_checkpoint(ckpt, weights=weights, size=size, device=dev, precision="fp32")  # a measurement
         mc, model = ck.config, ck.model
-        settings = checkpoint_settings(ck, mode=mode, sampling_steps=sampling_steps or REFERENCE_STEPS, cfg=cfg)
-        if sampling_steps is None:  # cheap references: not the checkpoint's, not a flag
-            settings.sources["sampling_steps"] = f"diversity default ({REFERENCE_STEPS})"
+        settings = reference_settings(ck, so.options(mode=mode, sampling_steps=sampling_steps, cfg=cfg))
         if settings.mode == "mrar":  # only MRAR samples anything
             print_settings(settings)
         labels = resolve_classes(classes, mc.num_classes, ck.class_names)

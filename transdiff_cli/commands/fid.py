@@ -16,14 +16,16 @@ from ..core.errors import TransDiffError
 from ..core.eval.features import inception_weights_path, make_extractor
 from ..core.eval.fid import BUILTIN_DIGITS, fid_key, generated_metrics, load_input, prepare_reference
 from ..core.eval.fid_reference import save_reference_stats
-from ..core.eval.sweep import parse_sweeps, point_name, sweep_points, write_sweep
+from ..core.eval.sweep import parse_sweeps, point_name, point_options, sweep_points, write_sweep
 from ..core.fs import ensure_dir
 from ..core.io.hub import hub_file, is_hub_id
+from ..core.sampling.curvature import with_profile
 from ..core.sampling.generate import open_checkpoint, open_tokenizer
 from ..core.sampling.generate_npz import generate_npz, generation_identity, parts_dir, shard_size_for
+from ..core.sampling.options import SamplingOptions
 from ..core.sampling.settings import checkpoint_settings
 from . import _sampling_options as so
-from ._common import console, print_json, print_settings, user_errors
+from ._common import console, cost_line, print_json, print_settings, user_errors
 from .sample import help_text, progress_bar
 
 HELP = """FID, Inception Score (off with --no-isc) and with --prc precision/recall of generated
@@ -41,9 +43,10 @@ are read from a local file in torch-fidelity's format (weights-inception-2015-12
 class fidelity. Writes OUT/metrics.json.
 
 --save-stats OUT.npz writes the reference's mu and sigma (and with --with-images N a batch of N
-of its images as arr_0): ADM's layout, for any dataset. --sweep AXIS=V1,V2 (cfg, scale_0,
-scale_1, sampling_steps; twice for a grid) evaluates every setting and writes OUT/sweep.json,
-sweep.md and sweep.png.
+of its images as arr_0): ADM's layout, for any dataset. --sweep AXIS=V1,V2 (cfg, cfg_interval as
+LO:HI, sampling_steps, nfe, sampler, or any sampler parameter: scale_0, scale_1, grid, shift; twice
+for a grid) evaluates every setting and writes OUT/sweep.json, sweep.md and sweep.png, with each
+point's NFE (network evaluations per image, a guided pair counted once) and rows per image.
 
 With --ckpt, a published B/L/H file is sampled with the authors' evaluation settings for its size;
 the settings and their provenance are printed first, and --dry-run prints the whole resolved run as
@@ -79,8 +82,8 @@ def register(app: typer.Typer) -> None:
                                         "(ADM's layout) and stop"),
         with_images: int = typer.Option(None, "--with-images", min=1,
                                         help="--save-stats: also store N reference images as arr_0"),
-        sweep: list[str] = typer.Option(None, "--sweep", help="--ckpt: AXIS=V1,V2,... over cfg, scale_0, "
-                                        "scale_1 or sampling_steps; give twice for a grid"),
+        sweep: list[str] = typer.Option(None, "--sweep", help="--ckpt: AXIS=V1,V2,... over cfg, cfg_interval, "
+                                        "sampling_steps, nfe, sampler or a sampler parameter; twice for a grid"),
         num_per_class: int = typer.Option(50, "--num-per-class", min=1, help="--ckpt: images per class"),
         classes: list[str] = typer.Option(None, "--class", "-c", help="--ckpt: classes (default: all)"),
         vae: so.Vae = None,
@@ -88,9 +91,11 @@ def register(app: typer.Typer) -> None:
         rounds: so.Rounds = None,
         sampling_steps: so.SamplingSteps = None,
         cfg: so.Cfg = None,
+        cfg_interval: so.CfgInterval = None,
         scale_0: so.Scale0 = None,
         scale_1: so.Scale1 = None,
         sampler: so.Sampler = None,
+        sampler_param: so.SamplerParam = None,
         seed: so.Seed = 0,
         batch_size: int = typer.Option(64, "--batch-size", min=1),
         shard_size: int = typer.Option(None, "--shard-size", min=1, help="--ckpt: images per resumable "
@@ -109,13 +114,14 @@ def register(app: typer.Typer) -> None:
         if with_images is not None and save_stats is None:
             raise TransDiffError("--with-images goes with --save-stats")
         axes = parse_sweeps(sweep)
+        opts = so.options(mode=mode, rounds=rounds, sampling_steps=sampling_steps, cfg=cfg, cfg_interval=cfg_interval,
+                          scale_0=scale_0, scale_1=scale_1, sampler=sampler, sampler_param=sampler_param)
         if axes and ckpt is None:
             raise TransDiffError("--sweep needs --ckpt (it generates images for every setting)")
         if dry_run:
             _dry_run(ckpt, gen, ref, out, features=features, inception_weights=inception_weights, weights=weights,
-                     vae=vae, classes=classes, num_per_class=num_per_class, mode=mode, rounds=rounds,
-                     sampling_steps=sampling_steps, cfg=cfg, scale_0=scale_0, scale_1=scale_1, sampler=sampler,
-                     precision=precision, device=device, seed=seed, batch_size=batch_size)
+                     vae=vae, classes=classes, num_per_class=num_per_class, options=opts, precision=precision,
+                     device=device, seed=seed, batch_size=batch_size)
             return
         if is_hub_id(ref):  # fetched (or found in the cache) before minutes of generation
             ref = str(hub_file(ref))
@@ -154,25 +160,24 @@ def register(app: typer.Typer) -> None:
                 if info.is_main:
                     _finish(metrics_of(gen), out)
                 return
-            job = _Generation(ckpt, info, dev, vae=vae, classes=classes, num_per_class=num_per_class, mode=mode,
-                              rounds=rounds, seed=seed, batch_size=batch_size, shard_size=shard_size,
-                              precision=precision, compile=compile, weights=weights)
-            base = dict(sampling_steps=sampling_steps, cfg=cfg, scale_0=scale_0, scale_1=scale_1)
+            job = _Generation(ckpt, info, dev, vae=vae, classes=classes, num_per_class=num_per_class, seed=seed,
+                              batch_size=batch_size, shard_size=shard_size, precision=precision, compile=compile,
+                              weights=weights)
             if not axes:
-                path = job.run(out / "generated.npz", sampler=sampler, **base)
+                path = job.run(out / "generated.npz", opts)
                 if info.is_main:
-                    _finish({**metrics_of(path), "settings": job.last_settings}, out)
+                    _finish({**metrics_of(path), "settings": job.last_settings, **job.last_cost}, out)
                 return
             rows = []
             for point in sweep_points(axes):
                 folder = out / point_name(point)
                 if info.is_main:
                     console.print(point_name(point), style="bold")
-                path = job.run(folder / "generated.npz", sampler=sampler, **{**base, **point})
+                path = job.run(folder / "generated.npz", point_options(opts, point))
                 if info.is_main:
-                    m = {**metrics_of(path), "settings": job.last_settings}
+                    m = {**metrics_of(path), "settings": job.last_settings, **job.last_cost}
                     (folder / "metrics.json").write_text(json.dumps(m, indent=1))
-                    rows.append({**point, **{k: v for k, v in m.items() if isinstance(v, float | int)}})
+                    rows.append({**{k: v for k, v in m.items() if isinstance(v, float | int)}, **point})
             if info.is_main:
                 written = write_sweep(out, axes, rows, fid_key(features))
                 console.print(Path(written["table"]).read_text())
@@ -184,22 +189,24 @@ def register(app: typer.Typer) -> None:
 class _Generation:
     """The checkpoint opened once; `run` draws one setting's images (resumably) into an .npz."""
 
-    def __init__(self, ckpt: Path, info: DistInfo, dev, *, vae, classes, num_per_class, mode, rounds, seed,
-                 batch_size, shard_size, precision, compile, weights):
+    def __init__(self, ckpt: Path, info: DistInfo, dev, *, vae, classes, num_per_class, seed, batch_size,
+                 shard_size, precision, compile, weights):
         self.ck = open_checkpoint(ckpt, weights=weights, device=dev, precision=precision, compile=compile)
         picked = resolve_classes(classes, self.ck.config.num_classes, self.ck.class_names)
         self.labels = [y for y in picked for _ in range(num_per_class)]
         self.num_classes, self.num_per_class = len(picked), num_per_class
         self.tokenizer = open_tokenizer(self.ck, vae, dev)
-        self.info, self.dev, self.mode, self.rounds, self.seed = info, dev, mode, rounds, seed
+        self.info, self.dev, self.seed = info, dev, seed
         self.batch_size, self.precision, self.compile, self.weights = batch_size, precision, compile, weights
         self.shard_size = shard_size_for(batch_size, shard_size) if shard_size else shard_size_for(batch_size)
         self.last_settings: dict = {}
+        self.last_cost: dict = {}
 
-    def run(self, path: Path, *, sampler: str, sampling_steps, cfg, scale_0, scale_1) -> Path:
-        settings = checkpoint_settings(self.ck, mode=self.mode, rounds=self.rounds, sampling_steps=sampling_steps,
-                                       cfg=cfg, scale_0=scale_0, scale_1=scale_1, sampler=sampler)
+    def run(self, path: Path, options: SamplingOptions) -> Path:
+        settings = with_profile(self.ck.model, checkpoint_settings(self.ck, options))
         self.last_settings = settings.to_dict()
+        cost = settings.cost()  # NFE and rows per image, and the rows of the whole run
+        self.last_cost = {"nfe": cost["nfe"], "rows_per_image": cost["rows"], "rows": cost["rows"] * len(self.labels)}
         identity = generation_identity(self.ck, weights=self.weights, settings=settings, seed=self.seed,
                                        labels=self.labels, batch_size=self.batch_size, shard_size=self.shard_size,
                                        tokenizer=self.tokenizer, precision=self.precision, compile=self.compile,
@@ -208,8 +215,8 @@ class _Generation:
             print_settings(settings)
             console.print(f"generating {len(self.labels)} images ({self.num_per_class} per class, "
                           f"{self.num_classes} classes) on {self.info.world_size} process(es): {settings.mode}, "
-                          f"cfg {settings.cfg}, scales {settings.scale_0}/{settings.scale_1}, "
-                          f"{settings.sampling_steps} {settings.sampler} steps, seed {self.seed}")
+                          f"cfg {settings.cfg}, {settings.sampling_steps} {settings.sampler} steps, "
+                          f"seed {self.seed}; {cost_line(settings, len(self.labels))}")
         with progress_bar() as bar:
             n, s, w = len(self.labels), self.shard_size, self.info.world_size
             mine = sum(min(n, (k + 1) * s) - k * s for k in range(self.info.rank, -(-n // s), w))

@@ -10,11 +10,12 @@ import typer
 from ..core.data.classes import class_label, resolve_class
 from ..core.data.images import save_pngs
 from ..core.device import resolve_device
+from ..core.sampling.curvature import with_profile
 from ..core.sampling.fuse import check_fuse, fuse, save_figure
 from ..core.sampling.generate import decode_images, open_checkpoint, open_tokenizer
 from ..core.sampling.settings import checkpoint_settings
 from . import _sampling_options as so
-from ._common import console, print_settings, user_errors
+from ._common import console, cost_line, print_settings, user_errors
 from .sample import help_text
 
 HELP = """Fuse the 1-step semantic features of two classes (paper §4.2.2) and decode the blend.
@@ -42,9 +43,11 @@ def register(app: typer.Typer) -> None:
         pattern: str = typer.Option("halves", "--pattern", help="halves, interleave or random"),
         sampling_steps: so.SamplingSteps = None,
         cfg: so.Cfg = None,
+        cfg_interval: so.CfgInterval = None,
         scale_0: so.Scale0 = None,
         scale_1: so.Scale1 = None,
         sampler: so.Sampler = None,
+        sampler_param: so.SamplerParam = None,
         seed: so.Seed = 0,
         out: Path = typer.Option(Path("fuse"), "--out", "-o", help="output folder"),
         precision: so.Precision = "auto",
@@ -55,8 +58,9 @@ def register(app: typer.Typer) -> None:
         dev = resolve_device(device)
         ck = open_checkpoint(ckpt, weights=weights, device=dev, precision=precision, compile=compile)
         mc = ck.config
-        settings = checkpoint_settings(ck, mode="1step", sampling_steps=sampling_steps, cfg=cfg,
-                                       scale_0=scale_0, scale_1=scale_1, sampler=sampler)
+        opts = so.options(mode="1step", sampling_steps=sampling_steps, cfg=cfg, cfg_interval=cfg_interval,
+                          scale_0=scale_0, scale_1=scale_1, sampler=sampler, sampler_param=sampler_param)
+        settings = with_profile(ck.model, checkpoint_settings(ck, opts))
         ya, yb = (resolve_class(v, mc.num_classes, ck.class_names) for v in (a, b))
         tokenizer = open_tokenizer(ck, vae, dev)
         check_fuse(mc, ratio, pattern, seed)
@@ -75,5 +79,6 @@ def register(app: typer.Typer) -> None:
                "slots": result.mask.numel(), "slots_from_a": [int(i) for i in result.mask.nonzero().flatten()],
                "figure": figure.name, "images": [p.name for p in singles]}
         (out / "fuse.json").write_text(json.dumps(doc, indent=1))
+        console.print(f"{cost_line(settings, 3)}")
         console.print(f"wrote {figure} (A | fused | B), {', '.join(p.name for p in singles)} and fuse.json "
                       f"to {out}/")

@@ -19,6 +19,7 @@ from rich.text import Text
 
 from ..core.data.classes import class_label, resolve_classes
 from ..core.device import resolve_device
+from ..core.sampling.curvature import with_profile
 from ..core.sampling.generate import check_batch_fits, check_num_images, generate_to_folder
 from ..core.sampling.generate_npz import (
     SHARD_IMAGES,
@@ -33,7 +34,7 @@ from ..core.sampling.outputs import check_outputs, grid_rows
 from ..core.sampling.settings import checkpoint_settings
 from ..core.validate import check_seed
 from . import _sampling_options as so
-from ._common import console, print_json, print_settings, user_errors, warn
+from ._common import console, cost_line, print_json, print_settings, user_errors, warn
 
 HELP = """Generate class-conditional images (1-step or MRAR) into PNG files and a grid.
 
@@ -106,9 +107,11 @@ def register(app: typer.Typer) -> None:
         rounds: so.Rounds = None,
         sampling_steps: so.SamplingSteps = None,
         cfg: so.Cfg = None,
+        cfg_interval: so.CfgInterval = None,
         scale_0: so.Scale0 = None,
         scale_1: so.Scale1 = None,
         sampler: so.Sampler = None,
+        sampler_param: so.SamplerParam = None,
         seed: so.Seed = 0,
         out: Path = typer.Option(Path("samples"), "--out", "-o", help="output folder"),
         batch_size: int = typer.Option(16, "--batch-size", min=1),
@@ -127,13 +130,13 @@ def register(app: typer.Typer) -> None:
                                        "always replaced)"),
         dry_run: bool = typer.Option(False, "--dry-run", help="print the resolved run as JSON; write nothing"),
     ) -> None:
+        opts = so.options(mode=mode, rounds=rounds, sampling_steps=sampling_steps, cfg=cfg, cfg_interval=cfg_interval,
+                          scale_0=scale_0, scale_1=scale_1, sampler=sampler, sampler_param=sampler_param)
         if dry_run:
             from ..core.sampling.dry_run import generation_plan
 
-            plan = generation_plan(ckpt, weights=weights, size=size, vae=vae, classes=classes, num_per_class=num,
-                                   mode=mode, rounds=rounds, sampling_steps=sampling_steps, cfg=cfg, scale_0=scale_0,
-                                   scale_1=scale_1, sampler=sampler, precision=precision, device=device, seed=seed,
-                                   batch_size=batch_size)
+            plan = generation_plan(ckpt, opts, weights=weights, size=size, vae=vae, classes=classes, num_per_class=num,
+                                   precision=precision, device=device, seed=seed, batch_size=batch_size)
             plan["outputs"] = {"folder": str(out), "pngs": plan["num_images"], "grid": str(out / "grid.png"),
                                "info": str(out / "samples.json"), "npz": str(npz) if npz else None,
                                "steps": str(out / "steps") if save_steps else None,
@@ -145,8 +148,7 @@ def register(app: typer.Typer) -> None:
         ck = open_checkpoint(ckpt, weights=weights, size=size, device=dev, precision=precision, compile=compile)
         mc = ck.config
         notes: list[str] = []
-        settings = checkpoint_settings(ck, mode=mode, rounds=rounds, sampling_steps=sampling_steps, cfg=cfg,
-                                       scale_0=scale_0, scale_1=scale_1, sampler=sampler, warnings=notes)
+        settings = checkpoint_settings(ck, opts, warnings=notes)
         if save_steps and settings.rounds == 1:
             notes.append("--save-steps: 1-step sampling has a single round; each strip holds one image")
         picked = resolve_classes(classes, mc.num_classes, ck.class_names, warnings=notes)
@@ -158,6 +160,7 @@ def register(app: typer.Typer) -> None:
         labels = [y for y in picked for _ in range(num)]
         tokenizer = open_tokenizer(ck, vae, dev)
         check_seed(seed)  # fail before the work starts, not after minutes of sampling
+        with_profile(ck.model, settings)  # a curvature grid is measured once the inputs are checked
         identity = None if npz is None else generation_identity(
             ck, weights=weights, settings=settings, seed=seed, labels=labels, batch_size=batch_size,
             shard_size=shard_size_for(batch_size, shard_size or SHARD_IMAGES), tokenizer=tokenizer,
@@ -169,7 +172,7 @@ def register(app: typer.Typer) -> None:
         names = ", ".join(f"{y} ({class_label(y, mc.num_classes, ck.class_names)})" for y in picked[:8])
         console.print(f"sampling {len(labels)} image(s) of {names}{' ...' if len(picked) > 8 else ''}: "
                       f"{settings.mode}, cfg {settings.cfg}, {settings.sampling_steps} {settings.sampler} steps, "
-                      f"scales {settings.scale_0}/{settings.scale_1}, seed {seed}")
+                      f"seed {seed}; {cost_line(settings, len(labels))}")
         options = dict(seed=seed, batch_size=batch_size, nrow=grid_rows(num) if len(picked) > 1 else None,
                        class_names=ck.class_names, info={"checkpoint": str(ck.path)}, overwrite=overwrite)
         with progress_bar() as bar:
@@ -200,3 +203,4 @@ def register(app: typer.Typer) -> None:
             console.print(f"wrote {len(written.strips)} step strip(s) to {written.out / 'steps'}/")
         if written.npz:
             console.print(f"wrote {written.npz} (arr_0 {len(labels)} images, labels)")
+        console.print(cost_line(settings, len(labels)))

@@ -1,6 +1,7 @@
-"""Sampler sweeps for `transdiff fid --sweep`: one axis or a grid of two over cfg, scale_0, scale_1
-and sampling_steps (how the authors chose their per-size settings), written as a table, JSON and a
-plot of FID and IS against the swept value."""
+"""Sampler sweeps for `transdiff fid --sweep`: one axis or a grid of two over the sampling options
+(cfg, cfg_interval, sampling_steps, sampler) and every sampler's declared parameters (scale_0,
+scale_1, grid, shift, ...): how the authors chose their per-size settings. Written as a table (with
+each point's NFE), JSON and a plot of FID and IS against the swept value."""
 
 from __future__ import annotations
 
@@ -11,8 +12,15 @@ from typing import Any
 
 from ..errors import TransDiffError
 from ..plot_text import drawable
+from ..sampling.eval_settings import DEFAULT_SAMPLER
+from ..sampling.options import SamplingOptions
+from ..sampling.samplers import SAMPLERS
 
-AXES = {"cfg": float, "scale_0": float, "scale_1": float, "sampling_steps": int}
+# cfg_interval values are written LO:HI (the comma separates the sweep's values); nfe picks each
+# sampler's sampling_steps: the most steps within that many network evaluations
+AXES: dict[str, type] = {"cfg": float, "scale_0": float, "scale_1": float, "sampling_steps": int, "sampler": str,
+                         "cfg_interval": str, "nfe": int,
+                         **{n: p.type for cls in SAMPLERS.values() for n, p in cls.params().items()}}
 IS_KEY = "inception_score_mean"
 
 
@@ -33,12 +41,26 @@ def parse_sweeps(specs: list[str] | None) -> list[tuple[str, list[float | int]]]
         except ValueError:
             raise TransDiffError(f"`sweep` {spec!r}: values of {name} must be "
                                  f"{'integers' if AXES[name] is int else 'numbers'}") from None
-        if name == "sampling_steps" and min(parsed) < 1:
-            raise TransDiffError("`sweep` sampling_steps: values must be at least 1")
+        if name == "sampler" and set(parsed) - set(SAMPLERS):
+            raise TransDiffError(f"`sweep` sampler: choose from {', '.join(SAMPLERS)}")
+        if name in ("sampling_steps", "nfe") and min(parsed) < 1:
+            raise TransDiffError(f"`sweep` {name}: values must be at least 1")
         axes.append((name, parsed))
     if len(axes) > 2:
         raise TransDiffError("`sweep`: at most two axes (a grid of two)")
+    if {"nfe", "sampling_steps"} <= {a for a, _ in axes}:
+        raise TransDiffError("`sweep`: nfe sets sampling_steps; sweep one of them")
     return axes
+
+
+def point_options(options: SamplingOptions, point: dict[str, Any]) -> SamplingOptions:
+    """The sampling options of one sweep point (an `nfe` value becomes the sampler's step count)."""
+    values = dict(point)
+    nfe = values.pop("nfe", None)
+    if nfe is not None:
+        name = values.get("sampler") or options.sampler or DEFAULT_SAMPLER
+        values["sampling_steps"] = SAMPLERS[name].steps_for_nfe(nfe)
+    return options.with_values(values)
 
 
 def sweep_points(axes: list[tuple[str, list[float | int]]]) -> list[dict[str, float | int]]:
@@ -58,13 +80,14 @@ def write_sweep(out: Path, axes: list[tuple[str, list[float | int]]], rows: list
     names = [a for a, _ in axes]
     doc = {"axes": {a: v for a, v in axes}, "fid_key": fid_key, "points": rows}
     (out / "sweep.json").write_text(json.dumps(doc, indent=1))
-    extra = [k for k in (IS_KEY, "class_fidelity", "precision", "recall") if any(k in r for r in rows)]
-    labels = {IS_KEY: "IS", "class_fidelity": "class fidelity"}
+    extra = [k for k in (IS_KEY, "class_fidelity", "precision", "recall", "nfe", "rows_per_image")
+             if any(k in r for r in rows)]
+    labels = {IS_KEY: "IS", "class_fidelity": "class fidelity", "nfe": "NFE", "rows_per_image": "rows/image"}
     head = [*names, "FID", *(labels.get(k, k) for k in extra)]
     lines = ["| " + " | ".join(head) + " |", "|" + " --- |" * len(head)]
     for r in rows:
         cells = [str(r[a]) for a in names] + [f"{r[fid_key]:.4f}"] + \
-                [f"{r[k]:.4f}" if k in r else "" for k in extra]
+                [("" if k not in r else str(r[k]) if isinstance(r[k], int) else f"{r[k]:.4f}") for k in extra]
         lines.append("| " + " | ".join(cells) + " |")
     (out / "sweep.md").write_text("\n".join(lines) + "\n")
     return {"json": out / "sweep.json", "table": out / "sweep.md", "plot": plot_sweep(out / "sweep.png", names,

@@ -14,6 +14,7 @@ from ..errors import TransDiffError
 from ..io.checkpoint import inspect_checkpoint, newest_run_checkpoint
 from ..io.hub import local_path
 from .generate import tokenizer_spec
+from .options import SamplingOptions
 from .settings import checkpoint_settings
 
 
@@ -29,12 +30,10 @@ def _tokenizer(spec: Any) -> dict[str, Any]:
     return out
 
 
-def generation_plan(ckpt: str | Path | None, *, weights: str = "ema", size: str | None = None,
-                    vae: str | None = None, classes: Sequence[str] | None = None, num_per_class: int = 1,
-                    mode: str | None = None, rounds: int | None = None, sampling_steps: int | None = None,
-                    cfg: str | float | Sequence[float] | None = None, scale_0: float | None = None,
-                    scale_1: float | None = None, sampler: str | None = None, precision: str = "auto",
-                    device: str | None = None, seed: int = 0, batch_size: int = 16) -> dict[str, Any]:
+def generation_plan(ckpt: str | Path | None, options: SamplingOptions | None = None, *, weights: str = "ema",
+                    size: str | None = None, vae: str | None = None, classes: Sequence[str] | None = None,
+                    num_per_class: int = 1, precision: str = "auto", device: str | None = None, seed: int = 0,
+                    batch_size: int = 16) -> dict[str, Any]:
     """The settings, checkpoint facts and workload of a generation run; errors are the ones the
     real run would raise (TransDiffError, naming the parameter)."""
     dev = resolve_device(device)
@@ -42,8 +41,7 @@ def generation_plan(ckpt: str | Path | None, *, weights: str = "ema", size: str 
     info = inspect_checkpoint(newest_run_checkpoint("runs") if ckpt is None else ckpt,
                               weights=weights, size=size)
     mc = info.config
-    settings = checkpoint_settings(info, mode=mode, rounds=rounds, sampling_steps=sampling_steps, cfg=cfg,
-                                   scale_0=scale_0, scale_1=scale_1, sampler=sampler)
+    settings = checkpoint_settings(info, options or SamplingOptions())
     picked = resolve_classes(classes, mc.num_classes, info.class_names)
     s = settings.to_dict()
     sources = s.pop("sources")

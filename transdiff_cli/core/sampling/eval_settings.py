@@ -82,8 +82,16 @@ def checkpoint_defaults(config: ModelConfig, published: bool) -> SettingDefaults
 def describe(settings: object) -> list[str]:
     """Lines saying each sampling setting and where it came from (for the start of a command)."""
     d = settings.to_dict() if hasattr(settings, "to_dict") else dict(vars(settings))
-    sources = d.get("sources", {})
-    rows = [("mode", d["mode"]), ("rounds", d["rounds"]), ("cfg", ", ".join(f"{c:g}" for c in d["cfg"])),
-            ("scale_0", f"{d['scale_0']:g}"), ("scale_1", f"{d['scale_1']:g}"),
-            ("sampling_steps", d["sampling_steps"]), ("sampler", d["sampler"])]
-    return [f"  {name:<15}{str(value):<22}({sources.get(name, '?')})" for name, value in rows]
+    sources = d.pop("sources", {})
+    lines = []
+    for name, value in d.items():
+        if name == "profile" or (name == "rows" and value is None):
+            continue
+        if isinstance(value, list):
+            value = ", ".join(f"{v:g}" for v in value)
+        elif isinstance(value, float):
+            value = f"{value:g}"
+        elif value is None:
+            value = "-"
+        lines.append(f"  {name:<15}{str(value):<22}({sources.get(name, '?')})")
+    return lines

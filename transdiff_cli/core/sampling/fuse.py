@@ -62,7 +62,7 @@ def decode_features(model: TransDiff, features: torch.Tensor, settings: SampleSe
     noise = initial_noise(model.config, [0], seed).to(device=device, dtype=dtype)
     gen = torch.Generator(device=device).manual_seed(image_seed(seed, 0, 1))
     return decode(model, model.condition(features), noise, settings.make_sampler(), cfg=settings.cfg[0],
-                  generator=gen)
+                  generator=gen, interval=settings.cfg_interval)
 
 
 def check_fuse(config: ModelConfig, ratio: float, pattern: str, seed: int) -> None:

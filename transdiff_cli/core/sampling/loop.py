@@ -1,9 +1,10 @@
 """The sampling loop: classifier-free guidance batching, MRAR rounds and seeding around a sampler.
 
 The model computes features, conditions and velocities (`TransDiff.velocity`); a sampler
-(`samplers.EulerMaruyama` / `EulerODE`) owns the time grid and the update. Here they meet:
+(`samplers.SAMPLERS`) owns the time grid and the update. Here they meet:
 - guidance: the conditional and the null-class rows run as one batch of 2B, and the sampler mixes
-  their velocities with the round's scale (one scale, or one per MRAR round);
+  their velocities with the round's scale (one scale, or one per MRAR round); with a guidance
+  interval, steps outside it run the B conditional rows alone;
 - MRAR: K rounds, each image fed back as the next round's reference, the same initial noise reused
   at every round; only the new feature block goes through the encoder (its keys/values cached);
 - seeding (`sample_latents`): image i's noise from (seed, i), see `seeding`.
@@ -18,6 +19,7 @@ from typing import Any
 import torch
 
 from ..model.transdiff import TransDiff
+from .curvature import with_profile
 from .samplers import Generators, Sampler, draw_noise
 from .seeding import initial_noise, step_generators
 from .settings import SampleSettings, sample_settings
@@ -29,15 +31,28 @@ def model_device_dtype(model: TransDiff) -> tuple[torch.device, torch.dtype]:
 
 
 def run_sampler(model: TransDiff, c: torch.Tensor, noise: torch.Tensor, sampler: Sampler, cfg: float,
-                generator: Generators = None, cache: bool = True) -> torch.Tensor:
+                generator: Generators = None, cache: bool = True,
+                interval: Sequence[float] | None = None) -> torch.Tensor:
     """Decoder tokens sampled from `noise` (B, N_d, token_dim) given c: B rows, or 2B rows
-    [cond; uncond] (then the unconditional half is used only when cfg != 1)."""
+    [cond; uncond] (then the unconditional half is used only when cfg != 1, and with `interval`
+    (lo, hi) only at times lo <= t <= hi: elsewhere the network runs the B conditional rows alone)."""
     b = noise.shape[0]
     guided = cfg != 1.0
     if c.shape[0] != b and not guided:
         c = c[:b]
     dtype = c.dtype
-    velocity = model.velocity(c, b, guided, sampler.times if cache else None)
+    times = sampler.times
+    lo, hi = interval if interval is not None else (0.0, 1.0)
+    on = [t for t in times if lo <= t <= hi] if guided else []
+    off = [t for t in times if not (guided and lo <= t <= hi)]
+    both = model.velocity(c, b, True, on if cache else None) if on else None
+    alone = model.velocity(c[:b], b, False, off if cache else None) if off else None
+    if alone is None or both is None:
+        velocity = both or alone
+    else:
+        def velocity(x: torch.Tensor, t: float):
+            return both(x, t) if lo <= t <= hi else alone(x, t)
+
     if cache:
         # the sampler state stays float32 even with low-precision weights: it accumulates small
         # updates over many steps, where bfloat16's 8-bit mantissa would lose them
@@ -67,7 +82,7 @@ def feature_slots(slots: int | Sequence[int], n: int) -> list[int]:
 @torch.no_grad()
 def decode(model: TransDiff, c: torch.Tensor, noise: torch.Tensor, sampler: Sampler, *, cfg: float = 1.0,
            uncond: torch.Tensor | None = None, generator: Generators = None, cache: bool = True,
-           slots: Sequence[int] | None = None) -> torch.Tensor:
+           slots: Sequence[int] | None = None, interval: Sequence[float] | None = None) -> torch.Tensor:
     """Latents (B, C, H, W) sampled from `noise` given the condition c (B, n, D), e.g.
     `model.condition(model.features(...))`. With cfg != 1 the unconditional branch uses `uncond`
     (default: `model.null_condition`, which fits conditions without MRAR references).
@@ -82,7 +97,7 @@ def decode(model: TransDiff, c: torch.Tensor, noise: torch.Tensor, sampler: Samp
         c = torch.cat([c, uncond.expand_as(c)])
     if slots is not None:
         c = c[:, torch.as_tensor(list(slots), dtype=torch.long, device=c.device)]
-    return model.to_latent(run_sampler(model, c, noise.to(c.dtype), sampler, cfg, generator, cache))
+    return model.to_latent(run_sampler(model, c, noise.to(c.dtype), sampler, cfg, generator, cache, interval))
 
 
 @torch.no_grad()
@@ -91,9 +106,10 @@ def sample_rounds(model: TransDiff, labels: torch.Tensor, settings: SampleSettin
                   **options: Any) -> list[torch.Tensor]:
     """Class-conditional latents (B, C, H, W) of every MRAR round (one entry in 1-step mode); the
     last is the output. `settings` (or `options` for `sample_settings` against the model's own
-    config: mode, rounds, cfg, sampling_steps, scale_0, scale_1, sampler). `noise` (B, N_d,
-    token_dim) defaults to draws from `generator`, which also drives the sampler's noise (one
-    generator, or one per image). `cache=False` runs the plain path (no cached keys/values)."""
+    config: mode, rounds, cfg, cfg_interval, sampling_steps, scale_0, scale_1, sampler,
+    sampler_params). `noise` (B, N_d, token_dim) defaults to draws from `generator`, which also
+    drives the sampler's noise (one generator, or one per image). `cache=False` runs the plain
+    path (no cached keys/values)."""
     if settings is None:
         settings = sample_settings(model.config, **options)
     elif options:
@@ -105,7 +121,7 @@ def sample_rounds(model: TransDiff, labels: torch.Tensor, settings: SampleSettin
         noise = draw_noise(torch.empty(b, mc.num_tokens, mc.token_dim, device=labels.device, dtype=dtype),
                            generator)
     noise = noise.to(dtype)
-    sampler = settings.make_sampler()
+    samplers = with_profile(model, settings).samplers()  # one per round
     guided = any(s != 1.0 for s in settings.cfg)  # the null rows then run in every round
     class_emb = model.class_embedding(labels)
     if guided:
@@ -113,7 +129,8 @@ def sample_rounds(model: TransDiff, labels: torch.Tensor, settings: SampleSettin
 
     def round_latents(feats: torch.Tensor, k: int) -> torch.Tensor:
         c = model.condition(feats)
-        return model.to_latent(run_sampler(model, c, noise, sampler, settings.cfg[k], generator, cache))
+        return model.to_latent(run_sampler(model, c, noise, samplers[k], settings.cfg[k], generator, cache,
+                                           settings.cfg_interval))
 
     if not mc.mrar:
         return [round_latents(model.features(class_emb), 0)]
