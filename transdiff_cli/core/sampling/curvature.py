@@ -1,5 +1,5 @@
 """Where the learned velocity bends: the profile behind the `curvature` time grid, measured on the
-model rather than assumed (DESIGN §9).
+model rather than assumed (docs/samplers.md#the-math).
 
 A few pilot trajectories (PILOT_IMAGES images over the classes, fixed noise) follow the probability-
 flow ODE in PILOT_STEPS uniform Euler steps with the run's first-round guidance; the curvature of
