@@ -112,7 +112,7 @@ class TransDiffPipeline:
     def settings(self, *, mode: str | None = None, rounds: int | None = None,
                  cfg: float | Sequence[float] | None = None, scale_0: float | None = None,
                  scale_1: float | None = None, sampling_steps: int | None = None,
-                 sampler: str = "em") -> SampleSettings:
+                 sampler: str | None = None) -> SampleSettings:
         """The sampling settings: what is not given comes from the checkpoint, or for a published file
         from the authors' evaluation table (as in the CLI); `settings.sources` says which."""
         notes: list[str] = []
@@ -126,7 +126,7 @@ class TransDiffPipeline:
     def __call__(self, classes: Classes = None, num_per_class: int = 1, mode: str | None = None,
                  rounds: int | None = None, cfg: float | Sequence[float] | None = None,
                  scale_0: float | None = None, scale_1: float | None = None, sampling_steps: int | None = None,
-                 sampler: str = "em", seed: int = 0, batch_size: int = 16, progress: bool = True
+                 sampler: str | None = None, seed: int = 0, batch_size: int = 16, progress: bool = True
                  ) -> TransDiffOutput:
         """`num_per_class` images of each class (grouped by class). `mode` "1step" or "mrar",
         `rounds` MRAR's K, `cfg` one guidance scale or one per round, `sampling_steps` sampler
@@ -171,7 +171,7 @@ class TransDiffPipeline:
     def decode(self, features: torch.Tensor | None = None, *, condition: torch.Tensor | None = None,
                noise: torch.Tensor | None = None, seed: int = 0, cfg: float | None = None,
                sampling_steps: int | None = None, scale_0: float | None = None, scale_1: float | None = None,
-               sampler: str = "em") -> TransDiffOutput:
+               sampler: str | None = None) -> TransDiffOutput:
         """Images from semantic `features` (B, n, D), or from a ready `condition` (features plus the
         diffusion position embedding). `noise` (B, N_d, token_dim) defaults to image i's noise for
         `seed`, so `decode(features(classes))` redraws `pipe(classes)`'s images. Guidance uses the
@@ -198,7 +198,7 @@ class TransDiffPipeline:
     # ------------------------------------------------------------------ the paper's analyses
     def fuse(self, a: int | str, b: int | str, ratio: float = 0.5, pattern: str = "halves", *, seed: int = 0,
              cfg: float | None = None, sampling_steps: int | None = None, scale_0: float | None = None,
-             scale_1: float | None = None, sampler: str = "em") -> FuseOutput:
+             scale_1: float | None = None, sampler: str | None = None) -> FuseOutput:
         """Feature fusion (paper §4.2.2, 1-step models): a `ratio` share of the slots from class A's
         features (`pattern` halves, interleave or random), the rest from B's; A, the fusion and B
         are decoded from the same noise (`transdiff fuse`)."""
