@@ -183,8 +183,9 @@ def prepare(req: DistillRequest, locks: contextlib.ExitStack | None = None) -> t
     train_config = TrainConfig.from_dict(train_dict)
     train_config.validate()
     teacher_steps = req.teacher_steps or preset["teacher_steps"]
-    if teacher_steps < 1:
-        raise TransDiffError(f"`teacher_steps` must be at least 1, not {teacher_steps}")
+    if teacher_steps < 1 or teacher_steps % req.student_steps:
+        raise TransDiffError(f"`teacher_steps` {teacher_steps} must be a positive multiple of `student_steps` "
+                             f"{req.student_steps}: the student's grid points are teacher steps")
     cfg = _teacher_cfg(req, teacher_config, src.published)
     pool_size = req.pool_size or preset["pool_size"]
     if pool_size < train_config.batch_size:
