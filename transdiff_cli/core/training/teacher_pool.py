@@ -22,7 +22,8 @@ from pathlib import Path
 from typing import Any
 
 import torch
-from safetensors.torch import load_file, save_file
+from safetensors import safe_open
+from safetensors.torch import save_file
 from torch.utils.data import Dataset
 
 from ..distributed import DistInfo, barrier
@@ -152,17 +153,30 @@ def build_pool(folder: Path, spec: PoolSpec, teacher: TransDiff, dist: DistInfo,
 
 
 class TeacherPool(Dataset):
-    """Items (states (rounds, K + 1, N_d, token_dim), label) of every chunk, held in memory."""
+    """Items (states (rounds, K + 1, N_d, token_dim), label), read from the chunk files on demand
+    (memory-mapped: an ImageNet-sized pool need not fit in memory; each process opens its own)."""
 
     def __init__(self, folder: Path, spec: PoolSpec):
-        parts = [load_file(str(_chunk_path(folder, j))) for j in range(spec.chunks)]
-        self.states = torch.cat([p["states"] for p in parts])
-        self.labels = torch.cat([p["labels"] for p in parts])
-        if len(self.states) != spec.size:
-            raise TransDiffError(f"{folder} holds {len(self.states)} trajectories, expected {spec.size}")
+        self.paths = [_chunk_path(folder, j) for j in range(spec.chunks)]
+        self.chunk_size = spec.chunk_size
+        self._open: dict[int, Any] = {}
+        n = 0
+        for path in self.paths:
+            with safe_open(str(path), "pt") as f:
+                n += f.get_slice("labels").get_shape()[0]
+        if n != spec.size:
+            raise TransDiffError(f"{folder} holds {n} trajectories, expected {spec.size}")
+        self.size = n
 
     def __len__(self) -> int:
-        return len(self.states)
+        return self.size
+
+    def __getstate__(self) -> dict[str, Any]:  # data-loader workers open their own files
+        return {**self.__dict__, "_open": {}}
 
     def __getitem__(self, i: int) -> tuple[torch.Tensor, int]:
-        return self.states[i], int(self.labels[i])
+        j, r = divmod(i, self.chunk_size)
+        f = self._open.get(j)
+        if f is None:
+            f = self._open[j] = safe_open(str(self.paths[j]), "pt")
+        return f.get_slice("states")[r:r + 1][0], int(f.get_slice("labels")[r:r + 1][0])
