@@ -48,16 +48,16 @@ from .trainer import Trainer, TrainResult
 
 STUDENT_SAMPLER = "ode"
 
-# Per size: the student's optimiser run and the pool. tiny: measured on digits (docs/distillation.md).
-# S-H: not run here; scaled from tiny (about 10 passes over the pool, lr of the MRAR fine-tune) and
-# labelled as a starting point in the docs. The pool holds 5 states per trajectory (K = 4).
+# Per size: the student's optimiser run and the pool. tiny: run on digits (docs/distillation.md).
+# S-H: not run here; scaled from tiny (about 60 passes over the pool, the MRAR fine-tune's lr) and
+# labelled as starting points in the docs.
 DISTILL_PRESETS: dict[str, dict[str, Any]] = {
-    "tiny": dict(train=dict(batch_size=128, base_lr=1e-3, warmup_steps=20, max_steps=800, ema_rate=0.99,
-                            ema_warmup=False, ckpt_every=200), pool_size=8192, teacher_steps=100),
+    "tiny": dict(train=dict(batch_size=128, base_lr=1e-3, warmup_steps=20, max_steps=300, ema_rate=0.99,
+                            ema_warmup=False, ckpt_every=100), pool_size=2048, teacher_steps=40),
     "S": dict(train=dict(batch_size=256, base_lr=4e-4, warmup_steps=100, max_steps=4000, ema_rate=0.999,
                          ema_warmup=False, ckpt_every=1000), pool_size=65536, teacher_steps=100),
     **{s: dict(train=dict(batch_size=1024, lr=5e-5, warmup_steps=500, max_steps=20000, ema_rate=0.9999,
-                          ema_warmup=False, ckpt_every=2000, grid_classes=8), pool_size=1_281_024, teacher_steps=100)
+                          ema_warmup=False, ckpt_every=2000, grid_classes=8), pool_size=320_000, teacher_steps=100)
        for s in ("B", "L", "H")},
 }
 
