@@ -306,6 +306,9 @@ def main(argv: list[str] | None = None) -> None:
     p.add_argument("--quick", action="store_true", help="toy models trained here, few images (smoke test)")
     p.add_argument("--seeds", type=int, nargs="+")
     p.add_argument("--per-class", type=int)
+    for name in ("teacher", "mrar", "student"):
+        p.add_argument(f"--{name}-nfe", type=int, nargs="+", help=f"sampler steps per round for the {name} "
+                       f"(default {' '.join(map(str, FULL['nfe'][name]))})")
     p.add_argument("--batch-size", type=int, default=250)
     p.add_argument("--threads", type=int, default=None)
     p.add_argument("--no-timing", action="store_true", help="skip the width-256 timing")
@@ -320,6 +323,7 @@ def main(argv: list[str] | None = None) -> None:
     ckpts = {k: v for k, v in ckpts.items() if v}
     if not ckpts:
         p.error("give --teacher / --mrar / --student checkpoints, or --quick")
+    cfg["nfe"] = {k: getattr(args, f"{k}_nfe") or v for k, v in cfg["nfe"].items()}
     seeds = args.seeds or cfg["seeds"]
     per_class = args.per_class or cfg["per_class"]
     ev = Evaluator()
