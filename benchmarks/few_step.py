@@ -103,33 +103,50 @@ class Evaluator:
                 "class_fidelity": float((pred == np.asarray(labels)).mean())}
 
 
-def evaluate_model(name: str, ckpt: str, nfes: list[int], seeds: list[int], per_class: int, ev: Evaluator,
-                   batch_size: int) -> list[dict[str, Any]]:
-    ck = load_checkpoint(ckpt)
-    model = ck.model.float().eval()
-    tok = load_tokenizer(ck.meta["tokenizer"])
-    counter = CountingDecoder(model)
+_CACHE: dict[str, Any] = {}  # per process: the evaluator and loaded models
+
+
+def evaluate(task: tuple[str, str, str, int, int, int, int]) -> dict[str, Any]:
+    """One (model, sampler, steps per round, seed) point: generate, count, time, measure."""
+    name, ckpt, sampler, steps, seed, per_class, batch_size = task
+    if "ev" not in _CACHE:
+        _CACHE["ev"] = Evaluator()
+    if ckpt not in _CACHE:
+        ck = load_checkpoint(ckpt)
+        model = ck.model.float().eval()
+        _CACHE[ckpt] = (model, load_tokenizer(ck.meta["tokenizer"]), CountingDecoder(model))
+    model, tok, counter = _CACHE[ckpt]
     labels = [c for c in range(model.config.num_classes) for _ in range(per_class)]
-    rows = []
-    for sampler in registry():
-        for nfe in nfes:
-            # `nfe` sampler steps per round; the counter reports what they cost (a second-order
-            # sampler's step may take two evaluations, MRAR runs one decoder per round)
-            settings = sample_settings(model.config, sampler=sampler, sampling_steps=nfe)
-            for seed in seeds:
-                counter.reset()
-                t0 = time.perf_counter()
-                images = generate_arrays(model, tok, labels, settings, seed=seed, batch_size=batch_size)
-                secs = (time.perf_counter() - t0) / len(labels)
-                batches = math.ceil(len(labels) / batch_size)
-                row = {"model": name, "sampler": sampler, "sampling_steps": settings.sampling_steps,
-                       "nfe": counter.calls / batches, "rows_per_image": counter.rows / len(labels),
-                       "cfg": settings.cfg, "scale_0": settings.scale_0, "scale_1": settings.scale_1,
-                       "seed": seed, "num_images": len(labels), "s_per_image": secs, **ev(images, labels)}
-                rows.append(row)
-                log(f"{name:8s} {sampler:5s} NFE {row['nfe']:5.0f}  seed {seed}: FID {row['fid']:7.2f}  "
-                    f"fidelity {100 * row['class_fidelity']:5.1f}%  {1000 * secs:6.2f} ms/image")
-    return rows
+    # `steps` sampler steps per round; the counter reports what they cost (a second-order sampler's
+    # step may take two evaluations, MRAR runs the decoder once per round)
+    settings = sample_settings(model.config, sampler=sampler, sampling_steps=steps)
+    counter.reset()
+    t0 = time.perf_counter()
+    images = generate_arrays(model, tok, labels, settings, seed=seed, batch_size=batch_size)
+    secs = (time.perf_counter() - t0) / len(labels)
+    batches = math.ceil(len(labels) / batch_size)
+    row = {"model": name, "sampler": sampler, "sampling_steps": settings.sampling_steps,
+           "nfe": counter.calls / batches, "rows_per_image": counter.rows / len(labels),
+           "cfg": settings.cfg, "scale_0": settings.scale_0, "scale_1": settings.scale_1,
+           "seed": seed, "num_images": len(labels), "s_per_image": secs, **_CACHE["ev"](images, labels)}
+    log(f"{name:8s} {sampler:5s} NFE {row['nfe']:5.0f}  seed {seed}: FID {row['fid']:7.2f}  "
+        f"fidelity {100 * row['class_fidelity']:5.1f}%  {1000 * secs:6.2f} ms/image")
+    return row
+
+
+def evaluate_all(ckpts: dict[str, str], nfes: dict[str, list[int]], seeds: list[int], per_class: int,
+                 batch_size: int, jobs: int) -> list[dict[str, Any]]:
+    """Every model x registered sampler x steps x seed; with `jobs` > 1 in that many processes
+    (one thread each: the s/image of points measured side by side then share the machine)."""
+    tasks = [(name, ckpt, sampler, n, seed, per_class, batch_size) for name, ckpt in ckpts.items()
+             for sampler in registry() for n in nfes[name] for seed in seeds]
+    if jobs <= 1:
+        return [evaluate(t) for t in tasks]
+    import multiprocessing as mp
+    from concurrent.futures import ProcessPoolExecutor
+
+    with ProcessPoolExecutor(jobs, mp_context=mp.get_context("fork")) as pool:
+        return list(pool.map(evaluate, tasks))
 
 
 def time_width256(cfg: dict[str, Any], nfes: list[int], guidance: float) -> list[dict[str, Any]]:
@@ -311,6 +328,7 @@ def main(argv: list[str] | None = None) -> None:
                        f"(default {' '.join(map(str, FULL['nfe'][name]))})")
     p.add_argument("--batch-size", type=int, default=250)
     p.add_argument("--threads", type=int, default=None)
+    p.add_argument("--jobs", type=int, default=1, help="evaluate in this many processes (one thread each)")
     p.add_argument("--no-timing", action="store_true", help="skip the width-256 timing")
     args = p.parse_args(argv)
     cfg = dict(QUICK if args.quick else FULL)
@@ -326,11 +344,10 @@ def main(argv: list[str] | None = None) -> None:
     cfg["nfe"] = {k: getattr(args, f"{k}_nfe") or v for k, v in cfg["nfe"].items()}
     seeds = args.seeds or cfg["seeds"]
     per_class = args.per_class or cfg["per_class"]
-    ev = Evaluator()
-    rows: list[dict[str, Any]] = []
     t0 = time.time()
-    for name, ckpt in ckpts.items():
-        rows += evaluate_model(name, ckpt, cfg["nfe"][name], seeds, per_class, ev, args.batch_size)
+    if args.jobs > 1:
+        torch.set_num_threads(1)
+    rows = evaluate_all(ckpts, cfg["nfe"], seeds, per_class, args.batch_size, args.jobs)
     summary = summarise(rows)
     acc = acceptance(summary)
     timing: list[dict[str, Any]] = []
@@ -341,7 +358,7 @@ def main(argv: list[str] | None = None) -> None:
     cpu = next((ln.split(":", 1)[1].strip() for ln in Path("/proc/cpuinfo").read_text().splitlines()
                 if ln.startswith("model name")), "cpu") if Path("/proc/cpuinfo").is_file() else "cpu"
     meta = {"seeds": len(seeds), "images_per_seed": per_class * 10, "machine": f"{cpu}, {os.cpu_count()} cores, "
-            f"{torch.get_num_threads()} threads", "loadavg": [round(x, 2) for x in os.getloadavg()],
+            f"{torch.get_num_threads()} threads, {args.jobs} jobs", "loadavg": [round(x, 2) for x in os.getloadavg()],
             "timing": cfg["timing"], "checkpoints": ckpts, "samplers": registry(),
             "seconds": round(time.time() - t0, 1),
             "command": " ".join(sys.argv)}

@@ -130,3 +130,12 @@ def test_bad_requests(teacher, student, tmp_path):
                             "3", "--teacher-steps", "4", "--device", "cpu", "--no-progress"])
     assert r.exit_code == 2 and r.output.startswith("error: ") and "--student-steps" in r.output
     assert not (tmp_path / "a").exists() and not (tmp_path / "c").exists()  # refused before anything is written
+
+
+def test_configs_without_a_sampler_are_unchanged():
+    """Run folders and checkpoints written before the `sampler` field existed still match (resume)."""
+    from transdiff_cli.core.model.config import ModelConfig
+
+    assert "sampler" not in ModelConfig().to_dict()
+    student = d.student_config(ModelConfig(), 4)
+    assert student.to_dict()["sampler"] == "ode" and ModelConfig.from_dict(student.to_dict()) == student

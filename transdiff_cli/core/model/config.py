@@ -110,7 +110,10 @@ class ModelConfig:
         return list(self.mrar_cfg) if self.mrar_cfg else [self.cfg] * self.mrar_steps
 
     def to_dict(self) -> dict[str, Any]:
-        return dataclasses.asdict(self)
+        d = dataclasses.asdict(self)
+        if d["sampler"] is None:  # unset: configs written before the field existed stay identical
+            del d["sampler"]
+        return d
 
     @classmethod
     def from_dict(cls, d: dict[str, Any]) -> ModelConfig:
