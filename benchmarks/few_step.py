@@ -330,6 +330,8 @@ def main(argv: list[str] | None = None) -> None:
     p.add_argument("--threads", type=int, default=None)
     p.add_argument("--jobs", type=int, default=1, help="evaluate in this many processes (one thread each)")
     p.add_argument("--no-timing", action="store_true", help="skip the width-256 timing")
+    p.add_argument("--reuse", nargs="+", default=[],
+                   help="results.json files of earlier runs whose points (rows, width-256 timing) join this one's")
     args = p.parse_args(argv)
     cfg = dict(QUICK if args.quick else FULL)
     torch.set_num_threads(args.threads or os.cpu_count() or 1)
@@ -339,7 +341,8 @@ def main(argv: list[str] | None = None) -> None:
     if args.quick and not any(ckpts.values()):
         ckpts = quick_models(out, cfg)
     ckpts = {k: v for k, v in ckpts.items() if v}
-    if not ckpts:
+    earlier = [json.loads(Path(f).read_text()) for f in args.reuse]
+    if not ckpts and not earlier:
         p.error("give --teacher / --mrar / --student checkpoints, or --quick")
     cfg["nfe"] = {k: getattr(args, f"{k}_nfe") or v for k, v in cfg["nfe"].items()}
     seeds = args.seeds or cfg["seeds"]
@@ -347,19 +350,23 @@ def main(argv: list[str] | None = None) -> None:
     t0 = time.time()
     if args.jobs > 1:
         torch.set_num_threads(1)
-    rows = evaluate_all(ckpts, cfg["nfe"], seeds, per_class, args.batch_size, args.jobs)
+    rows = [r for doc in earlier for r in doc["rows"]]
+    rows += evaluate_all(ckpts, cfg["nfe"], seeds, per_class, args.batch_size, args.jobs)
     summary = summarise(rows)
     acc = acceptance(summary)
-    timing: list[dict[str, Any]] = []
+    timing: list[dict[str, Any]] = [t for doc in earlier for t in doc.get("width256", [])]
     if not args.no_timing:
-        guidance = sample_settings(load_checkpoint(next(iter(ckpts.values()))).config).cfg[0]
+        first = ckpts.get("teacher") or next(iter(ckpts.values()), None)
+        guidance = sample_settings(load_checkpoint(first).config).cfg[0] if first else 1.5
         teacher_cfg = guidance if guidance != 1.0 else 1.5
         timing = time_width256(cfg["timing"], sorted({n for v in cfg["nfe"].values() for n in v}), teacher_cfg)
     cpu = next((ln.split(":", 1)[1].strip() for ln in Path("/proc/cpuinfo").read_text().splitlines()
                 if ln.startswith("model name")), "cpu") if Path("/proc/cpuinfo").is_file() else "cpu"
     meta = {"seeds": len(seeds), "images_per_seed": per_class * 10, "machine": f"{cpu}, {os.cpu_count()} cores, "
             f"{torch.get_num_threads()} threads, {args.jobs} jobs", "loadavg": [round(x, 2) for x in os.getloadavg()],
-            "timing": cfg["timing"], "checkpoints": ckpts, "samplers": registry(),
+            "timing": cfg["timing"], "checkpoints": {**{k: v for doc in earlier for k, v in
+                                                         doc["meta"]["checkpoints"].items()}, **ckpts},
+            "samplers": registry(), "reused": args.reuse,
             "seconds": round(time.time() - t0, 1),
             "command": " ".join(sys.argv)}
     results = {"meta": meta, "rows": rows, "summary": summary, "acceptance": acc, "width256": timing}
