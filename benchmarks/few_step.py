@@ -330,6 +330,7 @@ def main(argv: list[str] | None = None) -> None:
     p.add_argument("--threads", type=int, default=None)
     p.add_argument("--jobs", type=int, default=1, help="evaluate in this many processes (one thread each)")
     p.add_argument("--no-timing", action="store_true", help="skip the width-256 timing")
+    p.add_argument("--timing-repeats", type=int, help="timed runs per point of the width-256 timing (default 3)")
     p.add_argument("--reuse", nargs="+", default=[],
                    help="results.json files of earlier runs whose points (rows, width-256 timing) join this one's")
     args = p.parse_args(argv)
@@ -359,7 +360,9 @@ def main(argv: list[str] | None = None) -> None:
         first = ckpts.get("teacher") or next(iter(ckpts.values()), None)
         guidance = sample_settings(load_checkpoint(first).config).cfg[0] if first else 1.5
         teacher_cfg = guidance if guidance != 1.0 else 1.5
-        timing = time_width256(cfg["timing"], sorted({n for v in cfg["nfe"].values() for n in v}), teacher_cfg)
+        if args.timing_repeats:
+            cfg["timing"] = {**cfg["timing"], "repeats": args.timing_repeats}
+        timing = time_width256(cfg["timing"], sorted({r["sampling_steps"] for r in rows}), teacher_cfg)
     cpu = next((ln.split(":", 1)[1].strip() for ln in Path("/proc/cpuinfo").read_text().splitlines()
                 if ln.startswith("model name")), "cpu") if Path("/proc/cpuinfo").is_file() else "cpu"
     meta = {"seeds": len(seeds), "images_per_seed": per_class * 10, "machine": f"{cpu}, {os.cpu_count()} cores, "
