@@ -1,5 +1,5 @@
-"""The trainer behind `train` and `finetune-mrar`: one loop for 1-step and MRAR models, on one CPU
-or on many GPUs under torchrun (DDP).
+"""The trainer behind `train`, `finetune-mrar` and `distill` (which overrides `_loss`): one loop
+for 1-step and MRAR models, on one CPU or on many GPUs under torchrun (DDP).
 
 Randomness (noise, times, class dropout) is drawn for the *global* batch from a generator seeded
 by (seed, step, micro-step), and every rank takes its slice; data order is a seeded permutation
