@@ -67,3 +67,22 @@ def test_gpu_check_without_a_gpu_is_one_line():
     r = subprocess.run(["bash", str(BENCH / "gpu_check.sh")], capture_output=True, text=True, timeout=120)
     assert r.returncode == 2 and r.stdout == ""
     assert r.stderr.strip().splitlines() == ["gpu_check: needs a CUDA GPU (torch.cuda.is_available() is False here)"]
+@pytest.mark.slow
+def test_few_step_quick(tmp_path):
+    """Toy teacher, MRAR fine-tune and distilled student, every registered sampler, two seeds."""
+    out = tmp_path / "fs"
+    r = subprocess.run([sys.executable, str(BENCH / "few_step.py"), "--quick", "--threads", "1", "--out", str(out)],
+                       capture_output=True, text=True, timeout=600)
+    assert r.returncode == 0, r.stderr[-2000:]
+    doc = json.loads((out / "results.json").read_text())
+    from transdiff_cli.core.sampling.samplers import SAMPLERS
+
+    assert {s["sampler"] for s in doc["summary"]} == set(SAMPLERS)
+    assert {s["model"] for s in doc["summary"]} == {"teacher", "mrar", "student"}
+    by = {(s["model"], s["sampler"], s["sampling_steps"]): s for s in doc["summary"]}
+    assert by[("mrar", "em", 2)]["nfe"] == 2 * 4  # counted: 4 rounds of 2 steps
+    assert by[("teacher", "em", 2)]["rows_per_image"] == 2 * 2  # guided: 2 rows per evaluation
+    assert by[("student", "ode", 2)]["rows_per_image"] == 2  # guidance distilled in: 1 row
+    assert all(s["seeds"] == 2 and s["fid"] > 0 for s in doc["summary"])
+    assert set(doc["acceptance"]) >= {"fid_ratio", "passes"} and doc["width256"]
+    assert (out / "few_step.png").stat().st_size > 0 and "| teacher | em | 100 |" in (out / "table.md").read_text()

@@ -5,7 +5,8 @@ from typer.testing import CliRunner
 
 from transdiff_cli.cli import app
 
-COMMANDS = ["encode-latents", "train", "finetune-mrar", "sample", "fuse", "diversity", "fid", "export", "figures"]
+COMMANDS = ["encode-latents", "train", "finetune-mrar", "distill", "sample", "fuse", "diversity", "fid", "export",
+            "figures"]
 runner = CliRunner()
 
 

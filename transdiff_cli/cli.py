@@ -5,7 +5,20 @@ from __future__ import annotations
 import typer
 
 from . import __version__
-from .commands import demo, diversity, encode_latents, env, export, fid, figures, finetune_mrar, fuse, sample, train
+from .commands import (
+    demo,
+    distill,
+    diversity,
+    encode_latents,
+    env,
+    export,
+    fid,
+    figures,
+    finetune_mrar,
+    fuse,
+    sample,
+    train,
+)
 from .commands._common import register_flags, user_errors
 from .core.distributed import adopt_slurm_launch
 
@@ -37,7 +50,7 @@ def root(version: bool = typer.Option(False, "--version", "-V", callback=show_ve
     adopt_slurm_launch()
 
 
-for module in (encode_latents, train, finetune_mrar, sample, fuse, diversity, fid, export, figures, demo, env):
+for module in (encode_latents, train, finetune_mrar, distill, sample, fuse, diversity, fid, export, figures, demo, env):
     module.register(app)
 register_flags(typer.main.get_command(app))  # core messages name parameters; errors show the flags
 

@@ -49,6 +49,7 @@ class ModelConfig:
     scale_0: float = 1.0
     scale_1: float = 1.0
     sampling_steps: int = 100
+    sampler: str | None = None  # None: the tool's default (Euler-Maruyama); a distilled student's is "ode"
     mrar_cfg: list[float] = field(default_factory=list)  # per MRAR step; empty -> cfg everywhere
 
     def __post_init__(self) -> None:
@@ -116,7 +117,10 @@ class ModelConfig:
         return list(self.mrar_cfg) if self.mrar_cfg else [self.cfg] * self.mrar_steps
 
     def to_dict(self) -> dict[str, Any]:
-        return dataclasses.asdict(self)
+        d = dataclasses.asdict(self)
+        if d["sampler"] is None:  # unset: configs written before the field existed stay identical
+            del d["sampler"]
+        return d
 
     @classmethod
     def from_dict(cls, d: Any, sources: Sources | None = None, where: str | None = None) -> ModelConfig:

@@ -67,8 +67,9 @@ def checkpoint_defaults(config: ModelConfig, published: bool) -> SettingDefaults
     k = config.mrar_steps if config.mrar else 1
     if not published:
         src = dict.fromkeys(("cfg", "scale_0", "scale_1", "sampling_steps"), CHECKPOINT)
+        src["sampler"] = CHECKPOINT if config.sampler else TOOL_DEFAULT  # set by `distill`
         return SettingDefaults(config.cfg_schedule()[:k], config.scale_0, config.scale_1, config.sampling_steps,
-                               DEFAULT_SAMPLER, {**src, "sampler": TOOL_DEFAULT})
+                               config.sampler or DEFAULT_SAMPLER, src)
     entry = published_table_entry(config)
     if entry is not None:
         label, (cfg, s0, s1) = entry

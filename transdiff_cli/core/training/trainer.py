@@ -1,5 +1,5 @@
-"""The trainer behind `train` and `finetune-mrar`: one loop for 1-step and MRAR models, on one CPU
-or on many GPUs under torchrun (DDP).
+"""The trainer behind `train`, `finetune-mrar` and `distill` (which overrides `_loss`): one loop
+for 1-step and MRAR models, on one CPU or on many GPUs under torchrun (DDP).
 
 Randomness (noise, times, class dropout) is drawn for the *global* batch from a generator seeded
 by (seed, step, micro-step), and every rank takes its slice; data order is a seeded permutation
@@ -162,8 +162,7 @@ class Trainer:
         self.step, self.epoch, self.batch_pos = 0, 0, 0
         self.resumed_from: Path | None = None
         self._resume()
-        self.ddp = DDP(self.model, device_ids=[device.index] if device.type == "cuda" else None) \
-            if dist.enabled else None
+        self.ddp = self._parallel() if dist.enabled else None
         self.autocast_dtype = autocast_dtype(device, train_config.precision)
         self.evaluator = None
         if train_config.eval_every:  # quality during training (FID of the EMA model)
@@ -276,6 +275,17 @@ class Trainer:
         return flag.item() > 0
 
     # ------------------------------------------------------------------ loop
+    def _parallel(self) -> DDP:
+        """The module DDP runs (a subclass with another objective wraps that instead)."""
+        return DDP(self.model, device_ids=[self.device.index] if self.device.type == "cuda" else None)
+
+    def _loss(self, net: torch.nn.Module, latents: torch.Tensor, labels: torch.Tensor, micro: int) -> torch.Tensor:
+        """The flow-matching loss of one micro-batch, with this rank's slice of the global draws."""
+        rank_slice = slice(self.dist.rank * self.local_batch, (self.dist.rank + 1) * self.local_batch)
+        draws = global_draws(self.model_config, self.micro_batch, rank_slice, self.train_config.seed, self.step,
+                             micro, self.device, torch.float32, dropout=True)
+        return net(latents, labels, **draws)
+
     def _loader(self) -> DataLoader:
         idx = epoch_indices(len(self.data.dataset), self.train_config.seed, self.epoch, self.train_config.batch_size,
                             self.micro_batch, self.dist.world_size, self.dist.rank)
@@ -286,9 +296,6 @@ class Trainer:
                           pin_memory=self.device.type == "cuda")
 
     def _micro_step(self, latents: torch.Tensor, labels: torch.Tensor, micro: int) -> torch.Tensor:
-        rank_slice = slice(self.dist.rank * self.local_batch, (self.dist.rank + 1) * self.local_batch)
-        draws = global_draws(self.model_config, self.micro_batch, rank_slice, self.train_config.seed, self.step,
-                             micro, self.device, torch.float32, dropout=True)
         net = self.ddp or self.model
         sync = self.ddp is None or micro == self.train_config.grad_accum - 1
         ctx = contextlib.nullcontext() if sync else self.ddp.no_sync()
@@ -296,7 +303,7 @@ class Trainer:
             if self.autocast_dtype else contextlib.nullcontext()
         with ctx:
             with amp:
-                loss = net(latents, labels, **draws)
+                loss = self._loss(net, latents, labels, micro)
             (loss / self.train_config.grad_accum).backward()
         return loss.detach()
 
