@@ -67,7 +67,7 @@ def _rate() -> Spec:
 
 
 SCALE = Spec(float, low=0, high=SCALE_MAX)
-MAX_SAMPLING_STEPS = 10_000  # the time grid and its network evaluations stay bounded
+MAX_SAMPLING_STEPS = 10_000  # per round: far past any useful count, far below what a time grid can hold
 
 MODEL_SCHEMA: dict[str, Spec] = {
     "size": Spec(str),
@@ -83,6 +83,7 @@ MODEL_SCHEMA: dict[str, Spec] = {
     "cfg": SCALE, "scale_0": SCALE, "scale_1": SCALE,
     "sampling_steps": Spec(int, low=1, high=MAX_SAMPLING_STEPS),
     "mrar_cfg": Spec("floats", low=0, high=SCALE_MAX),
+    "sampler": Spec(str, True),  # a registered sampler's name, checked where the settings are resolved
 }
 
 PRECISIONS = ("auto", "fp32", "bf16", "fp16", "float32", "bfloat16", "float16")

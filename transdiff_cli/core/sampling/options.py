@@ -12,8 +12,6 @@ from typing import Any
 
 from ..errors import TransDiffError
 
-MAX_SAMPLING_STEPS = 10_000  # per round: far past any useful count, far below what a grid can hold
-
 
 class OptionTypeError(TransDiffError, TypeError):
     """A sampling option of the wrong type: a TypeError for the API, one line for the CLI."""

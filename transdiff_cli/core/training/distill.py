@@ -34,16 +34,16 @@ from ..distributed import DistInfo, cleanup, init_distributed
 from ..errors import TransDiffError
 from ..fs import ensure_dir
 from ..io.checkpoint import load_checkpoint
-from ..model.config import ModelConfig, load_yaml_overrides
+from ..model.config import ModelConfig
 from ..model.transdiff import TransDiff
 from ..reporting import Reporter
 from ..sampling.generate import open_tokenizer
 from ..sampling.inference import prepare as prepare_model
 from .run_dir import RunDir
 from .run_lock import FolderLock
+from .run_request import RunRequest, merge_train, read_user_config
 from .teacher_pool import PoolSpec, TeacherPool, build_pool
 from .train_config import TrainConfig
-from .train_run import RunRequest, _merge_train, _split_yaml
 from .trainer import Trainer, TrainResult
 
 STUDENT_SAMPLER = "ode"
@@ -172,12 +172,11 @@ def prepare(req: DistillRequest, locks: contextlib.ExitStack | None = None) -> t
                              f"({src.meta['distill'].get('teacher')})")
     size = teacher_config.size if teacher_config.size in DISTILL_PRESETS else "tiny"
     preset = DISTILL_PRESETS[size]
-    yaml_model, yaml_train = _split_yaml(load_yaml_overrides(run_req.config_file))
-    if yaml_model:
+    user = read_user_config(run_req)  # YAML, then flags; each value's type and range checked
+    if user.model:
         raise TransDiffError("`distill` keeps the teacher's model config; a config file may only have a "
                              "`train:` section")
-    cli_train = {k: v for k, v in (run_req.train_overrides or {}).items() if v is not None}
-    train_dict = _merge_train(dict(preset["train"]), yaml_train, cli_train)
+    train_dict = merge_train(dict(preset["train"]), user.train)
     train_dict.update(only_train_diff=True, data=src.meta.get("data") or "teacher",
                       grid_sampling_steps=None, vae=req.vae)
     train_config = TrainConfig.from_dict(train_dict)
