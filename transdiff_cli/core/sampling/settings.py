@@ -12,9 +12,10 @@ from typing import Any
 
 from ..errors import TransDiffError
 from ..model.config import ModelConfig
+from ..schema import MAX_SAMPLING_STEPS
 from ..validate import check_scale
 from .eval_settings import CHECKPOINT, FLAG, SettingDefaults, checkpoint_defaults
-from .options import MAX_SAMPLING_STEPS, OptionValueError, SamplingOptions, parse_numbers
+from .options import OptionValueError, SamplingOptions, parse_numbers
 from .samplers import SAMPLERS, Sampler, make_sampler
 
 MODES = ("1step", "mrar")
