@@ -143,3 +143,12 @@ def random_inception_weights(path):
 def inception_weights(tmp_path_factory):
     """Random Inception weights under torch-fidelity's file name, built once per session."""
     return random_inception_weights(tmp_path_factory.mktemp("inception") / INCEPTION_FILE)
+
+
+@pytest.fixture
+def one_thread():
+    """Tiny models: one thread avoids OpenMP hand-offs that dominate every small op on a busy machine."""
+    n = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(n)

@@ -22,7 +22,6 @@ from pathlib import Path
 
 import numpy as np
 import pytest
-import torch
 from PIL import Image
 from test_generate import invoke, make_tiny, png
 
@@ -35,12 +34,7 @@ CHROMIUM = shutil.which("chromium") or shutil.which("chromium-browser")
 START_S = 180  # a busy 2-core machine imports torch and gradio slowly (idle: ~10 s)
 
 
-@pytest.fixture(autouse=True)
-def one_thread():
-    n = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(n)
+pytestmark = pytest.mark.usefixtures("one_thread")  # tiny models: see conftest.one_thread
 
 
 def need(what: str) -> None:

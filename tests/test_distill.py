@@ -22,12 +22,7 @@ STEPS = 4  # optimizer steps of the test runs
 runner = CliRunner()
 
 
-@pytest.fixture(autouse=True)
-def one_thread():
-    n = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(n)
+pytestmark = pytest.mark.usefixtures("one_thread")  # tiny models: see conftest.one_thread
 
 
 def request(teacher, run, *, steps=STEPS, student_steps=2, cfg=None, **train) -> d.DistillRequest:

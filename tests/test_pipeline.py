@@ -15,14 +15,7 @@ import transdiff_cli
 from transdiff_cli import TransDiffPipeline
 from transdiff_cli.core.errors import TransDiffError
 
-
-@pytest.fixture(autouse=True)
-def one_thread():
-    """Tiny models: one thread avoids OpenMP hand-offs that dominate every small op on a busy machine."""
-    n = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(n)
+pytestmark = pytest.mark.usefixtures("one_thread")  # tiny models: see conftest.one_thread
 
 
 @pytest.fixture(scope="module")

@@ -17,12 +17,7 @@ from transdiff_cli.core.sampling.settings import sample_settings
 TOL = 1e-5
 
 
-@pytest.fixture(autouse=True)
-def one_thread():
-    n = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(n)
+pytestmark = pytest.mark.usefixtures("one_thread")  # tiny models: see conftest.one_thread
 
 
 def tiny_model(mrar=False) -> TransDiff:

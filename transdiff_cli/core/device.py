@@ -102,3 +102,23 @@ def explain_auto(device: torch.device) -> dict[str, str]:
     else:
         why = f"{device.type}: fp32"
     return {"sampling": sampling, "training": "bf16" if device.type == "cuda" else "fp32", "why": why}
+
+
+def available_memory(device: torch.device) -> int | None:
+    """Bytes free on `device`: the GPU's free memory, the host's MemAvailable (or free pages) for
+    the CPU; None when unknown. Batch, shard and model-size checks ask this before allocating."""
+    if device.type == "cuda":
+        return int(torch.cuda.mem_get_info(device)[0])
+    if device.type != "cpu":
+        return None
+    try:
+        with open("/proc/meminfo") as f:
+            for line in f:
+                if line.startswith("MemAvailable:"):
+                    return int(line.split()[1]) * 1024
+    except OSError:
+        pass
+    try:
+        return os.sysconf("SC_AVPHYS_PAGES") * os.sysconf("SC_PAGE_SIZE")
+    except (ValueError, OSError, AttributeError):
+        return None

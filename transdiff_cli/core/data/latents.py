@@ -25,7 +25,7 @@ from torch.utils.data import DataLoader, Dataset
 
 from ..distributed import DistInfo, barrier
 from ..errors import TransDiffError
-from ..fs import LOCK, FolderLock, ensure_dir, write_text_atomic, writing
+from ..fs import LOCK, FolderLock, ensure_dir, file_sha256, write_text_atomic, writing
 from ..reporting import Reporter
 from ..shards import SafetensorsCodec, ShardedJob
 from .datasets import BUILTIN, ImageDataset, UnreadableImage, open_image_dataset
@@ -97,14 +97,6 @@ def shard_job(folder: Path, manifest: dict[str, Any]) -> ShardedJob:
 
 def _write_json(path: Path, obj: Any) -> None:
     write_text_atomic(path, json.dumps(obj, indent=1))
-
-
-def _sha256(path: Path) -> str:
-    h = hashlib.sha256()
-    with open(path, "rb") as f:
-        for block in iter(lambda: f.read(1 << 22), b""):
-            h.update(block)
-    return h.hexdigest()
 
 
 # ----------------------------------------------------------------------------------------------
@@ -350,7 +342,7 @@ def _shard_done(job: ShardedJob, k: int) -> dict[str, Any] | None:
         record = json.loads(record_path.read_text())
     except (OSError, ValueError):
         return None
-    return record if isinstance(record, dict) and _sha256(data_path) == record.get("sha256") else None
+    return record if isinstance(record, dict) and file_sha256(data_path) == record.get("sha256") else None
 
 
 def _write_shard(job: ShardedJob, k: int, start: int, stop: int,
@@ -367,7 +359,7 @@ def _write_shard(job: ShardedJob, k: int, start: int, stop: int,
         "indices": torch.tensor([r[0] for r in rows], dtype=torch.int64),
     }
     final = job.write(k, tensors)
-    record = {"file": final.name, "sha256": _sha256(final), "start": start, "stop": stop, "count": len(rows),
+    record = {"file": final.name, "sha256": file_sha256(final), "start": start, "stop": stop, "count": len(rows),
               "skipped": sorted(skipped, key=lambda s: s["index"])}
     record_path = job.folder / f"{_shard_name(k)}.json"
     with writing(record_path, "`out`"):

@@ -4,7 +4,6 @@ their features."""
 
 from __future__ import annotations
 
-import hashlib
 import os
 from dataclasses import dataclass
 from pathlib import Path
@@ -13,6 +12,7 @@ import numpy as np
 import torch
 
 from ..errors import TransDiffError
+from ..fs import file_sha256
 
 INCEPTION_FILE = "weights-inception-2015-12-05-6726825d.pth"
 INCEPTION_URL = f"https://github.com/toshas/torch-fidelity/releases/download/v0.2.0/{INCEPTION_FILE}"
@@ -54,14 +54,6 @@ class Stats:
     source: str
     images_path: Path | None = None  # the same .npz also holds reference images (ADM's arr_0)
     features: str | None = None  # the extractor's identity, in files written by --save-stats
-
-
-def file_sha256(path: str | Path) -> str:
-    h = hashlib.sha256()
-    with open(path, "rb") as f:
-        for block in iter(lambda: f.read(1 << 22), b""):
-            h.update(block)
-    return h.hexdigest()
 
 
 class Extractor:

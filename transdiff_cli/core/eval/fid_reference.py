@@ -19,8 +19,8 @@ import torch
 
 from ..data.npz_stream import iter_npz_array, npz_array_info
 from ..errors import TransDiffError
-from ..fs import atomic_write, write_text_atomic
-from .features import Extractor, ImageSet, file_sha256, statistics
+from ..fs import atomic_write, file_sha256, write_text_atomic
+from .features import Extractor, ImageSet, statistics
 
 CACHE_ENV = "TRANSDIFF_CACHE_DIR"
 

@@ -7,7 +7,6 @@ opening a checkpoint `inference`'s (its names stay importable from here); the di
 
 from __future__ import annotations
 
-import os
 from collections.abc import Iterator, Sequence
 from pathlib import Path
 from typing import Any
@@ -17,6 +16,7 @@ import torch
 
 from ..data.images import to_uint8
 from ..data.tokenizers import Tokenizer
+from ..device import available_memory
 from ..errors import TransDiffError
 from ..model.transdiff import TransDiff
 from ..validate import check_seed
@@ -58,26 +58,6 @@ def check_num_images(n: int, what: str = "`num` times the number of classes") ->
 def decode_images(tokenizer: Tokenizer, latents: torch.Tensor) -> torch.Tensor:
     """Latents -> images in [-1, 1] on the CPU (the tokenizer runs in float32)."""
     return tokenizer.decode(latents.float()).float().clamp(-1, 1).cpu()
-
-
-def available_memory(device: torch.device) -> int | None:
-    """Bytes free for a batch on `device`: the GPU's free memory, the host's MemAvailable (or free
-    pages) for the CPU; None when unknown."""
-    if device.type == "cuda":
-        return int(torch.cuda.mem_get_info(device)[0])
-    if device.type != "cpu":
-        return None
-    try:
-        with open("/proc/meminfo") as f:
-            for line in f:
-                if line.startswith("MemAvailable:"):
-                    return int(line.split()[1]) * 1024
-    except OSError:
-        pass
-    try:
-        return os.sysconf("SC_AVPHYS_PAGES") * os.sysconf("SC_PAGE_SIZE")
-    except (ValueError, OSError, AttributeError):
-        return None
 
 
 def batch_bytes(model: TransDiff, tokenizer: Tokenizer, batch_size: int, settings: SampleSettings) -> int:

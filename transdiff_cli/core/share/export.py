@@ -16,7 +16,6 @@ written into a staging folder beside `out` and renamed into place.
 from __future__ import annotations
 
 import dataclasses
-import hashlib
 import json
 import os
 import shutil
@@ -30,7 +29,7 @@ from safetensors.torch import save_file
 
 from ..data.tokenizers import load_tokenizer, parse_tokenizer_spec
 from ..errors import TransDiffError
-from ..fs import os_error
+from ..fs import file_sha256, os_error
 from ..io.checkpoint import CONFIG, EMA, MODEL, Checkpoint, load_checkpoint
 from ..io.hub import is_hub_id
 from ..model.config import ModelConfig
@@ -49,14 +48,6 @@ class Exported:
     files: list[str] = field(default_factory=list)
     needs_vae: str | None = None  # the VAE kind to pass at sampling time, when not bundled
     config: dict[str, Any] = field(default_factory=dict)
-
-
-def sha256(path: Path) -> str:
-    h = hashlib.sha256()
-    with open(path, "rb") as f:
-        for block in iter(lambda: f.read(1 << 20), b""):
-            h.update(block)
-    return h.hexdigest()
 
 
 def is_export(folder: Path) -> bool:
@@ -125,7 +116,7 @@ def export_checkpoint(ck: Checkpoint, out: str | Path, *, vae: str | None = None
     if ck.published and ck.meta.get("published_args"):
         doc["published_training_args"] = ck.meta["published_args"]  # training-time flags, never sampling
     doc["export"] = {"source": str(ck.meta.get("source") or ck.path), "source_file": source_file.name,
-                     "source_sha256": sha256(source_file), "published": ck.published,
+                     "source_sha256": file_sha256(source_file), "published": ck.published,
                      "weights": "ema" if ck.meta.get("weights", "ema") in ("ema", "model_ema") else "raw",
                      "needs_vae": needs, "tool": _tool(),
                      "license": license or ("mit" if ck.published else "other"),

@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import torch
 
+from ..device import available_memory
 from ..errors import TransDiffError
 from ..model.config import ModelConfig
 from .train_config import TrainConfig
@@ -38,22 +39,6 @@ def activation_bytes(c: ModelConfig, local_batch: int) -> int:
     return 2 * (enc + dec)
 
 
-def available_bytes(device: torch.device) -> int | None:
-    """Free memory on `device` (the GPU's, or the host's MemAvailable); None when unknown."""
-    if device.type == "cuda":
-        return int(torch.cuda.mem_get_info(device)[0])
-    if device.type != "cpu":
-        return None
-    try:
-        with open("/proc/meminfo") as f:
-            for line in f:
-                if line.startswith("MemAvailable:"):
-                    return int(line.split()[1]) * 1024
-    except OSError:
-        pass
-    return None
-
-
 def _gib(n: float) -> str:
     return f"{n / 2**30:,.1f} GiB"
 
@@ -66,7 +51,7 @@ def check_fits_machine(c: ModelConfig, t: TrainConfig, device: torch.device, wor
     state = params * BYTES_PER_PARAM
     local = max(1, t.batch_size // max(1, t.grad_accum * world_size))
     acts = activation_bytes(c, local)
-    free = available_bytes(device) if available is None else available
+    free = available_memory(device) if available is None else available
     if free is None or state + acts <= free:
         return
     what = (f"the model has about {params:,} parameters ({_gib(state)} for weights, gradients, "
