@@ -14,6 +14,7 @@ from typer.testing import CliRunner
 
 from transdiff_cli.cli import app
 from transdiff_cli.commands import sample as sample_cmd
+from transdiff_cli.core import fs as fs_mod
 from transdiff_cli.core.sampling import generate as generate_mod
 from transdiff_cli.core.sampling import outputs as outputs_mod
 
@@ -129,7 +130,7 @@ def test_symlinked_out_is_written_through(ck, earlier, tmp_path):
 
 def test_a_swap_killed_between_its_renames_is_rolled_back(ck, earlier, tmp_path, monkeypatch):
     out = fill(tmp_path / "s", earlier)
-    monkeypatch.setattr(outputs_mod, "_exchange", lambda a, b: False)  # the two-rename path
+    monkeypatch.setattr(fs_mod, "_exchange", lambda a, b: False)  # the two-rename path
     real, calls = os.replace, []
 
     def killed_at_second(src, dst):

@@ -24,7 +24,8 @@ from PIL import Image
 
 from .core.data.classes import class_label
 from .core.errors import TransDiffError
-from .core.share.export import check_not_cwd, staging_dir, swap_in
+from .core.fs import staging_folder, swap_folder
+from .core.share.export import check_not_cwd
 from .pipeline import TransDiffPipeline
 
 FIGURES_JSON = "figures.json"
@@ -145,14 +146,14 @@ def make_figures(pipe: TransDiffPipeline, out: str | Path, *, classes: Sequence[
     if pairs is None:
         pairs = [(i, i + 1) for i in range(0, min(6, mc.num_classes) - 1, 2)]
     result = Figures(out)
-    staging = staging_dir(out)
+    staging = staging_folder(out.absolute(), "`out`")
     try:
         doc = _draw(pipe, staging, result, labels, names, pairs, compare, seed, cfg, sampling_steps, say)
         doc["command"] = command
         result.doc = doc
         (staging / FIGURES_JSON).write_text(json.dumps(doc, indent=1))
         (staging / FIGURES_MD).write_text(figures_markdown(result, command))
-        swap_in(staging, out)
+        swap_folder(staging, out.absolute(), "`out`", out)
     finally:
         shutil.rmtree(staging, ignore_errors=True)
     return result

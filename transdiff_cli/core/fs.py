@@ -4,10 +4,13 @@ and the cause (no space, read-only, not a folder), atomic writes, and the one-wr
 from __future__ import annotations
 
 import contextlib
+import ctypes
+import ctypes.util
 import errno
 import hashlib
 import json
 import os
+import shutil
 import socket
 import uuid
 from collections.abc import Iterator
@@ -197,3 +200,67 @@ def file_sha256(path: str | Path) -> str:
         for block in iter(lambda: f.read(1 << 22), b""):
             h.update(block)
     return h.hexdigest()
+
+
+# --------------------------------------------------------------------------- staging and swap
+# A folder of outputs (sample's --out, an export, figures) is written into a hidden staging folder
+# beside it and swapped in at the end: the old folder stays whole until the new one is.
+
+def staging_folder(full: Path, option: str) -> Path:
+    """A fresh hidden `.NAME.tmp-*` folder beside `full` (an absolute path), after removing those a
+    killed run left."""
+    ensure_dir(full.parent, option)
+    for stale in full.parent.glob(f".{full.name}.tmp-*"):
+        shutil.rmtree(stale, ignore_errors=True)
+    return ensure_dir(full.parent / f".{full.name}.tmp-{uuid.uuid4().hex[:8]}", option)
+
+
+_RENAME_EXCHANGE = 2
+
+
+def _exchange(a: Path, b: Path) -> bool:
+    """Swap two paths in one step (Linux renameat2 RENAME_EXCHANGE); False where unsupported."""
+    try:
+        libc = ctypes.CDLL(ctypes.util.find_library("c"), use_errno=True)
+        renameat2 = libc.renameat2
+    except (OSError, AttributeError, TypeError):
+        return False
+    at_fdcwd = -100
+    if renameat2(at_fdcwd, os.fsencode(a), at_fdcwd, os.fsencode(b), _RENAME_EXCHANGE) == 0:
+        return True
+    return False  # EINVAL/ENOSYS (file system or kernel without it): the two-rename path
+
+
+def swap_folder(staging: Path, full: Path, option: str, shown: str | Path | None = None) -> None:
+    """Replace the folder `full` by `staging`. The folders are exchanged in one step where possible;
+    otherwise, with two renames, a kill between them is rolled back by `recover_swap`."""
+    try:
+        if full.is_dir() and any(full.iterdir()):
+            if _exchange(staging, full):
+                shutil.rmtree(staging, ignore_errors=True)  # now the old folder
+                return
+            old = full.parent / f".{full.name}.old-{uuid.uuid4().hex[:8]}"
+            os.replace(full, old)
+            os.replace(staging, full)
+            shutil.rmtree(old, ignore_errors=True)
+        else:
+            if full.is_dir():
+                full.rmdir()
+            os.replace(staging, full)
+    except OSError as e:
+        raise os_error(e, shown or full, option) from None
+
+
+def recover_swap(full: Path, option: str) -> None:
+    """Finish what a run killed during a two-rename swap left: with `full` missing, its old folder
+    (hidden as `.NAME.old-*`) is put back; with `full` in place, the old copies are removed."""
+    olds = sorted(full.parent.glob(f".{full.name}.old-*"), key=lambda p: p.stat().st_mtime, reverse=True)
+    try:
+        if olds and not full.exists() and not full.is_symlink():
+            os.replace(olds.pop(0), full)
+            for staging in full.parent.glob(f".{full.name}.tmp-*"):  # the killed run's new outputs
+                shutil.rmtree(staging, ignore_errors=True)
+        for old in olds:
+            shutil.rmtree(old, ignore_errors=True)
+    except OSError as e:
+        raise os_error(e, full, option) from None

@@ -12,12 +12,9 @@ staged beside `--out` and swapped in when complete, and the rules that keep a us
 
 from __future__ import annotations
 
-import ctypes
-import ctypes.util
 import json
 import os
 import shutil
-import uuid
 import zipfile
 from collections.abc import Callable, Iterable, Sequence
 from dataclasses import dataclass, field
@@ -30,7 +27,7 @@ import torch
 from ..data.classes import class_label
 from ..data.images import make_grid, save_pngs
 from ..errors import TransDiffError
-from ..fs import check_file_target, ensure_dir, os_error
+from ..fs import check_file_target, ensure_dir, os_error, recover_swap, staging_folder, swap_folder
 from .settings import SampleSettings
 
 GRID_MAX = 256  # images shown in grid.png; the PNG files and the .npz hold every image
@@ -120,7 +117,7 @@ def check_outputs(out: str | Path, npz: str | Path | None = None, overwrite: boo
     the folder above `out`): an interrupted swap is recovered first."""
     out = Path(out)
     real = real_out(out)
-    recover_swap(real)
+    recover_swap(real, "`out`")
     _check_out(out, overwrite)
     if npz is not None:
         check_npz(out, Path(npz), overwrite)
@@ -170,70 +167,20 @@ def check_npz(out: Path, npz: Path, overwrite: bool) -> None:
 
 
 # --------------------------------------------------------------------------- staging and swap
-def recover_swap(full: Path) -> None:
-    """Finish what a run killed during the swap left: with `full` missing, its old folder (hidden
-    as `.NAME.old-*`) is put back; with `full` in place, the old copies are removed."""
-    olds = sorted(full.parent.glob(f".{full.name}.old-*"), key=lambda p: p.stat().st_mtime, reverse=True)
-    try:
-        if olds and not full.exists() and not full.is_symlink():
-            os.replace(olds.pop(0), full)
-            for staging in full.parent.glob(f".{full.name}.tmp-*"):  # the killed run's new outputs
-                shutil.rmtree(staging, ignore_errors=True)
-        for old in olds:
-            shutil.rmtree(old, ignore_errors=True)
-    except OSError as e:
-        raise os_error(e, full, "`out`") from None
-
-
 def prepare_out(out: Path, overwrite: bool = False) -> Path:
     """Check `out` before any work and return a fresh staging folder beside the folder it names
     (its target when it is a link). A folder holding files `sample` did not write is refused
     unless `overwrite`."""
     full = real_out(out)
-    recover_swap(full)
+    recover_swap(full, "`out`")
     _check_out(out, overwrite)
-    ensure_dir(full.parent, "`out`")
-    for stale in full.parent.glob(f".{full.name}.tmp-*"):  # left by a killed run
-        shutil.rmtree(stale, ignore_errors=True)
-    return ensure_dir(full.parent / f".{full.name}.tmp-{uuid.uuid4().hex[:8]}", "`out`")
-
-
-_RENAME_EXCHANGE = 2
-
-
-def _exchange(a: Path, b: Path) -> bool:
-    """Swap two paths in one step (Linux renameat2 RENAME_EXCHANGE); False where unsupported."""
-    try:
-        libc = ctypes.CDLL(ctypes.util.find_library("c"), use_errno=True)
-        renameat2 = libc.renameat2
-    except (OSError, AttributeError, TypeError):
-        return False
-    at_fdcwd = -100
-    if renameat2(at_fdcwd, os.fsencode(a), at_fdcwd, os.fsencode(b), _RENAME_EXCHANGE) == 0:
-        return True
-    return False  # EINVAL/ENOSYS (file system or kernel without it): the two-rename path
+    return staging_folder(full, "`out`")
 
 
 def swap_in(staging: Path, out: Path) -> None:
-    """Replace the folder `out` names by `staging`: the old outputs stay whole until the new are.
-    The folders are exchanged in one step where possible; otherwise, with two renames, a kill
-    between them is rolled back by the next run (`recover_swap`)."""
+    """Replace the folder `out` names (its target when it is a link) by `staging`."""
     full = real_out(out) if out.is_symlink() or out.exists() else out.resolve()
-    try:
-        if full.is_dir() and any(full.iterdir()):
-            if _exchange(staging, full):
-                shutil.rmtree(staging, ignore_errors=True)  # now the old outputs
-                return
-            old = full.parent / f".{full.name}.old-{uuid.uuid4().hex[:8]}"
-            os.replace(full, old)
-            os.replace(staging, full)
-            shutil.rmtree(old, ignore_errors=True)
-        else:
-            if full.is_dir():
-                full.rmdir()
-            os.replace(staging, full)
-    except OSError as e:
-        raise os_error(e, out, "`out`") from None
+    swap_folder(staging, full, "`out`", out)
 
 
 def into_fresh_folder(out: Path, overwrite: bool, write: Callable[[Path], Written]) -> Written:

@@ -17,9 +17,7 @@ from __future__ import annotations
 
 import dataclasses
 import json
-import os
 import shutil
-import uuid
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -29,7 +27,7 @@ from safetensors.torch import save_file
 
 from ..data.tokenizers import load_tokenizer, parse_tokenizer_spec
 from ..errors import TransDiffError
-from ..fs import file_sha256, os_error
+from ..fs import file_sha256, os_error, staging_folder, swap_folder
 from ..io.checkpoint import CONFIG, EMA, MODEL, Checkpoint, load_checkpoint
 from ..io.hub import is_hub_id
 from ..model.config import ModelConfig
@@ -121,7 +119,7 @@ def export_checkpoint(ck: Checkpoint, out: str | Path, *, vae: str | None = None
                      "needs_vae": needs, "tool": _tool(),
                      "license": license or ("mit" if ck.published else "other"),
                      "base_model": AUTHORS_REPO if ck.published and paper_numbers(config) else None}
-    staging = staging_dir(out)
+    staging = staging_folder(out.absolute(), "`out`")
     try:
         _contiguous_save(state, staging / MODEL)
         files = [MODEL]
@@ -131,7 +129,7 @@ def export_checkpoint(ck: Checkpoint, out: str | Path, *, vae: str | None = None
         # config.json last: a folder holding it is complete
         (staging / CONFIG).write_text(json.dumps(doc, indent=1, default=str))
         files += [CARD, CONFIG]
-        swap_in(staging, out)
+        swap_folder(staging, out.absolute(), "`out`", out)  # an earlier export stays whole until then
     except OSError as e:
         raise os_error(e, out, "`out`") from None
     finally:
@@ -211,29 +209,3 @@ def _write_vae(tokenizer: Any, spec: dict[str, Any], ck: Checkpoint, vae: str | 
 def _contiguous_save(state: dict[str, torch.Tensor], path: Path) -> None:
     save_file({k: v.detach().cpu().contiguous() for k, v in state.items()}, str(path))
 
-
-def staging_dir(out: Path) -> Path:
-    full = out.absolute()
-    try:
-        full.parent.mkdir(parents=True, exist_ok=True)
-        for stale in full.parent.glob(f".{full.name}.tmp-*"):  # left by a killed export
-            shutil.rmtree(stale, ignore_errors=True)
-        staging = full.parent / f".{full.name}.tmp-{uuid.uuid4().hex[:8]}"
-        staging.mkdir()
-    except OSError as e:
-        raise os_error(e, full.parent, "`out`") from None
-    return staging
-
-
-def swap_in(staging: Path, out: Path) -> None:
-    """Replace `out` by `staging` with renames: an earlier export stays whole until the new one is."""
-    full = out.absolute()
-    if full.is_dir() and any(full.iterdir()):
-        old = full.parent / f".{full.name}.old-{uuid.uuid4().hex[:8]}"
-        os.replace(full, old)
-        os.replace(staging, full)
-        shutil.rmtree(old, ignore_errors=True)
-    else:
-        if full.is_dir():
-            full.rmdir()
-        os.replace(staging, full)
