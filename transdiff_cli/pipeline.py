@@ -18,6 +18,7 @@ import warnings
 from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Any
 
 import torch
 from PIL import Image
@@ -175,6 +176,13 @@ class TransDiffPipeline:
             warnings.warn(note, stacklevel=3)
         return with_profile(self.model, settings)
 
+    def _one_step_settings(self, options: SamplingOptions | None, **keywords: Any) -> SampleSettings:
+        """Settings for decoding one condition (`decode`, `fuse`): the 1-step mode, from `options`
+        when given, else from the keyword arguments."""
+        if options is not None:
+            return self.settings(options.with_values({"mode": "1step"}))
+        return self.settings(mode="1step", **keywords)
+
     # ------------------------------------------------------------------ sampling
     def __call__(self, classes: Classes = None, num_per_class: int = 1, mode: str | None = None,
                  rounds: int | None = None, cfg: float | Sequence[float] | None = None,
@@ -246,11 +254,9 @@ class TransDiffPipeline:
             if value is not None and value.dim() != 3:
                 raise ValueError(f"`{name}` must have 3 dimensions (B, n, D), not shape {tuple(value.shape)}")
         _check_int("seed", seed, low=0, high=SEED_MAX)
-        if options is not None:
-            options = options.with_values({"mode": "1step"})
-        settings = self.settings(options, **({} if options is not None else dict(
-            mode="1step", cfg=cfg, scale_0=scale_0, scale_1=scale_1, sampling_steps=sampling_steps,
-            sampler=sampler, cfg_interval=cfg_interval, sampler_params=sampler_params)))
+        settings = self._one_step_settings(options, cfg=cfg, scale_0=scale_0, scale_1=scale_1,
+                                           sampling_steps=sampling_steps, sampler=sampler,
+                                           cfg_interval=cfg_interval, sampler_params=sampler_params)
         model = self.model
         device, dtype = model_device_dtype(model)
         x = (features if condition is None else condition).to(device=device, dtype=dtype)
@@ -282,11 +288,9 @@ class TransDiffPipeline:
         features (`pattern` halves, interleave or random), the rest from B's; A, the fusion and B
         are decoded from the same noise (`transdiff fuse`)."""
         _check_int("seed", seed, low=0, high=SEED_MAX)
-        if options is not None:
-            options = options.with_values({"mode": "1step"})
-        settings = self.settings(options, **({} if options is not None else dict(
-            mode="1step", cfg=cfg, scale_0=scale_0, scale_1=scale_1, sampling_steps=sampling_steps,
-            sampler=sampler, cfg_interval=cfg_interval, sampler_params=sampler_params)))
+        settings = self._one_step_settings(options, cfg=cfg, scale_0=scale_0, scale_1=scale_1,
+                                           sampling_steps=sampling_steps, sampler=sampler,
+                                           cfg_interval=cfg_interval, sampler_params=sampler_params)
         ya, yb = (resolve_class(v, self.config.num_classes, self.class_names) for v in (a, b))
         result = fuse(self.model, ya, yb, settings, ratio=ratio, pattern=pattern, seed=seed)
         images = to_pil(decode_images(self.tokenizer, result.latents))

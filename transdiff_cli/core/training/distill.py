@@ -30,7 +30,7 @@ from torch.nn.parallel import DistributedDataParallel as DDP
 
 from ..data.latents import TrainingData
 from ..device import resolve_device
-from ..distributed import DistInfo, cleanup, init_distributed
+from ..distributed import DistInfo, init_distributed
 from ..errors import TransDiffError
 from ..fs import ensure_dir
 from ..io.checkpoint import load_checkpoint
@@ -44,6 +44,7 @@ from .run_lock import FolderLock
 from .run_request import RunRequest, merge_train, read_user_config
 from .teacher_pool import PoolSpec, TeacherPool, build_pool
 from .train_config import TrainConfig
+from .train_run import run_prepared
 from .trainer import Trainer, TrainResult
 
 STUDENT_SAMPLER = "ode"
@@ -242,9 +243,4 @@ def prepare(req: DistillRequest, locks: contextlib.ExitStack | None = None) -> t
 
 
 def run_distill(req: DistillRequest) -> TrainResult:
-    with contextlib.ExitStack() as locks:
-        trainer, dist = prepare(req, locks)
-        try:
-            return trainer.train()
-        finally:
-            cleanup(dist)
+    return run_prepared(prepare, req)

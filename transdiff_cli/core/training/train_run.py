@@ -5,7 +5,9 @@ from __future__ import annotations
 
 import contextlib
 import sys
+from collections.abc import Callable
 from pathlib import Path
+from typing import Any
 
 import torch
 
@@ -62,10 +64,16 @@ def prepare(req: RunRequest, locks: contextlib.ExitStack | None = None) -> tuple
     return trainer, dist
 
 
-def run_training(req: RunRequest) -> TrainResult:
+def run_prepared(prepare_run: Callable[[Any, contextlib.ExitStack], tuple[Trainer, DistInfo]],
+                 req: Any) -> TrainResult:
+    """Prepare a run (holding its folder's lock), train it, and leave the process group."""
     with contextlib.ExitStack() as locks:
-        trainer, dist = prepare(req, locks)
+        trainer, dist = prepare_run(req, locks)
         try:
             return trainer.train()
         finally:
             cleanup(dist)
+
+
+def run_training(req: RunRequest) -> TrainResult:
+    return run_prepared(prepare, req)
