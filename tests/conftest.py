@@ -46,10 +46,15 @@ def manifest(fixtures: Path) -> dict:
 runner = CliRunner()
 
 
+def run_cli(args):
+    """Run the CLI in-process (arguments may be paths or numbers); the result, whatever its exit code."""
+    return runner.invoke(app, [str(a) for a in args])
+
+
 def invoke(args):
-    """Run the CLI (arguments may be paths or numbers) and expect success."""
-    result = runner.invoke(app, [str(a) for a in args])
-    assert result.exit_code == 0, result.output
+    """Run the CLI and expect success."""
+    result = run_cli(args)
+    assert result.exit_code == 0, (result.output, result.exception)
     return result
 
 

@@ -22,8 +22,8 @@ from pathlib import Path
 
 import numpy as np
 import pytest
+from conftest import invoke, make_tiny, png
 from PIL import Image
-from test_generate import invoke, make_tiny, png
 
 import transdiff_cli
 from transdiff_cli import TransDiffPipeline

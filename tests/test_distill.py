@@ -5,8 +5,8 @@ import json
 
 import pytest
 import torch
+from conftest import invoke, make_tiny
 from safetensors.torch import load_file
-from test_generate import invoke, make_tiny
 from typer.testing import CliRunner
 
 from transdiff_cli import TransDiffPipeline

@@ -9,30 +9,16 @@ import os
 
 import numpy as np
 import pytest
-from test_generate import make_tiny
-from typer.testing import CliRunner
+from conftest import invoke, make_tiny, run_cli
 
-from transdiff_cli.cli import app
 from transdiff_cli.commands import sample as sample_cmd
 from transdiff_cli.core import fs as fs_mod
 from transdiff_cli.core.sampling import generate as generate_mod
 from transdiff_cli.core.sampling import outputs as outputs_mod
 
-runner = CliRunner()
-
-
-def invoke(args):
-    return runner.invoke(app, [str(a) for a in args])
-
-
-def ok(args):
-    result = invoke(args)
-    assert result.exit_code == 0, (result.output, result.exception)
-    return result
-
 
 def one_line_error(args, *needles):
-    result = invoke(args)
+    result = run_cli(args)
     assert result.exit_code == 2, (result.output, result.exception)
     lines = [ln for ln in result.stderr.splitlines() if ln.startswith("error")]
     assert len(lines) == 1 and "Traceback" not in result.output, result.output
@@ -54,7 +40,7 @@ def ck(tmp_path_factory):
 def earlier(ck, tmp_path_factory):
     """A folder an earlier `sample` wrote (2 images, grid, samples.json)."""
     out = tmp_path_factory.mktemp("earlier") / "s"
-    ok(["sample", "--ckpt", ck, "--class", "1,2", "--num", 1, "--precision", "fp32", "--out", out])
+    invoke(["sample", "--ckpt", ck, "--class", "1,2", "--num", 1, "--precision", "fp32", "--out", out])
     return files(out)
 
 
@@ -79,7 +65,7 @@ def test_npz_refuses_a_file_it_did_not_write(ck, tmp_path, monkeypatch):
         one_line_error(["sample", "--ckpt", ck, "--class", 1, "--num", 2, "--out", tmp_path / "clob", "--npz", ref],
                        "VIRTUAL_ref.npz", "--overwrite")
     assert ref.read_bytes() == before and not (tmp_path / "clob").exists()
-    ok(["sample", "--ckpt", ck, "--class", 1, "--num", 2, "--out", tmp_path / "clob", "--npz", ref, "--overwrite"])
+    invoke(["sample", "--ckpt", ck, "--class", 1, "--num", 2, "--out", tmp_path / "clob", "--npz", ref, "--overwrite"])
     with np.load(ref) as data:
         assert data["arr_0"].shape[0] == 2
 
@@ -109,9 +95,9 @@ def test_npz_cannot_be_one_of_outs_own_files(ck, earlier, tmp_path, monkeypatch,
 def test_a_sample_folder_is_still_replaced_with_its_npz_inside(ck, tmp_path):
     out = tmp_path / "o"
     job = ["sample", "--ckpt", ck, "--class", 1, "--num", 1, "--precision", "fp32", "--out", out]
-    ok([*job, "--npz", out / "all.npz"])
-    ok([*job, "--seed", 1, "--npz", out / "all.npz"])  # the earlier .npz inside is ours: replaced
-    ok([*job, "--seed", 2])  # ... and so is the folder holding it
+    invoke([*job, "--npz", out / "all.npz"])
+    invoke([*job, "--seed", 1, "--npz", out / "all.npz"])  # the earlier .npz inside is ours: replaced
+    invoke([*job, "--seed", 2])  # ... and so is the folder holding it
     assert sorted(files(out)) == ["00000_class1.png", "grid.png", "samples.json"]
 
 
@@ -119,7 +105,7 @@ def test_symlinked_out_is_written_through(ck, earlier, tmp_path):
     target = fill(tmp_path / "real", earlier)
     link = tmp_path / "link"
     link.symlink_to(target, target_is_directory=True)
-    ok(["sample", "--ckpt", ck, "--class", 3, "--num", 1, "--precision", "fp32", "--out", link])
+    invoke(["sample", "--ckpt", ck, "--class", 3, "--num", 1, "--precision", "fp32", "--out", link])
     assert link.is_symlink() and os.readlink(link) == str(target)
     assert sorted(files(target)) == ["00000_class3.png", "grid.png", "samples.json"]
     assert sorted(p.name for p in tmp_path.iterdir()) == ["link", "real"]  # no .real.old-* or staging left
@@ -140,7 +126,7 @@ def test_a_swap_killed_between_its_renames_is_rolled_back(ck, earlier, tmp_path,
         return real(src, dst)
 
     monkeypatch.setattr(outputs_mod.os, "replace", killed_at_second)
-    assert invoke(["sample", "--ckpt", ck, "--class", 3, "--num", 1, "--out", out]).exit_code == 130
+    assert run_cli(["sample", "--ckpt", ck, "--class", 3, "--num", 1, "--out", out]).exit_code == 130
     assert not out.exists()  # the kill landed between the renames
     monkeypatch.setattr(outputs_mod.os, "replace", real)
     one_line_error(["sample", "--ckpt", ck, "--class", 999, "--num", 1, "--out", out], "999")

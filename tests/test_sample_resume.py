@@ -6,26 +6,13 @@ import json
 
 import numpy as np
 import pytest
-from typer.testing import CliRunner
+from conftest import invoke, run_cli
 
-from transdiff_cli.cli import app
 from transdiff_cli.core.sampling import generate_npz
-
-runner = CliRunner()
-
-
-def invoke(args):
-    return runner.invoke(app, [str(a) for a in args])
-
-
-def ok(args):
-    result = invoke(args)
-    assert result.exit_code == 0, (result.output, result.exception)
-    return result
 
 
 def one_line_error(args, *needles):
-    result = invoke(args)
+    result = run_cli(args)
     assert result.exit_code == 2, (result.output, result.exception)
     lines = [ln for ln in result.stderr.splitlines() if ln.strip()]
     assert len(lines) == 1 and lines[0].startswith("error: "), result.stderr
@@ -63,16 +50,16 @@ def test_killed_sample_npz_resumes_to_the_uninterrupted_files(tiny, tmp_path, mo
     job = ["sample", "--ckpt", tiny["one"], "--class", "0,1", "--num", 4, "--batch-size", 2, "--shard-size", 4,
            "--sampling-steps", 1]
     straight = tmp_path / "straight"
-    ok([*job, "--out", straight, "--npz", straight / "all.npz"])
+    invoke([*job, "--out", straight, "--npz", straight / "all.npz"])
     assert not (tmp_path / "straight.parts").exists()
     plain = tmp_path / "plain"  # the same images without --npz
-    ok([*job, "--out", plain])
+    invoke([*job, "--out", plain])
 
     out = tmp_path / "resumed"
-    ok(["sample", "--ckpt", tiny["one"], "--class", 5, "--num", 1, "--out", out])  # an earlier output
+    invoke(["sample", "--ckpt", tiny["one"], "--class", 5, "--num", 1, "--out", out])  # an earlier output
     before = files(out)
     written = kill_at_shard(monkeypatch, 1)
-    result = invoke([*job, "--out", out, "--npz", out / "all.npz"])
+    result = run_cli([*job, "--out", out, "--npz", out / "all.npz"])
     assert result.exit_code == 130 and written == [0]
     assert "resumed.parts" in result.output.replace("\n", "")  # where the shards are kept
     assert files(out) == before  # the old --out untouched
@@ -89,7 +76,7 @@ def test_killed_sample_npz_resumes_to_the_uninterrupted_files(tiny, tmp_path, mo
         return real_shards(*a, on_batch=lambda n: (progress.append(n), on_batch(n)), **k)
 
     monkeypatch.setattr(generate_npz, "generate_shards", shards)
-    ok([*job, "--out", out, "--npz", out / "all.npz"])
+    invoke([*job, "--out", out, "--npz", out / "all.npz"])
     assert drawn == [1] and progress == [4, 2, 2]  # the finished shard counts at once
     assert not parts.exists()
     assert files(out) == files(straight)  # PNGs, grid, samples.json byte for byte
@@ -104,11 +91,11 @@ def test_killed_sample_npz_resumes_to_the_uninterrupted_files(tiny, tmp_path, mo
     # a rerun of the finished command finds everything in place and draws nothing
     monkeypatch.setattr(generate_npz, "generate", lambda *a, **k: pytest.fail("generated again"))
     done = files(out)
-    assert "nothing to do" in ok([*job, "--out", out, "--npz", out / "all.npz"]).output
+    assert "nothing to do" in invoke([*job, "--out", out, "--npz", out / "all.npz"]).output
     assert files(out) == done
     (out / "00003_class0.png").unlink()  # an output gone: the run is redone
     monkeypatch.undo()
-    ok([*job, "--out", out, "--npz", out / "all.npz"])
+    invoke([*job, "--out", out, "--npz", out / "all.npz"])
     assert files(out).keys() == done.keys() and not parts.exists()
 
 
@@ -117,7 +104,7 @@ def test_shards_of_other_settings_are_refused(tiny, tmp_path, monkeypatch):
            "--sampling-steps", 1]
     out, npz = tmp_path / "s", tmp_path / "x.npz"
     kill_at_shard(monkeypatch, 1)
-    assert invoke([*job, "--out", out, "--npz", npz]).exit_code == 130
+    assert run_cli([*job, "--out", out, "--npz", npz]).exit_code == 130
     parts = tmp_path / "x.parts"  # beside the .npz, as `fid` keeps them
     kept = files(parts)
     assert "shard-00000.npz" in kept and not out.exists()
@@ -132,16 +119,16 @@ def test_shards_of_other_settings_are_refused(tiny, tmp_path, monkeypatch):
 def test_save_steps_strips_survive_a_resume(tiny, tmp_path, monkeypatch):
     job = ["sample", "--ckpt", tiny["mrar"], "--steps", 2, "--class", "3,4", "--num", 1, "--batch-size", 1,
            "--shard-size", 1, "--sampling-steps", 1, "--save-steps"]
-    ok([*job, "--out", tmp_path / "plain"])
-    ok([*job, "--out", tmp_path / "straight", "--npz", tmp_path / "straight.npz"])
+    invoke([*job, "--out", tmp_path / "plain"])
+    invoke([*job, "--out", tmp_path / "straight", "--npz", tmp_path / "straight.npz"])
     kill_at_shard(monkeypatch, 1)
-    assert invoke([*job, "--out", tmp_path / "r", "--npz", tmp_path / "r.npz"]).exit_code == 130
+    assert run_cli([*job, "--out", tmp_path / "r", "--npz", tmp_path / "r.npz"]).exit_code == 130
     with np.load(tmp_path / "r.parts" / "shard-00000.npz") as shard:  # every round's images, uint8
         assert shard["rounds"].shape == (1, 2, 8, 8, 1) and shard["rounds"].dtype == np.uint8
     # the same job without --save-steps is another job: its shards would lack the rounds
     one_line_error([*job[:-1], "--out", tmp_path / "r", "--npz", tmp_path / "r.npz"], "save_steps")
     monkeypatch.undo()
-    ok([*job, "--out", tmp_path / "r", "--npz", tmp_path / "r.npz"])
+    invoke([*job, "--out", tmp_path / "r", "--npz", tmp_path / "r.npz"])
     resumed, straight, plain = files(tmp_path / "r"), files(tmp_path / "straight"), files(tmp_path / "plain")
     strips = [k for k in resumed if k.startswith("steps/")]
     assert len(strips) == 2 and all(resumed[k] == straight[k] == plain[k] for k in strips)
@@ -151,7 +138,7 @@ def test_save_steps_strips_survive_a_resume(tiny, tmp_path, monkeypatch):
 
 def test_dry_run_names_the_shards_folder(tiny, tmp_path):
     def outputs(*extra):
-        result = ok(["sample", "--ckpt", tiny["one"], "--class", 1, "--dry-run", "--out", tmp_path / "o", *extra])
+        result = invoke(["sample", "--ckpt", tiny["one"], "--class", 1, "--dry-run", "--out", tmp_path / "o", *extra])
         return json.loads(result.stdout)["outputs"]
 
     assert outputs()["shards"] is None

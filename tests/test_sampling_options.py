@@ -5,7 +5,7 @@ import json
 
 import pytest
 import torch
-from test_generate import make_tiny
+from conftest import make_tiny
 from typer.testing import CliRunner
 
 from transdiff_cli import TransDiffPipeline

@@ -12,7 +12,7 @@ import pytest
 import safetensors
 import safetensors.torch
 import torch
-from test_generate import make_tiny
+from conftest import make_tiny
 from typer.testing import CliRunner
 
 from transdiff_cli.cli import app

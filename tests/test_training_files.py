@@ -8,17 +8,14 @@ import shutil
 
 import pytest
 import yaml
-from test_cli_errors import tiny_checkpoint
-from typer.testing import CliRunner
+from conftest import invoke, run_cli, tiny_checkpoint
 
-from transdiff_cli.cli import app
 from transdiff_cli.core.data.mrar_groups import read_groups
 from transdiff_cli.core.errors import TransDiffError
 from transdiff_cli.core.io import checkpoint as checkpoint_mod
 from transdiff_cli.core.io.checkpoint import load_checkpoint, resolve
 from transdiff_cli.core.training.run_dir import RunDir
 
-runner = CliRunner()
 TINY = {"model": {"width": 32, "heads": 2, "encoder_depth": 1, "decoder_depth": 1, "buffer_size": 4},
         "train": {"grid_classes": 1, "grid_per_class": 1, "grid_sampling_steps": 1}}
 # markup and a surrogate (an undecodable byte of a file name) in the run folder's name: every
@@ -26,18 +23,10 @@ TINY = {"model": {"width": 32, "heads": 2, "encoder_depth": 1, "decoder_depth": 
 ODD_NAME = "r[/]un[bold]\udcff"
 
 
-def invoke(args):
-    return runner.invoke(app, [str(a) for a in args])
-
-
-def ok(args):
-    result = invoke(args)
-    assert result.exit_code == 0, (result.output, result.exception)
-    return result
 
 
 def one_error(args, *needles, after_progress=False):
-    result = invoke(args)
+    result = run_cli(args)
     assert result.exit_code == 2 and isinstance(result.exception, SystemExit), (result.output, result.exception)
     lines = [ln for ln in result.stderr.splitlines() if ln.strip()]
     assert "Traceback" not in result.output
@@ -65,7 +54,7 @@ def cfg(tmp_path_factory):
 def finished(tmp_path_factory, cfg):
     """Two steps (checkpoint step_0000002) in a folder with an odd name; tests copy it."""
     run = tmp_path_factory.mktemp("runs") / ODD_NAME
-    result = ok(train_args(cfg, run, 2))
+    result = invoke(train_args(cfg, run, 2))
     assert "r[/]un[bold]" in result.stderr and "step_0000002" in result.stderr  # printed literally
     assert (run / "loss.png").stat().st_size > 0  # drawn despite the surrogate
     return run
@@ -82,7 +71,7 @@ def test_metrics_rows_whose_step_is_not_a_number_are_dropped_with_a_warning(fini
     with (run / "metrics.jsonl").open("a") as f:
         for row in ({"step": None, "loss": 1.0}, {"step": "3", "loss": 1.0}, [1, 2], {"loss": 2.0}):
             f.write(json.dumps(row) + "\n")
-    result = ok(train_args(cfg, run, 3))
+    result = invoke(train_args(cfg, run, 3))
     assert "warning:" in result.stderr and "dropped 4 row(s)" in result.stderr and "[/]" in result.stderr
     assert [r["step"] for r in RunDir(run).read_metrics()] == [1, 2, 3]
 
@@ -108,7 +97,7 @@ def test_full_disk_while_saving_then_rerun_resumes_from_the_last_good_checkpoint
     one_error(train_args(cfg, run, 4), "no space left", "step_0000004", "[/]", after_progress=True)
     monkeypatch.undo()
     assert resolve(run).name == "step_0000002" and load_checkpoint(run).config.width == 32
-    result = ok(train_args(cfg, run, 4))  # space freed: the same command
+    result = invoke(train_args(cfg, run, 4))  # space freed: the same command
     assert "from step 2" in result.stderr
     assert resolve(run).name == "step_0000004"
     assert [r["step"] for r in RunDir(run).read_metrics()] == [1, 2, 3, 4]
@@ -119,7 +108,7 @@ def test_evaluation_missed_by_a_kill_after_its_checkpoint_is_made_up_on_resume(f
     # the checkpoint of step 2 and metrics up to step 2 without an FID row
     run = copy_run(finished, tmp_path)
     eval_flags = ["--eval-every", 2, "--eval-images", 2, "--eval-ref", "digits", "--eval-features", "digits"]
-    ok(train_args(cfg, run, 4, *eval_flags))
+    invoke(train_args(cfg, run, 4, *eval_flags))
     assert [r["step"] for r in RunDir(run).read_metrics() if "fid" in r] == [2, 4]
     assert (run / "fid.png").stat().st_size > 0
 
