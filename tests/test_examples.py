@@ -9,7 +9,6 @@ import sys
 from pathlib import Path
 
 import pytest
-import torch
 import yaml
 from typer.testing import CliRunner
 
@@ -31,14 +30,6 @@ def test_config_files_are_the_presets(size):
     want = TrainConfig.from_dict(train_defaults(size))
     got = TrainConfig.from_dict(merge_train(train_defaults(size), train))
     assert got == want
-
-
-@pytest.fixture
-def one_thread():
-    n = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(n)
 
 
 def test_python_api_example_on_a_cli_run(tmp_path, monkeypatch, one_thread):
