@@ -35,7 +35,7 @@ import torch
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
-from transdiff_cli.core.data.tokenizers import load_tokenizer  # noqa: E402
+from transdiff_cli.core.data.tokenizer_spec import load_tokenizer  # noqa: E402
 from transdiff_cli.core.eval.classifier import digits_dataset, load_digits_classifier  # noqa: E402
 from transdiff_cli.core.eval.features import frechet_distance, statistics  # noqa: E402
 from transdiff_cli.core.io.checkpoint import load_checkpoint  # noqa: E402

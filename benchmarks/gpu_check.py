@@ -131,7 +131,7 @@ def main() -> int:
         c.run(f"sample 1-step {precision}", c.cli("sample", "--ckpt", "run", "--class", "1,2", "--num", 2, "--device",
                                                   dev, "--precision", precision, "--out", f"s1-{precision}"))
         c.run(f"sample MRAR {precision}", c.cli("sample", "--ckpt", "mrar", "--mode", "mrar", "--class", "3",
-                                                "--num", 2, "--save-steps", "--device", dev, "--precision", precision,
+                                                "--num", 2, "--save-rounds", "--device", dev, "--precision", precision,
                                                 "--out", f"sm-{precision}"))
     from conftest import random_inception_weights  # noqa: E402 (the suite's download-free random Inception)
 

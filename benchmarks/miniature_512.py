@@ -26,7 +26,7 @@ from PIL import Image, ImageDraw
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
 from transdiff_cli.core.data.images import to_uint8  # noqa: E402
-from transdiff_cli.core.data.tokenizers import load_tokenizer  # noqa: E402
+from transdiff_cli.core.data.tokenizer_spec import load_tokenizer  # noqa: E402
 from transdiff_cli.core.io.checkpoint import load_checkpoint  # noqa: E402
 from transdiff_cli.core.sampling.loop import sample_rounds  # noqa: E402
 from transdiff_cli.core.sampling.seeding import initial_noise  # noqa: E402
@@ -49,7 +49,7 @@ def samples(run: Path, classes: list[str], steps: int, seed: int) -> torch.Tenso
     labels = torch.tensor([ck.class_names.index(c) for c in classes])
     noise = initial_noise(model.config, list(range(len(classes))), seed)
     latents = sample_rounds(model, labels, noise=noise, sampling_steps=steps)[-1]
-    return load_tokenizer(ck.meta["tokenizer"]).decode(latents).clamp(-1, 1)
+    return load_tokenizer(ck.meta["tokenizer"]).to_images(latents).clamp(-1, 1)
 
 
 def figure(rows: list[torch.Tensor], names: list[str], classes: list[str], path: Path,

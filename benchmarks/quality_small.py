@@ -34,7 +34,7 @@ import numpy as np
 import torch
 
 from transdiff_cli.core.data.images import make_grid
-from transdiff_cli.core.data.tokenizers import load_tokenizer
+from transdiff_cli.core.data.tokenizer_spec import load_tokenizer
 from transdiff_cli.core.eval.classifier import digits_dataset, load_digits_classifier
 from transdiff_cli.core.eval.diversity import (
     diversity,
@@ -43,7 +43,7 @@ from transdiff_cli.core.eval.diversity import (
 from transdiff_cli.core.eval.features import frechet_distance, statistics
 from transdiff_cli.core.io.checkpoint import load_checkpoint
 from transdiff_cli.core.sampling.fuse import fuse, save_figure
-from transdiff_cli.core.sampling.generate import decode_images, generate_arrays
+from transdiff_cli.core.sampling.generate import generate_arrays, latents_to_images
 from transdiff_cli.core.sampling.settings import sample_settings
 from transdiff_cli.core.training.train_run import RunRequest, run_training
 
@@ -335,7 +335,7 @@ def main() -> None:
     a, b = names.index("red-circle"), names.index("blue-square")
     settings = sample_settings(ck.model.config, mode="1step")
     fused = fuse(ck.model.eval(), a, b, settings, seed=0)
-    save_figure(decode_images(load_tokenizer(ck.meta["tokenizer"]), fused.latents),
+    save_figure(latents_to_images(load_tokenizer(ck.meta["tokenizer"]), fused.latents),
                 ["red-circle", "fused", "blue-square"], out / "fuse.png")
     results.update(minutes=(time.time() - t_start) / 60, machine=machine(), torch=torch.__version__,
                    command="python benchmarks/quality_small.py" + (" --quick" if quick else "")

@@ -24,7 +24,7 @@ set -x
 $TD train "${TRAIN[@]}"                                 # tiny model on digits (8x8 pixels) -> runs/digits-tiny
 $TD sample --class 3 --num 16 --cfg 2                   # the newest run; PNGs + grid.png in samples/
 $TD finetune-mrar --from runs/digits-tiny "${FINETUNE[@]}"   # -> runs/digits-tiny-mrar
-$TD sample --ckpt runs/digits-tiny-mrar --mode mrar --class 7 --save-steps --out samples-mrar
+$TD sample --ckpt runs/digits-tiny-mrar --mode mrar --class 7 --save-rounds --out samples-mrar
 $TD diversity runs/digits-tiny                          # the paper's measure, per class
 $TD fid --ckpt runs/digits-tiny --ref digits --features digits "${FID[@]}"
 $TD train --data shapes --image-size 8 --name shapes "${TRAIN[@]}"

@@ -1,4 +1,4 @@
-"""Train the small digit classifier shipped as transdiff_cli/data/digits_classifier.safetensors.
+"""Train the small digit classifier shipped as transdiff_cli/weights/digits_classifier.safetensors.
 
     python scripts/train_digits_classifier.py [--out PATH] [--epochs 60] [--seed 0]
 

@@ -14,7 +14,7 @@ from typer.testing import CliRunner
 
 from transdiff_cli.cli import app
 from transdiff_cli.core.data.datasets import center_crop_adm, open_image_dataset
-from transdiff_cli.core.data.tokenizers import load_tokenizer
+from transdiff_cli.core.data.tokenizer_spec import load_tokenizer
 from transdiff_cli.core.eval import features
 
 runner = CliRunner()

@@ -45,5 +45,25 @@ def test_shell_completion():
     env = {"_TRANSDIFF_COMPLETE": "complete_bash", "COMP_WORDS": "transdiff sample --sa", "COMP_CWORD": "2"}
     result = runner.invoke(app, [], env=env, prog_name="transdiff")
     assert result.exit_code == 0
-    assert result.output.split() == ["--sampling-steps", "--sampler", "--sampler-param", "--save-steps"]
+    assert result.output.split() == ["--sampling-steps", "--sampler", "--sampler-param", "--save-rounds"]
     assert "--install-completion" in runner.invoke(app, ["--help"]).output
+
+
+def test_renamed_flags_keep_working_unlisted(tiny, tmp_path):
+    """--steps / --save-steps (MRAR rounds, before "step" meant only a sampler step) still work as
+    --rounds / --save-rounds, with a note, and --help lists only the new names."""
+    from conftest import png, run_cli
+
+    common = ["sample", "--ckpt", tiny["mrar"], "--class", 3, "--num", 1, "--sampling-steps", 1, "--precision", "fp32"]
+    new = run_cli([*common, "--rounds", 2, "--save-rounds", "--out", tmp_path / "new"])
+    old = run_cli([*common, "--steps=2", "--save-steps", "--out", tmp_path / "old"])
+    assert new.exit_code == old.exit_code == 0, (new.output, old.output)
+    assert "note: --steps is now --rounds" in old.stderr and "note: --save-steps is now --save-rounds" in old.stderr
+    assert "note:" not in new.stderr
+    for name in ("00000_class3.png", "rounds/00000_class3_rounds.png"):
+        assert (png(tmp_path / "new" / name) == png(tmp_path / "old" / name)).all(), name
+    shown = runner.invoke(app, ["sample", "--help"], terminal_width=200).output
+    assert "--rounds" in shown and "--save-rounds" in shown
+    assert "--steps " not in shown and "--save-steps" not in shown
+    # a command without the new flag does not learn the old one
+    assert run_cli(["train", "--steps", 2]).exit_code == 2

@@ -86,8 +86,8 @@ def test_mode_mrar_on_1step_checkpoint(fixtures, tmp_path):
     fails(["sample", "--ckpt", fixtures / "transdiff_1step.pth", "--mode", "mrar", "--class", 1, "--out", tmp_path],
           "--mode mrar needs an MRAR checkpoint")
     fails(["diversity", fixtures / "transdiff_1step.pth", "--mode", "mrar"], "MRAR checkpoint")
-    fails(["sample", "--ckpt", fixtures / "transdiff_mrar.pth", "--mode", "mrar", "--steps", 9, "--class", 1,
-           "--out", tmp_path], "--steps 9")
+    fails(["sample", "--ckpt", fixtures / "transdiff_mrar.pth", "--mode", "mrar", "--rounds", 9, "--class", 1,
+           "--out", tmp_path], "--rounds 9")
 
 
 def test_cfg_list_of_wrong_length(fixtures, tmp_path):

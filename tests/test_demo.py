@@ -105,8 +105,8 @@ def test_cli_command_gives_the_page_pixels(page, mrar, tmp_path, monkeypatch):
     assert [p.name for p in got.pngs] == sorted(p.name for p in cli.glob("0*.png")) and len(got.pngs) == 3
     for p in got.pngs:
         assert np.array_equal(png(p), png(cli / p.name)), p.name
-    for p in got.strips:  # every MRAR round, as `sample --save-steps` draws it
-        assert np.array_equal(png(p), png(cli / "steps" / p.name)), p.name
+    for p in got.strips:  # every MRAR round, as `sample --save-rounds` draws it
+        assert np.array_equal(png(p), png(cli / "rounds" / p.name)), p.name
     assert np.array_equal(png(got.grid), png(cli / "grid.png"))
     rounds = png(got.rounds)  # a row per image, a column per round
     assert rounds.shape[0] > rounds.shape[1] * 3 / 4 and not np.array_equal(png(got.strips[0]), png(got.strips[1]))

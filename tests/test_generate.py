@@ -37,11 +37,11 @@ def test_sample_1step_published(fixtures, manifest, tmp_path):
 def test_sample_mrar_published_with_steps(fixtures, manifest, tmp_path):
     out = tmp_path / "m"
     invoke(["sample", "--ckpt", fixtures / "transdiff_mrar.pth", "--vae", f"kl16:{fixtures / 'vae_kl.ckpt'}",
-            "--class", 5, "--num", 1, "--mode", "mrar", "--steps", 2, "--cfg", "1,1.5", "--sampling-steps", 2,
-            "--save-steps", "--out", out])
+            "--class", 5, "--num", 1, "--mode", "mrar", "--rounds", 2, "--cfg", "1,1.5", "--sampling-steps", 2,
+            "--save-rounds", "--out", out])
     size = manifest["img_size"]
     final = png(out / "00000_class5.png")
-    strip = png(out / "steps" / "00000_class5_steps.png")
+    strip = png(out / "rounds" / "00000_class5_rounds.png")
     pad = 2  # images.make_grid's padding; 256-pixel images are not upscaled
     assert strip.shape == (size + 2 * pad, 2 * (size + pad) + pad, 3)
     last = strip[pad:pad + size, 2 * pad + size:2 * pad + 2 * size]
@@ -102,12 +102,12 @@ def test_images_do_not_depend_on_batch_size(tiny, tmp_path, kind, sampler):
     assert len(outs[0]) == 3 and all(np.array_equal(outs[0][k], outs[1][k]) for k in outs[0])
 
 
-def test_sample_mrar_tiny_steps_strip_and_npz(tiny, tmp_path):
+def test_sample_mrar_tiny_rounds_strip_and_npz(tiny, tmp_path):
     out = tmp_path / "m"
-    invoke(["sample", "--ckpt", tiny["mrar"], "--class", "digit-2", "--num", 2, "--save-steps",
+    invoke(["sample", "--ckpt", tiny["mrar"], "--class", "digit-2", "--num", 2, "--save-rounds",
             "--npz", out / "x.npz", "--out", out])
-    strips = sorted((out / "steps").glob("*_steps.png"))
-    assert [p.name for p in strips] == ["00000_class2_steps.png", "00001_class2_steps.png"]
+    strips = sorted((out / "rounds").glob("*_rounds.png"))
+    assert [p.name for p in strips] == ["00000_class2_rounds.png", "00001_class2_rounds.png"]
     data = np.load(out / "x.npz")
     assert data["arr_0"].shape == (2, 8, 8, 3) and data["labels"].tolist() == [2, 2]
     assert np.array_equal(data["arr_0"][1][..., 0], png(out / "00001_class2.png"))
@@ -116,7 +116,7 @@ def test_sample_mrar_tiny_steps_strip_and_npz(tiny, tmp_path):
 def test_sample_defaults_to_newest_run(tmp_path, monkeypatch):
     make_tiny(tmp_path / "runs" / "r1" / "checkpoints" / "step_00000010")
     monkeypatch.chdir(tmp_path)
-    result = invoke(["sample", "--class", 1, "--num", 1, "--steps", 3])
+    result = invoke(["sample", "--class", 1, "--num", 1, "--rounds", 3])
     assert "ignored" in result.output  # --steps means nothing for a 1-step model
     assert (tmp_path / "samples" / "00000_class1.png").is_file()
 

@@ -25,7 +25,7 @@ from transdiff_cli.core.data.latents import (
     LatentDataset,
     open_training_data,
 )
-from transdiff_cli.core.data.tokenizers import load_tokenizer
+from transdiff_cli.core.data.tokenizer_spec import load_tokenizer
 from transdiff_cli.core.errors import TransDiffError
 
 REPO = Path(__file__).resolve().parents[1]
@@ -123,8 +123,12 @@ def test_encode_digits_pixels_round_trip(digits_cache: Path) -> None:
     expected = torch.stack([images.load(i) for i in range(1797)])
     tok = load_tokenizer(manifest["tokenizer"])
     moments, flipped = shard_tensors(digits_cache, "moments"), shard_tensors(digits_cache, "moments_flip")
-    assert torch.equal(tok.decode(tok.sample_latents(moments)), expected)  # pixels: exact
-    assert torch.equal(tok.decode(tok.sample_latents(flipped)), expected.flip(-1))
+    assert torch.equal(tok.to_images(tok.draw_latents(moments)), expected)  # pixels: exact
+    assert torch.equal(tok.to_images(tok.draw_latents(flipped)), expected.flip(-1))
+    with pytest.warns(DeprecationWarning, match="to_images"):  # the names before the naming pass
+        assert torch.equal(tok.decode(moments[:, :1]), tok.to_images(moments[:, :1]))
+    with pytest.warns(DeprecationWarning, match="draw_latents"):
+        assert torch.equal(tok.sample_latents(moments), tok.draw_latents(moments))
     assert shard_tensors(digits_cache, "labels").tolist() == images.targets
 
 
@@ -164,7 +168,7 @@ def test_encode_with_kl_vae_matches_tokenizer(image_folder: Path, tmp_path: Path
     fresh = tok.encode_moments(images)
     assert (cached - fresh).abs().max() <= 1e-4
     mean = lambda m: m[:, : tok.latent_channels] * tok.scale_factor  # noqa: E731
-    assert (tok.decode(mean(cached)) - tok.decode(mean(fresh))).abs().max() <= 1e-4
+    assert (tok.to_images(mean(cached)) - tok.to_images(mean(fresh))).abs().max() <= 1e-4
     flipped = tok.encode_moments(images.flip(-1))
     assert (shard_tensors(out, "moments_flip") - flipped).abs().max() <= 1e-4
     data = open_training_data(str(out))

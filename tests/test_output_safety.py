@@ -83,7 +83,7 @@ def test_out_never_loses_a_users_file(ck, earlier, tmp_path, monkeypatch, case):
     assert files(out) == before
 
 
-@pytest.mark.parametrize("inside", ["samples.json", "grid.png", "00000_class1.png", "steps/x.npz"])
+@pytest.mark.parametrize("inside", ["samples.json", "grid.png", "00000_class1.png", "rounds/x.npz"])
 def test_npz_cannot_be_one_of_outs_own_files(ck, earlier, tmp_path, monkeypatch, inside):
     out = fill(tmp_path / "o", earlier)
     never_opened(monkeypatch)

@@ -38,7 +38,7 @@ def pixels(image: Image.Image) -> np.ndarray:
 
 
 def cell(strip: np.ndarray, k: int, size: int = 8, pad: int = 2, upscale: int = 8) -> np.ndarray:
-    """Round k's image in a `--save-steps` strip (make_grid: padding 2, nearest upscale)."""
+    """Round k's image in a `--save-rounds` strip (make_grid: padding 2, nearest upscale)."""
     small = strip[::upscale, ::upscale]
     x = pad + k * (size + pad)
     return small[pad:pad + size, x:x + size]
@@ -48,7 +48,7 @@ def cell(strip: np.ndarray, k: int, size: int = 8, pad: int = 2, upscale: int = 
 def test_images_equal_the_cli(tiny, pipes, tmp_path, kind):
     out = tmp_path / "cli"
     invoke(["sample", "--ckpt", tiny[kind], "--class", "digit-3", "--class", 8, "--num", 3, "--seed", 5,
-            "--batch-size", 2, "--scale-1", 0.7, "--save-steps", "--precision", "fp32", "--out", out])
+            "--batch-size", 2, "--scale-1", 0.7, "--save-rounds", "--precision", "fp32", "--out", out])
     got = pipes[kind](["digit-3", 8], num_per_class=3, seed=5, batch_size=2, scale_1=0.7, progress=False)
     assert got.labels == [3, 3, 3, 8, 8, 8] and len(got.images) == 6
     files = sorted(out.glob("0*.png"))
@@ -60,7 +60,7 @@ def test_images_equal_the_cli(tiny, pipes, tmp_path, kind):
     assert torch.equal(got.round_latents[-1], got.latents) and got.latents.shape == (6, 1, 8, 8)
     # every MRAR round's image is the CLI's strip cell for that round
     for i, f in enumerate(files):
-        strip = png(out / "steps" / f.name.replace(".png", "_steps.png"))
+        strip = png(out / "rounds" / f.name.replace(".png", "_rounds.png"))
         for k in range(rounds):
             assert np.array_equal(pixels(got.round_images[k][i]), cell(strip, k)), (f.name, k)
     if kind == "mrar":  # the rounds are different images

@@ -116,21 +116,21 @@ def test_shards_of_other_settings_are_refused(tiny, tmp_path, monkeypatch):
     one_line_error([*job, "--out", tmp_path / "x.parts" / "o", "--npz", npz], "inside", "x.parts")
 
 
-def test_save_steps_strips_survive_a_resume(tiny, tmp_path, monkeypatch):
-    job = ["sample", "--ckpt", tiny["mrar"], "--steps", 2, "--class", "3,4", "--num", 1, "--batch-size", 1,
-           "--shard-size", 1, "--sampling-steps", 1, "--save-steps"]
+def test_save_rounds_strips_survive_a_resume(tiny, tmp_path, monkeypatch):
+    job = ["sample", "--ckpt", tiny["mrar"], "--rounds", 2, "--class", "3,4", "--num", 1, "--batch-size", 1,
+           "--shard-size", 1, "--sampling-steps", 1, "--save-rounds"]
     invoke([*job, "--out", tmp_path / "plain"])
     invoke([*job, "--out", tmp_path / "straight", "--npz", tmp_path / "straight.npz"])
     kill_at_shard(monkeypatch, 1)
     assert run_cli([*job, "--out", tmp_path / "r", "--npz", tmp_path / "r.npz"]).exit_code == 130
     with np.load(tmp_path / "r.parts" / "shard-00000.npz") as shard:  # every round's images, uint8
         assert shard["rounds"].shape == (1, 2, 8, 8, 1) and shard["rounds"].dtype == np.uint8
-    # the same job without --save-steps is another job: its shards would lack the rounds
+    # the same job without --save-rounds is another job: its shards would lack the rounds
     one_line_error([*job[:-1], "--out", tmp_path / "r", "--npz", tmp_path / "r.npz"], "save_steps")
     monkeypatch.undo()
     invoke([*job, "--out", tmp_path / "r", "--npz", tmp_path / "r.npz"])
     resumed, straight, plain = files(tmp_path / "r"), files(tmp_path / "straight"), files(tmp_path / "plain")
-    strips = [k for k in resumed if k.startswith("steps/")]
+    strips = [k for k in resumed if k.startswith("rounds/")]
     assert len(strips) == 2 and all(resumed[k] == straight[k] == plain[k] for k in strips)
     assert resumed == straight
     assert np.array_equal(npz_arrays(tmp_path / "r.npz")["arr_0"], npz_arrays(tmp_path / "straight.npz")["arr_0"])

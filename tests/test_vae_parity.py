@@ -7,7 +7,7 @@ import pytest
 import torch
 from safetensors.torch import load_file
 
-from transdiff_cli.core.data.tokenizers import load_tokenizer
+from transdiff_cli.core.data.tokenizer_spec import load_tokenizer
 from transdiff_cli.core.data.vae import kl16_config
 
 TOL = 1e-4
@@ -47,7 +47,7 @@ def test_kl16_moments_and_decode_match_reference(tokenizer, reference: dict[str,
     assert (mean - reference["mean"]).abs().max().item() <= TOL
     assert (logvar - reference["logvar"]).abs().max().item() <= TOL
     # decode takes scaled latents: the reference decoded the unscaled mean
-    decoded = tokenizer.decode(reference["mean"] * tokenizer.scale_factor)
+    decoded = tokenizer.to_images(reference["mean"] * tokenizer.scale_factor)
     assert (decoded - reference["decoded"]).abs().max().item() <= TOL
 
 

@@ -2,7 +2,9 @@
 
 from __future__ import annotations
 
+import click
 import typer
+from typer.core import TyperGroup
 
 from . import __version__
 from .commands import (
@@ -22,8 +24,35 @@ from .commands import (
 from .commands._common import register_flags, user_errors
 from .core.distributed import adopt_slurm_launch
 
+# flags renamed so that each word has one meaning (docs/architecture.md#words); the old spelling still
+# works, unlisted in --help, for the commands that have the new one
+RENAMED_FLAGS = {"--steps": "--rounds", "--save-steps": "--save-rounds", "--mrar-steps": "--mrar-rounds"}
+
+
+def renamed_flags(command: click.Command, args: list[str]) -> list[str]:
+    """`args` with each old flag spelt as its new name, where `command` takes the new one."""
+    known = {name for param in command.params for name in getattr(param, "opts", [])}
+    out = list(args)
+    for i, arg in enumerate(out):
+        if arg == "--":
+            break
+        flag, eq, value = arg.partition("=")
+        new = RENAMED_FLAGS.get(flag)
+        if new in known:
+            out[i] = new + eq + value
+            typer.echo(f"note: {flag} is now {new}", err=True)
+    return out
+
+
+class _Group(TyperGroup):
+    def resolve_command(self, ctx: click.Context, args: list[str]):
+        name, command, rest = super().resolve_command(ctx, args)
+        return name, command, renamed_flags(command, rest) if command is not None else rest
+
+
 app = typer.Typer(
     name="transdiff",
+    cls=_Group,
     help="Train, sample and evaluate TransDiff: an autoregressive transformer that encodes a "
     "class (and, in MRAR mode, earlier images) into semantic features, and a rectified-flow "
     "diffusion decoder that turns them into images.",

@@ -168,11 +168,11 @@ def cli_command(source: Source, request: Request, out: str = "samples") -> list[
     argv = ["transdiff", "sample", *source.flags(), "--class", f"index:{request.label}", "--num", str(request.num),
             "--seed", str(request.seed), "--batch-size", str(BATCH_SIZE), "--mode", s.mode]
     if s.mode == "mrar":
-        argv += ["--steps", str(s.rounds)]
+        argv += ["--rounds", str(s.rounds)]
     argv += ["--cfg", ",".join(repr(v) for v in s.cfg), "--sampling-steps", str(s.sampling_steps),
              "--sampler", s.sampler, "--scale-0", repr(s.scale_0), "--scale-1", repr(s.scale_1)]
     if s.rounds > 1:
-        argv.append("--save-steps")
+        argv.append("--save-rounds")
     return argv + ["--out", out]
 
 
@@ -211,7 +211,7 @@ class Outputs:
 @dataclass
 class Generated:
     pngs: list[Path]
-    strips: list[Path]  # one per image: its MRAR rounds left to right (`sample --save-steps`)
+    strips: list[Path]  # one per image: its MRAR rounds left to right (`sample --save-rounds`)
     grid: Path
     rounds: Path  # every image's strip in one picture, a row per image
     settings_json: Path
@@ -221,7 +221,7 @@ class Generated:
 
 def generate(pipe: TransDiffPipeline, source: Source, request: Request, folder: Path) -> Generated:
     """Sample `request` and write the CLI's files for it: one PNG per image, grid.png, a strip of
-    every MRAR round per image (steps/), and settings.json (the settings, seed and command)."""
+    every MRAR round per image (rounds/), and settings.json (the settings, seed and command)."""
     out = pipe([request.label], num_per_class=request.num, seed=request.seed, batch_size=BATCH_SIZE,
                **request.options)
     names = [file_name(i, y) for i, y in enumerate(out.labels)]

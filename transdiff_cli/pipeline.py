@@ -26,7 +26,7 @@ from tqdm.auto import tqdm
 
 from .core.data.classes import resolve_class, resolve_classes
 from .core.data.images import to_pil
-from .core.data.tokenizers import Tokenizer
+from .core.data.tokenizer import Tokenizer
 from .core.device import resolve_device
 from .core.errors import TransDiffError
 from .core.eval.diversity import measure_diversity
@@ -35,7 +35,7 @@ from .core.io.hub import upload_folder
 from .core.model.config import ModelConfig
 from .core.sampling.curvature import with_profile
 from .core.sampling.fuse import fuse
-from .core.sampling.generate import decode_images, open_checkpoint, open_tokenizer
+from .core.sampling.generate import latents_to_images, open_checkpoint, open_tokenizer
 from .core.sampling.loop import decode, feature_slots, model_device_dtype, sample_latents
 from .core.sampling.options import OptionTypeError, OptionValueError, SamplingOptions
 from .core.sampling.seeding import initial_noise, step_generators
@@ -213,7 +213,7 @@ class TransDiffPipeline:
                 rounds_out = sample_latents(self.model, batch, range(start, start + len(batch)), settings, seed)
                 for k, lat in enumerate(rounds_out):  # each round decoded as the CLI decodes the output
                     latents[k].append(lat.float().cpu())
-                    images[k] += to_pil(decode_images(self.tokenizer, lat))
+                    images[k] += to_pil(latents_to_images(self.tokenizer, lat))
                 bar.update(len(batch))
         round_latents = [torch.cat(r) for r in latents]
         return TransDiffOutput(images[-1], labels, round_latents[-1], images, round_latents, settings, seed)
@@ -276,7 +276,7 @@ class TransDiffPipeline:
                          interval=settings.cfg_interval, slots=keep)
         except ValueError as e:  # an MRAR condition with references under guidance
             raise TransDiffError(f"{e} (or decode with cfg=1)") from e
-        images = to_pil(decode_images(self.tokenizer, lat))
+        images = to_pil(latents_to_images(self.tokenizer, lat))
         return TransDiffOutput(images, [], lat.float().cpu(), [images], [lat.float().cpu()], settings, seed)
 
     # ------------------------------------------------------------------ the paper's analyses
@@ -293,7 +293,7 @@ class TransDiffPipeline:
                                            cfg_interval=cfg_interval, sampler_params=sampler_params)
         ya, yb = (resolve_class(v, self.config.num_classes, self.class_names) for v in (a, b))
         result = fuse(self.model, ya, yb, settings, ratio=ratio, pattern=pattern, seed=seed)
-        images = to_pil(decode_images(self.tokenizer, result.latents))
+        images = to_pil(latents_to_images(self.tokenizer, result.latents))
         return FuseOutput(images, result.latents.float().cpu(), result.mask.cpu(), (ya, yb))
 
     def diversity(self, classes: Classes = None, *, mode: str | None = None, num_refs: int = 1,

@@ -38,7 +38,7 @@ FLAGS: dict[str, str] = {}  # parameter name -> flag, for every option of the ap
 
 def register_flags(root: click.Command) -> None:
     """Record every `--flag` of the app under its parameter spelling (scale_0 -> --scale-0), and under
-    the Python name where that differs (rounds -> --steps: the CLI keeps the paper code's flag)."""
+    the Python name where that differs."""
     for cmd in [root, *getattr(root, "commands", {}).values()]:
         for param in cmd.params:
             flags = [opt for opt in getattr(param, "opts", []) if opt.startswith("--")]

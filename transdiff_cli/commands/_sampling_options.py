@@ -16,10 +16,10 @@ from ..core.sampling.samplers import SAMPLERS
 Vae = Annotated[str | None, typer.Option("--vae", help="tokenizer, e.g. kl16:PATH or kl16:hf://OWNER/REPO/PATH "
                                          "(default: the checkpoint's)")]
 Mode = Annotated[str | None, typer.Option("--mode", help="1step or mrar (default: the checkpoint's kind)")]
-Rounds = Annotated[int | None, typer.Option("--steps", help="MRAR rounds K (at most the trained K)")]
+Rounds = Annotated[int | None, typer.Option("--rounds", help="MRAR rounds K (at most the trained K)")]
 SamplingSteps = Annotated[str | None, typer.Option(
     "--sampling-steps", help="sampler steps per round, or one count per MRAR round: 8,8,8,50")]
-Cfg = Annotated[str | None, typer.Option("--cfg", help="guidance scale, or one per MRAR step: 1,1.3,1.3,1.3")]
+Cfg = Annotated[str | None, typer.Option("--cfg", help="guidance scale, or one per MRAR round: 1,1.3,1.3,1.3")]
 CfgInterval = Annotated[str | None, typer.Option(
     "--cfg-interval", help="guidance only at times t in LO,HI (t = 1 noise, 0 data); elsewhere the "
     "unconditional rows are not computed")]

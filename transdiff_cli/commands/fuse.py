@@ -12,7 +12,7 @@ from ..core.data.images import save_pngs
 from ..core.device import resolve_device
 from ..core.sampling.curvature import with_profile
 from ..core.sampling.fuse import check_fuse, fuse, save_figure
-from ..core.sampling.generate import decode_images, open_checkpoint, open_tokenizer
+from ..core.sampling.generate import latents_to_images, open_checkpoint, open_tokenizer
 from ..core.sampling.settings import checkpoint_settings
 from . import _sampling_options as so
 from ._common import console, cost_line, print_settings, user_errors
@@ -66,7 +66,7 @@ def register(app: typer.Typer) -> None:
         check_fuse(mc, ratio, pattern, seed)
         print_settings(settings)
         result = fuse(ck.model, ya, yb, settings, ratio=ratio, pattern=pattern, seed=seed)
-        images = decode_images(tokenizer, result.latents)
+        images = latents_to_images(tokenizer, result.latents)
         name_a, name_b = (class_label(y, mc.num_classes, ck.class_names) for y in (ya, yb))
         n_a = int(result.mask.sum())
         titles = [f"A: {name_a} ({ya})", f"fused: {n_a}/{result.mask.numel()} slots from A, {pattern}",

@@ -115,7 +115,7 @@ def register(app: typer.Typer) -> None:
         seed: so.Seed = 0,
         out: Path = typer.Option(Path("samples"), "--out", "-o", help="output folder"),
         batch_size: int = typer.Option(16, "--batch-size", min=1),
-        save_steps: bool = typer.Option(False, "--save-steps", help="also write a strip of each MRAR round"),
+        save_rounds: bool = typer.Option(False, "--save-rounds", help="also write a strip of each MRAR round"),
         npz: Path = typer.Option(None, "--npz", help="also write all images as an .npz (arr_0 uint8 NHWC); "
                                  "generation then resumes from finished shards"),
         shard_size: int = typer.Option(None, "--shard-size", min=1, help="--npz: images per resumable "
@@ -139,7 +139,7 @@ def register(app: typer.Typer) -> None:
                                    precision=precision, device=device, seed=seed, batch_size=batch_size)
             plan["outputs"] = {"folder": str(out), "pngs": plan["num_images"], "grid": str(out / "grid.png"),
                                "info": str(out / "samples.json"), "npz": str(npz) if npz else None,
-                               "steps": str(out / "steps") if save_steps else None,
+                               "rounds": str(out / "rounds") if save_rounds else None,
                                "shards": str(sample_parts_dir(out, npz)) if npz else None}
             print_json({"command": "sample", **plan})
             return
@@ -149,8 +149,8 @@ def register(app: typer.Typer) -> None:
         mc = ck.config
         notes: list[str] = []
         settings = checkpoint_settings(ck, opts, warnings=notes)
-        if save_steps and settings.rounds == 1:
-            notes.append("--save-steps: 1-step sampling has a single round; each strip holds one image")
+        if save_rounds and settings.rounds == 1:
+            notes.append("--save-rounds: 1-step sampling has a single round; each strip holds one image")
         picked = resolve_classes(classes, mc.num_classes, ck.class_names, warnings=notes)
         if shard_size is not None and npz is None:
             notes.append("--shard-size is ignored without --npz")
@@ -164,7 +164,7 @@ def register(app: typer.Typer) -> None:
         identity = None if npz is None else generation_identity(
             ck, weights=weights, settings=settings, seed=seed, labels=labels, batch_size=batch_size,
             shard_size=shard_size_for(batch_size, shard_size or SHARD_IMAGES), tokenizer=tokenizer,
-            precision=precision, compile=compile, device=dev, save_steps=save_steps)
+            precision=precision, compile=compile, device=dev, save_rounds=save_rounds)
         if identity is not None:
             check_sample_shards(out, npz, identity)
         check_batch_fits(ck.model, tokenizer, min(batch_size, len(labels)), settings)
@@ -179,7 +179,7 @@ def register(app: typer.Typer) -> None:
             task = bar.add_task("sampling", total=len(labels))
             advance = lambda n: bar.advance(task, n)  # noqa: E731
             if identity is None:
-                written = generate_to_folder(ck.model, tokenizer, labels, settings, out, save_steps=save_steps,
+                written = generate_to_folder(ck.model, tokenizer, labels, settings, out, save_rounds=save_rounds,
                                              on_batch=advance, **options)
             else:
                 writing = bar.add_task("writing", total=len(labels), visible=False)
@@ -200,7 +200,7 @@ def register(app: typer.Typer) -> None:
             return
         console.print(f"wrote {len(written.pngs)} PNG(s) to {written.out}/, grid {written.grid}")
         if written.strips:
-            console.print(f"wrote {len(written.strips)} step strip(s) to {written.out / 'steps'}/")
+            console.print(f"wrote {len(written.strips)} round strip(s) to {written.out / 'rounds'}/")
         if written.npz:
             console.print(f"wrote {written.npz} (arr_0 {len(labels)} images, labels)")
         console.print(cost_line(settings, len(labels)))

@@ -29,7 +29,8 @@ from ..fs import LOCK, FolderLock, ensure_dir, file_sha256, write_text_atomic, w
 from ..reporting import Reporter
 from ..shards import SafetensorsCodec, ShardedJob
 from .datasets import BUILTIN, ImageDataset, UnreadableImage, open_image_dataset
-from .tokenizers import PixelTokenizer, Tokenizer, load_tokenizer, posterior_sampler, same_tokenizer
+from .tokenizer import PixelTokenizer, Tokenizer
+from .tokenizer_spec import load_tokenizer, same_tokenizer, scaled_posterior
 
 MANIFEST = "manifest.json"
 FORMAT = "transdiff-latents/1"
@@ -145,7 +146,7 @@ class LatentDataset(Dataset):
         self.indices: list[int] = torch.cat(parts["indices"]).tolist()  # each latent's image in the source
         self.flip = flip
         self.tokenizer_spec: dict[str, Any] = self.manifest["tokenizer"]
-        self.sampler = posterior_sampler(self.tokenizer_spec)
+        self.posterior = scaled_posterior(self.tokenizer_spec)
         self.class_names: list[str] = self.manifest["class_names"]
         self.latent_channels = self.moments.shape[1] // 2
         self.latent_size = self.moments.shape[-1]
@@ -177,7 +178,7 @@ class LatentDataset(Dataset):
     def __getitem__(self, index: int) -> tuple[torch.Tensor, int]:
         use_flip = self.flip and bool(torch.rand(()) < 0.5)
         moments = (self.moments_flip if use_flip else self.moments)[index]
-        return self.sampler.sample_latents(moments[None])[0], self.targets[index]
+        return self.posterior.draw_latents(moments[None])[0], self.targets[index]
 
 
 class GroupedDataset(Dataset):
@@ -236,7 +237,7 @@ class EncodedImages(Dataset):
             raise TransDiffError("encoding images with a GPU VAE inside DataLoader workers is not possible: "
                                  "use num_workers 0, or cache the latents first with `transdiff encode-latents`")
         moments = self.tokenizer.encode_moments(image[None].to(device))
-        return self.tokenizer.sample_latents(moments)[0].float().cpu(), label
+        return self.tokenizer.draw_latents(moments)[0].float().cpu(), label
 
 
 @dataclass

@@ -63,7 +63,7 @@ class VAETokenizer(Tokenizer):
         return torch.cat([posterior.mean, posterior.logvar], dim=1)
 
     @torch.no_grad()
-    def decode(self, latents: torch.Tensor) -> torch.Tensor:
+    def to_images(self, latents: torch.Tensor) -> torch.Tensor:
         z = latents.to(self.device, self.vae.dtype) / self.scale_factor
         return self.vae.decode(z).sample
 

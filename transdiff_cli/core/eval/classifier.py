@@ -22,7 +22,7 @@ import torch.nn.functional as F
 
 from ..errors import TransDiffError
 
-WEIGHTS = Path(__file__).resolve().parents[2] / "data" / "digits_classifier.safetensors"  # transdiff_cli/data
+WEIGHTS = Path(__file__).resolve().parents[2] / "weights" / "digits_classifier.safetensors"  # transdiff_cli/weights
 IMAGE_SIZE = 8
 NUM_CLASSES = 10
 FEATURE_DIM = 128

@@ -47,9 +47,13 @@ def _label_from_name(name: str) -> int | None:
     return int(m.group(1)) if m else None
 
 
+# `sample --save-rounds` strips (named steps/ before the rename) are not samples
+STRIP_FOLDERS = {"rounds", "steps"}
+
+
 def load_image_folder(folder: Path) -> ImageSet:
     files = sorted(p for p in folder.rglob("*") if p.suffix.lower() in IMAGE_EXTENSIONS and p.is_file()
-                   and "steps" not in p.relative_to(folder).parts[:-1] and p.stem != "grid")
+                   and not STRIP_FOLDERS & set(p.relative_to(folder).parts[:-1]) and p.stem != "grid")
     if not files:
         raise TransDiffError(f"no images ({', '.join(sorted(IMAGE_EXTENSIONS))}) in {folder}")
     arrays = []

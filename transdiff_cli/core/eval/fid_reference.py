@@ -84,7 +84,7 @@ def latent_folder_images(folder: Path, batch_size: int = 64) -> ImageSet:
     (a VAE folder needs its VAE file at the path the manifest names)."""
     from ..data.images import to_uint8
     from ..data.latents import LatentDataset
-    from ..data.tokenizers import load_tokenizer
+    from ..data.tokenizer_spec import load_tokenizer
 
     data = LatentDataset(folder, flip=False)
     tokenizer = load_tokenizer(data.tokenizer_spec)
@@ -92,7 +92,7 @@ def latent_folder_images(folder: Path, batch_size: int = 64) -> ImageSet:
     arrays = []
     for i in range(0, len(data), batch_size):
         mean = data.moments[i:i + batch_size, : data.latent_channels].float()
-        arrays.append(to_uint8(tokenizer.decode(mean * scale).float().clamp(-1, 1)))
+        arrays.append(to_uint8(tokenizer.to_images(mean * scale).float().clamp(-1, 1)))
     return ImageSet(np.concatenate(arrays), np.asarray(data.targets, dtype=np.int64), str(folder))
 
 

@@ -50,7 +50,7 @@ class ModelConfig:
     scale_1: float = 1.0
     sampling_steps: int = 100
     sampler: str | None = None  # None: the tool's default (Euler-Maruyama); a distilled student's is "ode"
-    mrar_cfg: list[float] = field(default_factory=list)  # per MRAR step; empty -> cfg everywhere
+    mrar_cfg: list[float] = field(default_factory=list)  # per MRAR round; empty -> cfg everywhere
 
     def __post_init__(self) -> None:
         # types and ranges first (also for direct construction), so no relation divides by zero

@@ -8,7 +8,7 @@ from pathlib import Path
 from typing import Any
 
 from ..data.classes import class_label, resolve_classes
-from ..data.tokenizers import parse_tokenizer_spec
+from ..data.tokenizer_spec import parse_tokenizer_spec
 from ..device import resolve_device, weights_dtype
 from ..errors import TransDiffError
 from ..io.checkpoint import inspect_checkpoint, newest_run_checkpoint

@@ -36,7 +36,7 @@ PUBLISHED_EVAL: dict[tuple[str, bool, int], tuple[float, float, float]] = {
 class SettingDefaults:
     """What sampling uses for every setting the user does not give, and where each came from."""
 
-    cfg: list[float]  # one scale per MRAR step (all the same for a 1-step model)
+    cfg: list[float]  # one scale per MRAR round (all the same for a 1-step model)
     scale_0: float
     scale_1: float
     sampling_steps: int

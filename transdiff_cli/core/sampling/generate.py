@@ -15,7 +15,7 @@ import numpy as np
 import torch
 
 from ..data.images import to_uint8
-from ..data.tokenizers import Tokenizer
+from ..data.tokenizer import Tokenizer
 from ..device import available_memory
 from ..errors import TransDiffError
 from ..model.transdiff import TransDiff
@@ -55,9 +55,9 @@ def check_num_images(n: int, what: str = "`num` times the number of classes") ->
 
 
 @torch.no_grad()
-def decode_images(tokenizer: Tokenizer, latents: torch.Tensor) -> torch.Tensor:
+def latents_to_images(tokenizer: Tokenizer, latents: torch.Tensor) -> torch.Tensor:
     """Latents -> images in [-1, 1] on the CPU (the tokenizer runs in float32)."""
-    return tokenizer.decode(latents.float()).float().clamp(-1, 1).cpu()
+    return tokenizer.to_images(latents.float()).float().clamp(-1, 1).cpu()
 
 
 def batch_bytes(model: TransDiff, tokenizer: Tokenizer, batch_size: int, settings: SampleSettings) -> int:
@@ -94,7 +94,7 @@ def _size(n: int) -> str:
 
 def generate(model: TransDiff, tokenizer: Tokenizer, labels: Sequence[int], settings: SampleSettings, *,
              seed: int = 0, batch_size: int = 16, indices: Sequence[int] | None = None,
-             save_steps: bool = False) -> Iterator[Batch]:
+             save_rounds: bool = False) -> Iterator[Batch]:
     """Generate image `indices[j]` of class `labels[j]` for every j, `batch_size` at a time.
     `indices` (default 0..N-1) are the global image numbers that seed the noise: a rank given a
     slice of them draws exactly the images a single process would."""
@@ -109,11 +109,11 @@ def generate(model: TransDiff, tokenizer: Tokenizer, labels: Sequence[int], sett
         idx = indices[start:start + batch_size]
         lab = [int(v) for v in labels[start:start + batch_size]]
         rounds = sample_latents(model, lab, idx, settings, seed)
-        if save_steps:  # every round's latents through the tokenizer in one call
-            decoded = list(decode_images(tokenizer, torch.cat(rounds)).split(len(idx)))
+        if save_rounds:  # every round's latents through the tokenizer in one call
+            decoded = list(latents_to_images(tokenizer, torch.cat(rounds)).split(len(idx)))
             yield Batch(idx, lab, decoded[-1], decoded)
         else:
-            yield Batch(idx, lab, decode_images(tokenizer, rounds[-1]))
+            yield Batch(idx, lab, latents_to_images(tokenizer, rounds[-1]))
 
 
 def generate_arrays(model: TransDiff, tokenizer: Tokenizer, labels: Sequence[int], settings: SampleSettings, *,
@@ -129,15 +129,15 @@ def generate_arrays(model: TransDiff, tokenizer: Tokenizer, labels: Sequence[int
 
 
 def generate_to_folder(model: TransDiff, tokenizer: Tokenizer, labels: Sequence[int], settings: SampleSettings,
-                       out: str | Path, *, seed: int = 0, batch_size: int = 16, save_steps: bool = False,
+                       out: str | Path, *, seed: int = 0, batch_size: int = 16, save_rounds: bool = False,
                        nrow: int | None = None, class_names: Sequence[str] | None = None,
                        info: dict[str, Any] | None = None, on_batch: Any = None, overwrite: bool = False) -> Written:
-    """One PNG per image, `grid.png` (the first GRID_MAX images), with `save_steps` a strip of each
-    MRAR round per image under `steps/`, and `samples.json` (what was done), all drawn in memory
+    """One PNG per image, `grid.png` (the first GRID_MAX images), with `save_rounds` a strip of each
+    MRAR round per image under `rounds/`, and `samples.json` (what was done), all drawn in memory
     batch by batch (`generate_npz.generate_folder_and_npz` draws through resumable shards instead).
     `on_batch(n)` is called after every batch with its size (a progress bar)."""
     check_seed(seed)
-    batches = generate(model, tokenizer, labels, settings, seed=seed, batch_size=batch_size, save_steps=save_steps)
+    batches = generate(model, tokenizer, labels, settings, seed=seed, batch_size=batch_size, save_rounds=save_rounds)
     return into_fresh_folder(Path(out), overwrite, lambda staging: write_samples(
         batches, labels, settings, staging, seed=seed, batch_size=batch_size, num_classes=model.config.num_classes,
         nrow=nrow, class_names=class_names, info=info, on_batch=on_batch))

@@ -3,7 +3,7 @@ for FID) and `sample --npz`, which also writes its folder of PNGs from the shard
 
 Images are cut into shards of global image numbers [k*S, (k+1)*S), S a multiple of the batch size.
 Under torchrun rank r draws shards r, r + W, ...; every finished shard is written atomically to
-`<name>.parts/shard-NNNNN.npz` (uint8 images, with `save_steps` every MRAR round's too). Each
+`<name>.parts/shard-NNNNN.npz` (uint8 images, with `save_rounds` every MRAR round's too). Each
 image's noise depends only on (seed, image number) and every shard is drawn in the same batches
 whoever draws it, so a rerun of the same command (with any number of processes) continues from the
 finished shards and gives exactly the images of an uninterrupted run. `identity.json` records what
@@ -29,7 +29,7 @@ import torch
 
 from ..data.images import from_uint8, to_uint8
 from ..data.npz_stream import NpzWriter
-from ..data.tokenizers import Tokenizer
+from ..data.tokenizer import Tokenizer
 from ..distributed import DistInfo, barrier
 from ..errors import TransDiffError
 from ..fs import check_file_target, writing
@@ -60,7 +60,7 @@ def shard_size_for(batch_size: int, target: int = SHARD_IMAGES) -> int:
 
 
 def check_shard_fits(model: TransDiff, tokenizer: Tokenizer, shard_size: int, rounds: int = 1) -> None:
-    """A shard's images (and with `save_steps` every round's) are held in memory until it is
+    """A shard's images (and with `save_rounds` every round's) are held in memory until it is
     written: refuse a `shard_size` whose shard cannot fit, before the first image is drawn."""
     side = int(getattr(tokenizer, "image_size", None) or model.config.latent_size)
     need = shard_size * side * side * int(getattr(tokenizer, "image_channels", 3)) * (1 + rounds) * 2
@@ -88,16 +88,16 @@ def checkpoint_fingerprint(ck: Checkpoint, weights: str) -> dict[str, Any]:
 
 def generation_identity(ck: Checkpoint, *, weights: str, settings: SampleSettings, seed: int,
                         labels: Sequence[int], batch_size: int, shard_size: int, tokenizer: Tokenizer,
-                        precision: str, compile: bool, device: torch.device, save_steps: bool = False
+                        precision: str, compile: bool, device: torch.device, save_rounds: bool = False
                         ) -> dict[str, Any]:
-    """Everything that decides the shards (the images, their numerics, and with `save_steps` every
+    """Everything that decides the shards (the images, their numerics, and with `save_rounds` every
     MRAR round's image too): two runs with equal identities draw identical shards."""
     lab = np.asarray(labels, dtype=np.int64)
     doc = {"format": FORMAT, "checkpoint": checkpoint_fingerprint(ck, weights), "settings": settings.to_dict(),
             "seed": seed, "num_images": len(lab), "labels_sha256": hashlib.sha256(lab.tobytes()).hexdigest(),
             "batch_size": batch_size, "shard_size": shard_size, "tokenizer": tokenizer.spec(),
             "precision": precision, "compile": compile, "device": torch.device(device).type,
-            "save_steps": save_steps}
+            "save_steps": save_rounds}  # stored key kept: digests of running jobs stay
     return json.loads(json.dumps(doc))  # as it reads back from identity.json (lists, not tuples)
 
 
@@ -202,7 +202,7 @@ def generate_shards(model: TransDiff, tokenizer: Tokenizer, labels: Sequence[int
         job.start()
     barrier(info)
     n = len(labels)
-    save_steps = bool(identity.get("save_steps"))
+    save_rounds = bool(identity.get("save_steps"))
     for k in range(info.rank, math.ceil(n / shard), info.world_size):
         idx = _shard_indices(k, shard, n)
         if job.done(k, _shard_valid(len(idx))):
@@ -211,7 +211,7 @@ def generate_shards(model: TransDiff, tokenizer: Tokenizer, labels: Sequence[int
             continue
         images, rounds = [], []
         for batch in generate(model, tokenizer, [labels[i] for i in idx], settings, seed=seed,
-                              batch_size=batch_size, indices=idx, save_steps=save_steps):
+                              batch_size=batch_size, indices=idx, save_rounds=save_rounds):
             images.append(to_uint8(batch.images))
             if batch.rounds is not None:  # (B, rounds, H, W, C)
                 rounds.append(np.stack([to_uint8(r) for r in batch.rounds], axis=1))

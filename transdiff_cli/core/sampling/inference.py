@@ -9,7 +9,8 @@ from typing import Any
 
 import torch
 
-from ..data.tokenizers import Tokenizer, load_tokenizer
+from ..data.tokenizer import Tokenizer
+from ..data.tokenizer_spec import load_tokenizer
 from ..device import weights_dtype
 from ..errors import TransDiffError
 from ..io.checkpoint import Checkpoint, load_checkpoint, newest_run_checkpoint

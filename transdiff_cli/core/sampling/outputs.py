@@ -33,7 +33,7 @@ from .settings import SampleSettings
 GRID_MAX = 256  # images shown in grid.png; the PNG files and the .npz hold every image
 SAMPLES_JSON = "samples.json"
 GRID_PNG = "grid.png"
-STEPS = "steps"
+ROUNDS = "rounds"
 GENERATED_FORMAT = "transdiff-generated/1"  # the identity an .npz of `generate_npz` records
 
 
@@ -42,7 +42,7 @@ class Batch:
     indices: list[int]
     labels: list[int]
     images: torch.Tensor  # (B, C, H, W) in [-1, 1], CPU
-    rounds: list[torch.Tensor] | None = None  # decoded image of every MRAR round, with save_steps
+    rounds: list[torch.Tensor] | None = None  # decoded image of every MRAR round, with save_rounds
 
 
 @dataclass
@@ -61,8 +61,8 @@ def file_name(index: int, label: int) -> str:
 
 
 def strip_file(out: Path, png: str) -> Path:
-    """Where `save_steps` puts the strip of every MRAR round of image file `png`."""
-    return out / STEPS / png.replace(".png", "_steps.png")
+    """Where `save_rounds` puts the strip of every MRAR round of image file `png`."""
+    return out / ROUNDS / png.replace(".png", "_rounds.png")
 
 
 def grid_rows(num_per_class: int) -> int | None:
@@ -158,7 +158,7 @@ def check_npz(out: Path, npz: Path, overwrite: bool) -> None:
     if full.is_relative_to(real):
         rel = full.relative_to(real)
         if not rel.parts or rel.name in (SAMPLES_JSON, GRID_PNG) or rel.suffix.lower() == ".png" \
-                or rel.parts[0] == STEPS:
+                or rel.parts[0] == ROUNDS:
             raise TransDiffError(f"`npz` {npz} is one of the files `out` {out} gets ({rel.as_posix() or '.'}): "
                                  "choose another name for the .npz")
     if npz.exists() and not overwrite and not _stamped_npz(npz):

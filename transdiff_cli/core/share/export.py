@@ -25,7 +25,7 @@ from typing import Any
 import torch
 from safetensors.torch import save_file
 
-from ..data.tokenizers import load_tokenizer, parse_tokenizer_spec
+from ..data.tokenizer_spec import load_tokenizer, parse_tokenizer_spec
 from ..errors import TransDiffError
 from ..fs import file_sha256, os_error, staging_folder, swap_folder
 from ..io.checkpoint import CONFIG, EMA, MODEL, Checkpoint, load_checkpoint

@@ -244,7 +244,7 @@ class Trainer:
         labels = torch.arange(k, device=self.device).repeat_interleave(self.train_config.grid_per_class)
         g = torch.Generator(device=self.device).manual_seed(self.train_config.seed)
         latents = sample_rounds(model, labels, generator=g, sampling_steps=self.train_config.grid_sampling_steps)[-1]
-        images = self.data.tokenizer.decode(latents.float())
+        images = self.data.tokenizer.to_images(latents.float())
         path = save_grid(images, self.run.samples / f"step_{self.step:07d}.png",
                          nrow=self.train_config.grid_per_class)
         save_grid(images, self.run.samples / "latest.png", nrow=self.train_config.grid_per_class)

@@ -1,4 +1,4 @@
-"""Tokenizers (images <-> latents, interface in `tokenizer`): building one from its spec.
+"""Building a tokenizer from its spec (the interface and the weightless ones are in `tokenizer`).
 
 - `pixels`: no VAE, the image is the latent (small built-in datasets on CPU).
 - `kl16:PATH`: the published LDM/MAR KL-16 VAE, mapped onto diffusers' AutoencoderKL.
@@ -15,31 +15,7 @@ import torch
 from ..errors import TransDiffError
 from ..io.hub import is_hub_id, normalize
 from . import vae
-from .tokenizer import Tokenizer
-
-
-class PixelTokenizer(Tokenizer):
-    """Identity: the latent is the image in [-1, 1]; the posterior is a point (exact round trip)."""
-
-    kind = "pixels"
-
-    def __init__(self, image_size: int, image_channels: int):
-        self.image_size = self.latent_size = int(image_size)
-        self.image_channels = self.latent_channels = int(image_channels)
-
-    def spec(self) -> dict[str, Any]:
-        return {"kind": "pixels", "image_size": self.image_size,
-                "image_channels": self.image_channels, "scale_factor": 1.0}
-
-    def encode_moments(self, images: torch.Tensor) -> torch.Tensor:
-        return torch.cat([images, torch.full_like(images, float("-inf"))], dim=1)
-
-    def sample_latents(self, moments: torch.Tensor,
-                       generator: torch.Generator | None = None) -> torch.Tensor:
-        return moments[:, : self.latent_channels].clone()
-
-    def decode(self, latents: torch.Tensor) -> torch.Tensor:
-        return latents.clamp(-1, 1)
+from .tokenizer import PixelTokenizer, ScaledPosterior, Tokenizer
 
 
 def parse_tokenizer_spec(spec: str | dict[str, Any]) -> dict[str, Any]:
@@ -68,21 +44,11 @@ def same_tokenizer(a: str | dict[str, Any], b: str | dict[str, Any]) -> bool:
     return pa.get("kind") == pb.get("kind") and pa.get("path") == pb.get("path")
 
 
-class PosteriorSampler(Tokenizer):
-    """Draws scaled latents from stored VAE moments without loading the VAE (training from cached
-    latents needs only the scale factor); it cannot encode or decode."""
-
-    kind = "posterior"
-
-    def __init__(self, scale_factor: float):
-        self.scale_factor = float(scale_factor)
-
-
-def posterior_sampler(spec: dict[str, Any]) -> Tokenizer:
-    """What `sample_latents` needs of the tokenizer named by `spec`, without its weights."""
+def scaled_posterior(spec: dict[str, Any]) -> Tokenizer:
+    """What `draw_latents` needs of the tokenizer named by `spec`, without its weights."""
     if spec.get("kind") == "pixels":
         return PixelTokenizer(spec["image_size"], spec["image_channels"])
-    return PosteriorSampler(spec["scale_factor"])
+    return ScaledPosterior(spec["scale_factor"])
 
 
 def load_tokenizer(spec: str | dict[str, Any], *, image_size: int | None = None,
