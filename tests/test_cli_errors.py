@@ -1,5 +1,5 @@
 """Bad inputs through the CLI runner: a non-zero exit and one clear line, never a traceback
-(issue 2's checkpoint cases and issue 5's generation cases)."""
+(checkpoints, then generation)."""
 
 import shutil
 
@@ -28,7 +28,7 @@ def imagenet_sized(tmp_path_factory):
     return tiny_checkpoint(tmp_path_factory.mktemp("in1k") / "ck", num_classes=1000)
 
 
-# --------------------------------------------------------------------------- checkpoints (issue 2)
+# --------------------------------------------------------------------------- checkpoints
 def test_not_a_checkpoint(tmp_path):
     bogus = tmp_path / "notes.pth"
     bogus.write_text("these are not weights\n")
@@ -66,7 +66,7 @@ def test_checkpoint_shapes_do_not_match_size(fixtures, tmp_path):
     fails(["diversity", ck], "does not fit the model config", "class_emb.weight")
 
 
-# --------------------------------------------------------------------------- generation (issue 5)
+# --------------------------------------------------------------------------- generation
 def test_unknown_class_suggests_the_closest(imagenet_sized, tmp_path):
     fails(["sample", "--ckpt", imagenet_sized, "--class", "tigr", "--out", tmp_path], "unknown class 'tigr'",
           "'tiger' (292)")

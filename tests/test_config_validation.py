@@ -153,7 +153,7 @@ def test_training_memory_check_uses_the_estimate():
 def test_run_config_and_checkpoint_config_are_checked_on_read(tmp_path):
     import json
 
-    from test_cli_errors import tiny_checkpoint
+    from conftest import tiny_checkpoint
 
     from transdiff_cli.core.io.checkpoint import load_checkpoint
 

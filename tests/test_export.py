@@ -105,7 +105,7 @@ def hub_cache(tmp_path, monkeypatch, folder: Path, repo: str) -> Path:
 
 
 def test_folders_load_locally_and_from_the_hub_cache_and_save_pretrained(tmp_path, monkeypatch):
-    from test_generate import make_tiny
+    from conftest import make_tiny
 
     ck = make_tiny(tmp_path / "ck")
     r = runner.invoke(app, ["export", str(ck), "--out", str(tmp_path / "m")])

@@ -16,7 +16,7 @@ def test_slot_counts_scale_with_the_model():
 
 
 def test_figures_for_a_1step_and_an_mrar_model(tmp_path):
-    from test_generate import make_tiny
+    from conftest import make_tiny
 
     names = ["zero", "one", "two", "three"]  # four classes keep Figure 5 (every class) small
     one, mrar = (make_tiny(tmp_path / n, mrar=n == "mrar", num_classes=4, class_names=names) for n in ("one", "mrar"))

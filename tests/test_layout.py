@@ -169,3 +169,14 @@ def test_parameter_names_become_flags_on_the_command_line(tmp_path):
     ck = make_tiny(tmp_path / "ck")
     r = CliRunner().invoke(app, ["sample", "--ckpt", str(ck), "--sampling-steps", "0", "--out", str(tmp_path / "o")])
     assert r.exit_code == 2 and "--sampling-steps must be at least 1" in r.output and "`" not in r.output
+
+
+def test_test_files_share_helpers_only_through_conftest():
+    """No test module imports another (helpers and fixtures live in conftest.py), and test files are
+    named by the behaviour they check, not by the issue that brought them."""
+    tests = Path(__file__).resolve().parent
+    names = {p.stem for p in tests.glob("test_*.py")}
+    for p in tests.glob("*.py"):
+        found = imports(p.stem, p)
+        assert not {t.split(".")[0] for t in found} & names, p.name
+        assert "issue" not in p.stem, p.name

@@ -1,4 +1,4 @@
-"""Issue 17: a hostile user's probes. Second writers are refused, interrupted commits leave a
+"""A hostile user's probes are refused cleanly. Second writers are refused, interrupted commits leave a
 loadable checkpoint, reruns never mix outputs, and bad numbers, paths and files give one line."""
 
 import errno
