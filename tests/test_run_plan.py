@@ -13,10 +13,10 @@ from transdiff_cli.core.errors import TransDiffError
 from transdiff_cli.core.io.checkpoint import save_checkpoint
 from transdiff_cli.core.model.config import ModelConfig
 from transdiff_cli.core.model.transdiff import TransDiff
-from transdiff_cli.core.training.run_dir import RunDir
+from transdiff_cli.core.training.run_dir import RunDir, open_run_dir
 from transdiff_cli.core.training.run_plan import plan_run, plan_train
 from transdiff_cli.core.training.train_config import TrainConfig, train_defaults
-from transdiff_cli.core.training.train_run import RunRequest, open_run_dir, prepare
+from transdiff_cli.core.training.train_run import RunRequest, prepare
 
 KINDS = ["fresh", "init_from", "finetune"]
 

@@ -38,10 +38,12 @@ from ..model.transdiff import TransDiff
 from ..reporting import Reporter
 from ..sampling.generate import open_tokenizer
 from ..sampling.inference import prepare as prepare_model
-from .run_request import RunRequest, merge_train, read_user_config
+from .run_dir import open_run_dir
+from .run_plan import merge_train
+from .run_request import RunRequest, read_user_config
 from .teacher_pool import PoolSpec, TeacherPool, build_pool
 from .train_config import TrainConfig
-from .train_run import open_run_dir, resume_point, run_prepared
+from .train_run import run_prepared
 from .trainer import Trainer, TrainResult
 
 STUDENT_SAMPLER = "ode"
@@ -224,7 +226,7 @@ def prepare(req: DistillRequest, locks: contextlib.ExitStack | None = None) -> t
         run.create()
         run.write_config({"model": model_config.to_dict(), "train": train_config.to_dict(), "distill": distill_doc,
                           "command": " ".join(sys.argv), "parent": str(src.path)})
-    resume = resume_point(run, resuming, model_config, dist, reporter)
+    resume = run.resume_point(model_config, dist.is_main, reporter)
     trainer = DistillTrainer(model_config, train_config, data, run, machine, meta, init, init, resume,
                              reporter=reporter, progress=run_req.progress, student_steps=req.student_steps)
     return trainer, dist

@@ -35,7 +35,7 @@ from ..io.checkpoint import load_checkpoint
 from ..model.config import ModelConfig, preset
 from ..reporting import Reporter
 from .memory import check_fits_machine
-from .run_request import RunRequest, UserConfig, merge_train, read_user_config
+from .run_request import RunRequest, UserConfig, read_user_config
 from .train_config import DIGITS_EVAL, TrainConfig, train_defaults
 
 GEOMETRY_KEYS = ("latent_channels", "latent_size", "num_classes")
@@ -45,9 +45,11 @@ Weights = tuple[dict[str, torch.Tensor], dict[str, torch.Tensor]]
 
 @dataclass
 class RunPlan:
+    """Everything a run needs, settled before anything is built; later stages take its parts."""
+
     model_config: ModelConfig
     train_config: TrainConfig
-    init_weights: tuple[dict[str, torch.Tensor], dict[str, torch.Tensor]] | None  # (raw, EMA)
+    init_weights: Weights | None  # (raw, EMA); None: a fresh model
     parent: str | None  # the checkpoint the run starts from
     data: Any  # the opened training data (its geometry fixed the model's)
     class_names: list[str]
@@ -79,6 +81,16 @@ def plan_run(req: RunRequest) -> RunPlan:
     init = start.init_weights(model_config, train_config, data, reporter)
     return RunPlan(model_config, train_config, init, start.parent, data, start.class_names(data, model_config),
                    start.default_name(train_config, model_config, data), machine)
+
+
+def merge_train(base: dict[str, Any], user: dict[str, Any]) -> dict[str, Any]:
+    """Preset < user; a user who gives only `epochs` (or only `max_steps`) means it."""
+    merged = {**base, **user}
+    for one, other in (("epochs", "max_steps"), ("warmup_epochs", "warmup_steps")):
+        for a, b in ((one, other), (other, one)):
+            if a in user and b not in user:
+                merged[b] = None
+    return merged
 
 
 def start_kind(req: RunRequest, user: UserConfig) -> Fresh:

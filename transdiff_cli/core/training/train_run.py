@@ -1,6 +1,6 @@
-"""Running a training run (`train`, `finetune-mrar`; `distill` shares the run folder's steps): the
-plan (run_plan: configs merged once and checked, the machine settled), the run folder with its lock
-and the checkpoint it resumes from, then the trainer, which takes only settled values."""
+"""Running a training run (`train`, `finetune-mrar`): the plan (run_plan: configs merged once and
+checked, the machine settled), the run folder (run_dir: its lock and the checkpoint it resumes
+from), then the trainer, which takes only settled values."""
 
 from __future__ import annotations
 
@@ -10,52 +10,14 @@ from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
-from ..distributed import DistInfo, barrier, cleanup
-from ..errors import TransDiffError
-from ..fs import FolderLock, ensure_dir
-from ..io.checkpoint import Resume, load_resume, recover
-from ..model.config import ModelConfig
+from ..distributed import DistInfo, cleanup
 from ..reporting import Reporter
-from .run_dir import RunDir
+from .run_dir import open_run_dir
 from .run_plan import plan_run
 from .run_request import RunRequest
 from .trainer import Trainer, TrainResult
 
 __all__ = ["RunRequest", "prepare", "run_training"]
-
-
-def open_run_dir(root: str | Path, resume: bool | None, dist: DistInfo,
-                 locks: contextlib.ExitStack | None) -> tuple[RunDir, bool]:
-    """The run folder, locked by rank 0 (`locks` holds the lock) and cleared of an interrupted
-    commit's leftovers; whether it holds a checkpoint to resume from (`resume` None: resume when
-    it does; True: it must; False: it must not)."""
-    run = RunDir(root)
-    if dist.is_main:
-        if locks is not None:  # one writer per run folder (rank 0 speaks for all)
-            ensure_dir(run.root, "`run_dir`")
-            locks.enter_context(FolderLock(run.root, "`run_dir`"))
-        recover(run.checkpoints)
-    barrier(dist)
-    if not run.has_checkpoint():
-        if resume is True:
-            raise TransDiffError(f"`resume`: no checkpoint in {run.root} to resume from")
-        return run, False
-    if resume is False:
-        raise TransDiffError(f"run folder {run.root} already holds checkpoints; pass another "
-                             "`run_dir` (or `name`), or `resume` to continue it")
-    return run, True
-
-
-def resume_point(run: RunDir, resuming: bool, model_config: ModelConfig, dist: DistInfo,
-                 reporter: Reporter) -> Resume | None:
-    """The checkpoint the run continues from (None: it starts afresh); the metrics logged after it
-    (all of them for a run killed before its first checkpoint) dropped."""
-    resume = load_resume(run.root, model_config) if resuming else None
-    if dist.is_main:
-        run.truncate_metrics(resume.step if resume else 0)
-        if resume:
-            reporter.message(f"resuming {run.root} from step {resume.step}")
-    return resume
 
 
 def prepare(req: RunRequest, locks: contextlib.ExitStack | None = None) -> tuple[Trainer, DistInfo]:
@@ -68,7 +30,7 @@ def prepare(req: RunRequest, locks: contextlib.ExitStack | None = None) -> tuple
         run.check_config({"model": plan.model_config.to_dict()})
         run.check_parent(plan.parent)
     reporter = req.reporter or Reporter()
-    resume = resume_point(run, resuming, plan.model_config, dist, reporter)
+    resume = run.resume_point(plan.model_config, dist.is_main, reporter)
     parent = {"parent": plan.parent} if plan.parent else {}
     meta = {"tokenizer": plan.data.tokenizer.spec(), "class_names": plan.class_names,
             "data": plan.train_config.data, **parent}
