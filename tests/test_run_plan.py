@@ -158,3 +158,18 @@ def test_a_recipe_files_warm_up_is_cut_by_a_short_run_from_a_flag(tmp_path, sour
     assert (tc.warmup_steps, tc.max_steps) == (50, 2)
     with pytest.raises(TransDiffError, match=r"warmup_steps 50 \(from .*cfg.yaml:\d\) must be shorter"):
         plan_train(request("fresh", source, tmp_path, {"train": {"warmup_steps": 50, "max_steps": 50}}))
+
+
+def test_the_machine_is_settled_once_and_the_memory_check_uses_it(source, tmp_path, monkeypatch):
+    from transdiff_cli.core import device as device_mod
+
+    asked = []
+    monkeypatch.setattr(device_mod, "available_memory", lambda d: asked.append(d) or 1 << 20)
+    req = request("fresh", source, tmp_path, train={"batch_size": 8, "precision": "fp32"})
+    with pytest.raises(TransDiffError, match="cpu has 0.0 GiB available: reduce `width`"):
+        plan_run(req)
+    assert asked == [torch.device("cpu")]
+    monkeypatch.setattr(device_mod, "available_memory", lambda d: None)  # unknown: nothing refused
+    machine = plan_run(req).machine
+    assert (machine.device, machine.dist.world_size, machine.autocast, machine.memory) == \
+        (torch.device("cpu"), 1, None, None)

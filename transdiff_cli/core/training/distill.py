@@ -183,6 +183,7 @@ def prepare(req: DistillRequest, locks: contextlib.ExitStack | None = None) -> t
     if teacher_steps < 1 or teacher_steps % req.student_steps:
         raise TransDiffError(f"`teacher_steps` {teacher_steps} must be a positive multiple of `student_steps` "
                              f"{req.student_steps}: the student's grid points are teacher steps")
+    model_config = student_config(teacher_config, req.student_steps)
     cfg = _teacher_cfg(req, teacher_config, src.published)
     pool_size = req.pool_size or preset["pool_size"]
     if pool_size < train_config.batch_size:
@@ -191,7 +192,6 @@ def prepare(req: DistillRequest, locks: contextlib.ExitStack | None = None) -> t
                     teacher_steps=teacher_steps, student_steps=req.student_steps, size=pool_size,
                     rounds=len(cfg), seed=train_config.seed, chunk_size=min(1024, pool_size))
     tokenizer = open_tokenizer(src, req.vae, device)
-    model_config = student_config(teacher_config, req.student_steps)
     teacher_name = src.path.parent.parent.name if src.path.parent.name == "checkpoints" else src.path.stem
     root = run_req.run_dir or Path("runs") / (run_req.name or f"{teacher_name}-distill{req.student_steps}")
     run, resuming = open_run_dir(root, run_req.resume, dist, locks)
