@@ -419,13 +419,14 @@ class Resume:
 
 def load_resume(run_root: Path, config: ModelConfig) -> Resume:
     """The latest checkpoint of a run folder (recovered beforehand by the lock holder), refused
-    unless it was saved for the model of `config` and holds a training state (the trainer loads
-    the weights strictly)."""
+    unless it was saved for the model of `config`, its weights fit that model and it holds a
+    training state."""
     folder = resolve(run_root)
     _, saved = _folder_config(folder)
     if saved != config:
         raise TransDiffError(f"{folder} was trained with a different model config; pass another `run_dir`")
     model = _load_safetensors(folder / MODEL)
+    check_fits(config, {k: tuple(v.shape) for k, v in model.items()}, folder)  # before any side effect
     state = load_train_state(folder)
     if state is None:
         raise TransDiffError(f"{folder} has no training state to resume from")

@@ -185,11 +185,7 @@ class Trainer:
     def _resume(self, resume: Resume) -> None:
         """Continue exactly where the checkpoint stopped: weights, EMA, optimizer, position, RNG."""
         state = resume.state
-        try:
-            self.model.load_state_dict(resume.model)
-        except RuntimeError as e:  # a damaged file: the config matched, the tensors do not
-            why = str(e).strip().splitlines()[-1].strip()[:200]
-            raise TransDiffError(f"{resume.folder} does not fit the model config ({why})") from None
+        self.model.load_state_dict(resume.model)  # checked to fit by load_resume
         self.ema.load({k: v.to(self.device) for k, v in resume.ema.items()})
         self.opt.load_state_dict(state["optimizer"])
         self.step, self.epoch, self.batch_pos = state["step"], state["epoch"], state["batch_pos"]
