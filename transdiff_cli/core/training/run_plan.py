@@ -101,7 +101,11 @@ def start_kind(req: RunRequest, user: UserConfig) -> Fresh:
     return Fresh(user)
 
 
+# ----------------------------------------------------------------------------- start kinds
 class Fresh:
+    """A fresh model: the size preset at the data's geometry, the preset table's training keys.
+    `init_weights` gets a reporter for warnings on rank 0 (None elsewhere)."""
+
     parent: str | None = None
 
     def __init__(self, user: UserConfig):
