@@ -14,7 +14,8 @@ from typer.testing import CliRunner
 
 from transdiff_cli.cli import app
 from transdiff_cli.core.model.config import preset
-from transdiff_cli.core.training.run_request import merge_train, read_config_file
+from transdiff_cli.core.training.run_plan import merge_train
+from transdiff_cli.core.training.run_request import read_config_file
 from transdiff_cli.core.training.train_config import TrainConfig, train_defaults
 
 EXAMPLES = Path(__file__).resolve().parents[1] / "examples"

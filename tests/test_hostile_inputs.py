@@ -234,6 +234,18 @@ def test_torn_metrics_line_is_dropped_on_resume(finished_run, tmp_path, tiny_yam
     assert [r["step"] for r in RunDir(run).read_metrics()] == [1, 2, 3]
 
 
+def test_resume_from_a_checkpoint_with_damaged_weights_is_one_line(finished_run, tmp_path, tiny_yaml):
+    from safetensors.torch import load_file, save_file
+
+    run = copy_run(finished_run, tmp_path)
+    weights = resolve(run) / "model.safetensors"
+    state = load_file(str(weights))
+    dropped = sorted(state)[0]
+    del state[dropped]
+    save_file(state, str(weights))
+    fails(train_args(tiny_yaml, run, 3), "does not fit the model config", dropped)
+
+
 def test_run_killed_before_its_first_checkpoint_does_not_log_twice(tmp_path, tiny_yaml):
     run = tmp_path / "run"
     run.mkdir()

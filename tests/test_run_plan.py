@@ -13,10 +13,10 @@ from transdiff_cli.core.errors import TransDiffError
 from transdiff_cli.core.io.checkpoint import save_checkpoint
 from transdiff_cli.core.model.config import ModelConfig
 from transdiff_cli.core.model.transdiff import TransDiff
-from transdiff_cli.core.training.run_dir import RunDir
+from transdiff_cli.core.training.run_dir import RunDir, open_run_dir
 from transdiff_cli.core.training.run_plan import plan_run, plan_train
 from transdiff_cli.core.training.train_config import TrainConfig, train_defaults
-from transdiff_cli.core.training.train_run import RunRequest, open_run_dir
+from transdiff_cli.core.training.train_run import RunRequest, prepare
 
 KINDS = ["fresh", "init_from", "finetune"]
 
@@ -41,7 +41,7 @@ def request(kind, source, tmp_path, yaml_doc=None, train=None, model=None):
         cfg.write_text(yaml.safe_dump(yaml_doc))
     start = {"fresh": {}, "init_from": {"init_from": str(source)}, "finetune": {"finetune_from": str(source)}}[kind]
     return RunRequest(config_file=None if cfg is None else str(cfg), train_overrides=dict(train or {}),
-                      model_overrides=dict(model or {}), run_dir=str(tmp_path / "run"), **start)
+                      model_overrides=dict(model or {}), run_dir=str(tmp_path / "run"), device="cpu", **start)
 
 
 @pytest.mark.parametrize("kind", KINDS)
@@ -81,7 +81,7 @@ def test_model_keys_flag_over_yaml_over_base(kind, source, tmp_path):
         yaml_model["mrar_steps"] = 2
     req = request(kind, source, tmp_path, {"model": yaml_model, "train": {"batch_size": 8}},
                   model={"sampling_steps": 4, "grad_checkpointing": True})
-    plan = plan_run(req, torch.device("cpu"))
+    plan = plan_run(req)
     mc = plan.model_config
     assert (mc.cfg, mc.sampling_steps, mc.grad_checkpointing) == (3.0, 4, True)
     assert (mc.width, mc.latent_channels, mc.latent_size, mc.num_classes) == (32, 1, 8, 10)  # geometry: the data
@@ -93,7 +93,7 @@ def test_model_keys_flag_over_yaml_over_base(kind, source, tmp_path):
 def test_source_size_preset_table_and_a_yaml_size_for_init_from(source, tmp_path):
     req = request("init_from", source, tmp_path, {"model": {"size": "S"}})
     with pytest.raises(TransDiffError, match="width 32, but the run asks for 384"):
-        plan_run(req, torch.device("cpu"))
+        plan_run(req)
 
 
 def test_train_and_finetune_mrar_share_one_option_declaration():
@@ -112,7 +112,8 @@ def test_train_and_finetune_mrar_share_one_option_declaration():
 def test_a_run_folder_started_from_another_parent_is_refused(source, tmp_path):
     from transdiff_cli.core.distributed import DistInfo
 
-    plan = plan_run(request("init_from", source, tmp_path, train={"batch_size": 8}), torch.device("cpu"))
+    req = request("init_from", source, tmp_path, train={"batch_size": 8})
+    plan = plan_run(req)
     run = RunDir(tmp_path / "run")
     run.create()
     (run.checkpoints / "LATEST").write_text("step_0000001\n")
@@ -121,11 +122,12 @@ def test_a_run_folder_started_from_another_parent_is_refused(source, tmp_path):
         doc = {"model": plan.model_config.to_dict(), **({"parent": old_parent} if old_parent else {})}
         run.write_config(doc)
         with pytest.raises(TransDiffError, match=needle):
-            open_run_dir(RunRequest(run_dir=str(run.root)), plan, dist, None)
+            prepare(req)
         assert yaml.safe_load(run.config.read_text()) == doc  # never relabelled
     run.write_config({"model": plan.model_config.to_dict(), "parent": str(source)})
-    opened, resuming = open_run_dir(RunRequest(run_dir=str(run.root)), plan, dist, None)
+    opened, resuming = open_run_dir(run.root, None, dist, None)
     assert resuming and opened.root == run.root
+    opened.check_parent(plan.parent)  # the same parent: accepted
 
 
 def test_rerun_with_another_init_from_is_one_line(source, tmp_path):
@@ -156,3 +158,18 @@ def test_a_recipe_files_warm_up_is_cut_by_a_short_run_from_a_flag(tmp_path, sour
     assert (tc.warmup_steps, tc.max_steps) == (50, 2)
     with pytest.raises(TransDiffError, match=r"warmup_steps 50 \(from .*cfg.yaml:\d\) must be shorter"):
         plan_train(request("fresh", source, tmp_path, {"train": {"warmup_steps": 50, "max_steps": 50}}))
+
+
+def test_the_machine_is_settled_once_and_the_memory_check_uses_it(source, tmp_path, monkeypatch):
+    from transdiff_cli.core import device as device_mod
+
+    asked = []
+    monkeypatch.setattr(device_mod, "available_memory", lambda d: asked.append(d) or 1 << 20)
+    req = request("fresh", source, tmp_path, train={"batch_size": 8, "precision": "fp32"})
+    with pytest.raises(TransDiffError, match="cpu has 0.0 GiB available: reduce `width`"):
+        plan_run(req)
+    assert asked == [torch.device("cpu")]
+    monkeypatch.setattr(device_mod, "available_memory", lambda d: None)  # unknown: nothing refused
+    machine = plan_run(req).machine
+    assert (machine.device, machine.dist.world_size, machine.autocast, machine.memory) == \
+        (torch.device("cpu"), 1, None, None)

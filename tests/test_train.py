@@ -16,6 +16,7 @@ from typer.testing import CliRunner
 
 from transdiff_cli.cli import app
 from transdiff_cli.core.data.latents import open_training_data
+from transdiff_cli.core.device import Machine
 from transdiff_cli.core.distributed import DistInfo
 from transdiff_cli.core.model.config import preset
 from transdiff_cli.core.model.transdiff import TransDiff
@@ -63,8 +64,8 @@ def test_a_few_steps_reduce_the_loss_on_a_fixed_batch(tmp_path):
     train_config = TrainConfig(batch_size=16, max_steps=60, base_lr=1e-2, warmup_steps=1, log_every=60,
                       ckpt_every=1000, grid_classes=2, grid_per_class=2, grid_sampling_steps=2)
     meta = {"tokenizer": data.tokenizer.spec(), "class_names": data.class_names}
-    trainer = Trainer(model_config, train_config, data, RunDir(tmp_path / "run"), torch.device("cpu"), DistInfo(),
-                      meta, progress=False)
+    machine = Machine(torch.device("cpu"), DistInfo(), autocast=None, memory=None)
+    trainer = Trainer(model_config, train_config, data, RunDir(tmp_path / "run"), machine, meta, progress=False)
     latents, labels = zip(*[data.dataset[i] for i in range(16)])
     latents, labels = torch.stack(latents), torch.tensor(labels)
     g = torch.Generator().manual_seed(1)

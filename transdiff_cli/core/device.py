@@ -3,9 +3,11 @@
 from __future__ import annotations
 
 import os
+from dataclasses import dataclass
 
 import torch
 
+from .distributed import DistInfo, init_distributed
 from .errors import TransDiffError
 from .model.cpu_kernels import inference_dtype, warn_if_emulated_bf16
 
@@ -122,3 +124,23 @@ def available_memory(device: torch.device) -> int | None:
         return os.sysconf("SC_AVPHYS_PAGES") * os.sysconf("SC_PAGE_SIZE")
     except (ValueError, OSError, AttributeError):
         return None
+
+
+@dataclass(frozen=True)
+class Machine:
+    """Where a training run executes, settled once before anything is built: the device (this
+    rank's GPU under torchrun), the process group, the autocast dtype and the free memory."""
+
+    device: torch.device
+    dist: DistInfo
+    autocast: torch.dtype | None  # None: fp32
+    memory: int | None  # bytes free on the device when the run started (None: unknown)
+
+
+def training_machine(requested: str | None, precision: str) -> Machine:
+    """Resolve the device, join torchrun's process group (if any) and fix the training precision."""
+    device = resolve_device(requested)
+    dist = init_distributed(device)
+    if device.type == "cuda" and dist.enabled:
+        device = torch.device("cuda", dist.local_rank)
+    return Machine(device, dist, autocast_dtype(device, precision), available_memory(device))

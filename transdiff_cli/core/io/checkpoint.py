@@ -283,6 +283,15 @@ def build_model(config: ModelConfig, state: dict[str, torch.Tensor], path: Path 
     return model
 
 
+def _folder_config(folder: Path) -> tuple[dict[str, Any], ModelConfig]:
+    """A checkpoint folder's `config.json` and the model config it holds."""
+    try:
+        doc = json.loads((folder / CONFIG).read_text())
+        return doc, ModelConfig.from_dict(doc["model"], where=str(folder / CONFIG))
+    except (json.JSONDecodeError, KeyError, TypeError) as e:
+        raise TransDiffError(f"{folder / CONFIG} is not a valid checkpoint config: {e}") from e
+
+
 def _folder_meta(doc: dict[str, Any], folder: Path) -> dict[str, Any]:
     """A folder's metadata; a tokenizer path relative to the folder (the VAE an exported folder
     bundles under `vae/`) made absolute, so the folder loads from anywhere."""
@@ -317,11 +326,7 @@ def load_checkpoint(path: str | Path, *, weights: str = "ema", size: str | None 
                    if keep_raw and "model_ema" in ck else None)
         return Checkpoint(model.to(device), config, meta, p, True, raw, raw_ema)
 
-    try:
-        doc = json.loads((p / CONFIG).read_text())
-        config = ModelConfig.from_dict(doc["model"], where=str(p / CONFIG))
-    except (json.JSONDecodeError, KeyError, TypeError) as e:
-        raise TransDiffError(f"{p / CONFIG} is not a valid checkpoint config: {e}") from e
+    doc, config = _folder_config(p)
     _check_size(config, size, p)
     use_ema = weights == "ema" and (p / EMA).is_file()
     state = _load_safetensors(p / (EMA if use_ema else MODEL))
@@ -369,11 +374,7 @@ def inspect_checkpoint(path: str | Path, *, weights: str = "ema", size: str | No
                 "published_args": vars(args) if args is not None else {}}
         published = True
     else:
-        try:
-            doc = json.loads((p / CONFIG).read_text())
-            config = ModelConfig.from_dict(doc["model"], where=str(p / CONFIG))
-        except (json.JSONDecodeError, KeyError, TypeError) as e:
-            raise TransDiffError(f"{p / CONFIG} is not a valid checkpoint config: {e}") from e
+        doc, config = _folder_config(p)
         f = p / (EMA if weights == "ema" and (p / EMA).is_file() else MODEL)
         try:
             if _utf8(f):
@@ -399,3 +400,35 @@ def load_train_state(folder: Path) -> dict[str, Any] | None:
         return torch.load(f, map_location="cpu", weights_only=True)
     except LOAD_ERRORS as e:
         raise TransDiffError(f"cannot read training state {f}: {e}") from e
+
+
+@dataclass
+class Resume:
+    """What a run continues from: its latest checkpoint's weights, EMA and training state (step,
+    epoch, batch position, optimizer, RNG)."""
+
+    folder: Path
+    model: dict[str, torch.Tensor]
+    ema: dict[str, torch.Tensor]
+    state: dict[str, Any]
+
+    @property
+    def step(self) -> int:
+        return self.state["step"]
+
+
+def load_resume(run_root: Path, config: ModelConfig) -> Resume:
+    """The latest checkpoint of a run folder (recovered beforehand by the lock holder), refused
+    unless it was saved for the model of `config`, its weights fit that model and it holds a
+    training state."""
+    folder = resolve(run_root)
+    _, saved = _folder_config(folder)
+    if saved != config:
+        raise TransDiffError(f"{folder} was trained with a different model config; pass another `run_dir`")
+    model = _load_safetensors(folder / MODEL)
+    check_fits(config, {k: tuple(v.shape) for k, v in model.items()}, folder)  # before any side effect
+    state = load_train_state(folder)
+    if state is None:
+        raise TransDiffError(f"{folder} has no training state to resume from")
+    ema = _load_safetensors(folder / EMA) if (folder / EMA).is_file() else model
+    return Resume(folder, model, ema, state)

@@ -29,19 +29,18 @@ import torch.nn.functional as F
 from torch.nn.parallel import DistributedDataParallel as DDP
 
 from ..data.latents import TrainingData
-from ..device import resolve_device
-from ..distributed import DistInfo, init_distributed
+from ..device import training_machine
+from ..distributed import DistInfo
 from ..errors import TransDiffError
-from ..fs import ensure_dir
 from ..io.checkpoint import load_checkpoint
 from ..model.config import ModelConfig
 from ..model.transdiff import TransDiff
 from ..reporting import Reporter
 from ..sampling.generate import open_tokenizer
 from ..sampling.inference import prepare as prepare_model
-from .run_dir import RunDir
-from .run_lock import FolderLock
-from .run_request import RunRequest, merge_train, read_user_config
+from .run_dir import open_run_dir
+from .run_plan import merge_train
+from .run_request import RunRequest, read_user_config
 from .teacher_pool import PoolSpec, TeacherPool, build_pool
 from .train_config import TrainConfig
 from .train_run import run_prepared
@@ -160,10 +159,6 @@ def _teacher_cfg(req: DistillRequest, config: ModelConfig, published: bool) -> t
 
 def prepare(req: DistillRequest, locks: contextlib.ExitStack | None = None) -> tuple[DistillTrainer, DistInfo]:
     run_req = req.run
-    device = resolve_device(run_req.device)
-    dist = init_distributed(device)
-    if device.type == "cuda" and dist.enabled:
-        device = torch.device("cuda", dist.local_rank)
     if req.student_steps < 1:
         raise TransDiffError(f"`student_steps` must be at least 1, not {req.student_steps}")
     src = load_checkpoint(req.teacher, weights="ema")
@@ -182,10 +177,13 @@ def prepare(req: DistillRequest, locks: contextlib.ExitStack | None = None) -> t
                       grid_sampling_steps=None, vae=req.vae)
     train_config = TrainConfig.from_dict(train_dict)
     train_config.validate()
+    machine = training_machine(run_req.device, train_config.precision)
+    device, dist = machine.device, machine.dist
     teacher_steps = req.teacher_steps or preset["teacher_steps"]
     if teacher_steps < 1 or teacher_steps % req.student_steps:
         raise TransDiffError(f"`teacher_steps` {teacher_steps} must be a positive multiple of `student_steps` "
                              f"{req.student_steps}: the student's grid points are teacher steps")
+    model_config = student_config(teacher_config, req.student_steps)
     cfg = _teacher_cfg(req, teacher_config, src.published)
     pool_size = req.pool_size or preset["pool_size"]
     if pool_size < train_config.batch_size:
@@ -194,24 +192,15 @@ def prepare(req: DistillRequest, locks: contextlib.ExitStack | None = None) -> t
                     teacher_steps=teacher_steps, student_steps=req.student_steps, size=pool_size,
                     rounds=len(cfg), seed=train_config.seed, chunk_size=min(1024, pool_size))
     tokenizer = open_tokenizer(src, req.vae, device)
-    model_config = student_config(teacher_config, req.student_steps)
     teacher_name = src.path.parent.parent.name if src.path.parent.name == "checkpoints" else src.path.stem
-    run = RunDir(run_req.run_dir or Path("runs") / (run_req.name or f"{teacher_name}-distill{req.student_steps}"))
-    if dist.is_main and locks is not None:
-        ensure_dir(run.root, "`run_dir`")
-        locks.enter_context(FolderLock(run.root, "`run_dir`"))
+    root = run_req.run_dir or Path("runs") / (run_req.name or f"{teacher_name}-distill{req.student_steps}")
+    run, resuming = open_run_dir(root, run_req.resume, dist, locks)
     distill_doc = {"teacher": str(src.path), "objective": "trajectory matching (teacher Euler ODE segments)",
                    "cfg": list(cfg), "teacher_steps": teacher_steps, "student_steps": req.student_steps,
                    "pool_size": pool_size}
     init = {k: v.detach().clone() for k, v in src.model.state_dict().items()}  # teacher EMA
-    if run.has_checkpoint():
-        if run_req.resume is False:
-            raise TransDiffError(f"run folder {run.root} already holds checkpoints; pass another `run_dir` "
-                                 "(or `name`), or `resume` to continue it")
+    if resuming:
         run.check_config({"model": model_config.to_dict(), "distill": distill_doc}, keys=("model", "distill"))
-    elif run_req.resume is True:
-        raise TransDiffError(f"`resume`: no checkpoint in {run.root} to resume from")
-
     reporter = run_req.reporter or Reporter()
     teacher = prepare_model(src.model, device, "fp32")
     if dist.is_main:
@@ -237,7 +226,8 @@ def prepare(req: DistillRequest, locks: contextlib.ExitStack | None = None) -> t
         run.create()
         run.write_config({"model": model_config.to_dict(), "train": train_config.to_dict(), "distill": distill_doc,
                           "command": " ".join(sys.argv), "parent": str(src.path)})
-    trainer = DistillTrainer(model_config, train_config, data, run, device, dist, meta, init, init,
+    resume = run.resume_point(model_config, dist.is_main, reporter)
+    trainer = DistillTrainer(model_config, train_config, data, run, machine, meta, init, init, resume,
                              reporter=reporter, progress=run_req.progress, student_steps=req.student_steps)
     return trainer, dist
 

@@ -1,11 +1,11 @@
 """Will the run fit? The parameter count and a rough lower bound of the training memory, from the
-configuration alone (nothing is allocated), checked against the device before the model is built."""
+configuration alone (nothing is allocated), checked against the device's free memory (measured
+once, with the device: `Machine.memory`) before the model is built."""
 
 from __future__ import annotations
 
 import torch
 
-from ..device import available_memory
 from ..errors import TransDiffError
 from ..model.config import ModelConfig
 from .train_config import TrainConfig
@@ -46,17 +46,17 @@ def _gib(n: float) -> str:
 def check_fits_machine(c: ModelConfig, t: TrainConfig, device: torch.device, world_size: int = 1,
                        available: int | None = None) -> None:
     """Refuse a model whose weights and optimizer state, or one micro-batch's activations, exceed
-    the device, naming the estimate (as sampling's batch check does)."""
+    the `available` bytes of the device (None: unknown, nothing checked), naming the estimate (as
+    sampling's batch check does)."""
     params = parameter_count(c)
     state = params * BYTES_PER_PARAM
     local = max(1, t.batch_size // max(1, t.grad_accum * world_size))
     acts = activation_bytes(c, local)
-    free = available_memory(device) if available is None else available
-    if free is None or state + acts <= free:
+    if available is None or state + acts <= available:
         return
     what = (f"the model has about {params:,} parameters ({_gib(state)} for weights, gradients, "
             f"optimizer state and EMA) and one micro-batch of {local} needs at least {_gib(acts)} "
-            f"of activations, but {device.type} has {_gib(free)} available")
-    if state > free:
+            f"of activations, but {device.type} has {_gib(available)} available")
+    if state > available:
         raise TransDiffError(f"{what}: reduce `width`, `encoder_depth` or `decoder_depth`")
     raise TransDiffError(f"{what}: lower `batch_size`, raise `grad_accum` or use `grad_checkpointing`")

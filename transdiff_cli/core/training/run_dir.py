@@ -1,7 +1,10 @@
-"""The run folder: `runs/<name>/` with config.yaml, metrics.jsonl, loss.png, samples/, checkpoints/."""
+"""The run folder: `runs/<name>/` with config.yaml, metrics.jsonl, loss.png, samples/, checkpoints/;
+opened once per run (locked by rank 0, an interrupted commit recovered) and resumed from its latest
+checkpoint."""
 
 from __future__ import annotations
 
+import contextlib
 import json
 import warnings
 from pathlib import Path
@@ -9,9 +12,13 @@ from typing import Any
 
 import yaml
 
+from ..distributed import DistInfo, barrier
 from ..errors import TransDiffError
-from ..fs import atomic_write, write_text_atomic
+from ..fs import FolderLock, atomic_write, ensure_dir, write_text_atomic
+from ..io.checkpoint import Resume, load_resume, recover
+from ..model.config import ModelConfig
 from ..plot_text import drawable
+from ..reporting import Reporter
 
 
 class RunDir:
@@ -78,6 +85,16 @@ class RunDir:
         now = f"from {parent}" if parent else "without one"
         raise TransDiffError(f"run folder {self.root} holds a run started {was}, but this run starts "
                              f"{now}; pass another `run_dir` (or `name`)")
+
+    def resume_point(self, model_config: ModelConfig, is_main: bool, reporter: Reporter) -> Resume | None:
+        """The checkpoint the run continues from (None: it starts afresh); the metrics logged after
+        it (all of them for a run killed before its first checkpoint) dropped by rank 0."""
+        resume = load_resume(self.root, model_config) if self.has_checkpoint() else None
+        if is_main:
+            self.truncate_metrics(resume.step if resume else 0)
+            if resume:
+                reporter.message(f"resuming {self.root} from step {resume.step}")
+        return resume
 
     def append_metrics(self, rows: list[dict[str, Any]]) -> None:
         with self.metrics.open("a") as f:
@@ -146,6 +163,28 @@ class RunDir:
             fig.savefig(tmp)
         plt.close(fig)
         return self.loss_plot
+
+
+def open_run_dir(root: str | Path, resume: bool | None, dist: DistInfo,
+                 locks: contextlib.ExitStack | None) -> tuple[RunDir, bool]:
+    """The run folder, locked by rank 0 (`locks` holds the lock) and cleared of an interrupted
+    commit's leftovers; whether it holds a checkpoint to resume from (`resume` None: resume when
+    it does; True: it must; False: it must not)."""
+    run = RunDir(root)
+    if dist.is_main:
+        if locks is not None:  # one writer per run folder (rank 0 speaks for all)
+            ensure_dir(run.root, "`run_dir`")
+            locks.enter_context(FolderLock(run.root, "`run_dir`"))
+        recover(run.checkpoints)
+    barrier(dist)
+    if not run.has_checkpoint():
+        if resume is True:
+            raise TransDiffError(f"`resume`: no checkpoint in {run.root} to resume from")
+        return run, False
+    if resume is False:
+        raise TransDiffError(f"run folder {run.root} already holds checkpoints; pass another "
+                             "`run_dir` (or `name`), or `resume` to continue it")
+    return run, True
 
 
 def _same_path(a: str | None, b: str | None) -> bool:

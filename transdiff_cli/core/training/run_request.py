@@ -122,15 +122,3 @@ def read_user_config(req: RunRequest) -> UserConfig:
     user.train = check_config(user.train, TRAIN_SCHEMA, "training", user.train_sources)
     user.model = check_config(user.model, MODEL_SCHEMA, "model", user.model_sources)
     return user
-
-
-def merge_train(base: dict[str, Any], user: dict[str, Any]) -> dict[str, Any]:
-    """Preset < user; a user who gives only `epochs` (or only `max_steps`) means it."""
-    merged = {**base, **user}
-    for one, other in (("epochs", "max_steps"), ("warmup_epochs", "warmup_steps")):
-        for a, b in ((one, other), (other, one)):
-            if a in user and b not in user:
-                merged[b] = None
-    return merged
-
-

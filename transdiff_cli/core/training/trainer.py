@@ -25,10 +25,10 @@ from torch.utils.data import DataLoader
 
 from .. import flow
 from ..data.images import save_grid
-from ..device import autocast_dtype
-from ..distributed import DistInfo, all_reduce_mean, barrier
+from ..device import Machine
+from ..distributed import all_reduce_mean, barrier
 from ..errors import TransDiffError
-from ..io.checkpoint import load_checkpoint, load_train_state, mark_latest, recover, resolve, save_checkpoint
+from ..io.checkpoint import Resume, mark_latest, recover, save_checkpoint
 from ..model.config import ModelConfig
 from ..model.transdiff import TransDiff
 from ..reporting import Reporter, Update
@@ -119,13 +119,18 @@ def _collate(batch: list[tuple[torch.Tensor, int]]) -> tuple[torch.Tensor, torch
 
 
 class Trainer:
+    """Everything it needs is settled before: the configs, the opened data, the run folder (locked),
+    the machine, and the weights it starts from (`init_state`/`init_ema`) or `resume`s."""
+
     def __init__(self, model_config: ModelConfig, train_config: TrainConfig, data: Any, run: RunDir,
-                 device: torch.device, dist: DistInfo, meta: dict[str, Any],
+                 machine: Machine, meta: dict[str, Any],
                  init_state: dict[str, torch.Tensor] | None = None,
                  init_ema: dict[str, torch.Tensor] | None = None,
+                 resume: Resume | None = None,
                  reporter: Reporter | None = None, progress: bool = True):
         train_config.validate()
         self.model_config, self.train_config, self.data, self.run = model_config, train_config, data, run
+        device, dist = machine.device, machine.dist
         self.device, self.dist, self.meta = device, dist, meta
         self.reporter = reporter or Reporter()
         self.show_progress = progress and dist.is_main
@@ -161,9 +166,10 @@ class Trainer:
         self.opt = make_optimizer(self.model, train_config, device)
         self.step, self.epoch, self.batch_pos = 0, 0, 0
         self.resumed_from: Path | None = None
-        self._resume()
+        if resume is not None:
+            self._resume(resume)
         self.ddp = self._parallel() if dist.enabled else None
-        self.autocast_dtype = autocast_dtype(device, train_config.precision)
+        self.autocast_dtype = machine.autocast
         self.evaluator = None
         if train_config.eval_every:  # quality during training (FID of the EMA model)
             from .train_eval import TrainingEvaluator
@@ -176,33 +182,17 @@ class Trainer:
             self.tb = TensorBoardLog(run.root / "tensorboard")
 
     # ------------------------------------------------------------------ state
-    def _resume(self) -> None:
-        if self.dist.is_main:  # rank 0 holds the run folder's lock
-            recover(self.run.checkpoints)
-        barrier(self.dist)
-        if not self.run.has_checkpoint():
-            if self.dist.is_main:  # rows of a run killed before its first checkpoint
-                self.run.truncate_metrics(0)
-            return
-        folder = resolve(self.run.root)
-        ck = load_checkpoint(folder, weights="model", keep_raw=True)
-        if ck.config != self.model_config:
-            raise TransDiffError(f"{folder} was trained with a different model config; "
-                                 "pass another `run_dir`")
-        state = load_train_state(folder)
-        if state is None:
-            raise TransDiffError(f"{folder} has no training state to resume from")
-        self.model.load_state_dict(ck.raw_model)
-        self.ema.load({k: v.to(self.device) for k, v in (ck.raw_ema or ck.raw_model).items()})
+    def _resume(self, resume: Resume) -> None:
+        """Continue exactly where the checkpoint stopped: weights, EMA, optimizer, position, RNG."""
+        state = resume.state
+        self.model.load_state_dict(resume.model)  # checked to fit by load_resume
+        self.ema.load({k: v.to(self.device) for k, v in resume.ema.items()})
         self.opt.load_state_dict(state["optimizer"])
         self.step, self.epoch, self.batch_pos = state["step"], state["epoch"], state["batch_pos"]
-        self.resumed_from = folder
+        self.resumed_from = resume.folder
         torch.set_rng_state(state["rng_cpu"])
         if self.device.type == "cuda" and state.get("rng_cuda") is not None:
             torch.cuda.set_rng_state(state["rng_cuda"], self.device)
-        if self.dist.is_main:
-            self.run.truncate_metrics(self.step)
-            self.reporter.message(f"resuming {self.run.root} from step {self.step}")
 
     def save(self) -> Path | None:
         """Rank 0 writes weights, EMA and the training state to a new step folder atomically."""
