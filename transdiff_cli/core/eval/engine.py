@@ -43,6 +43,7 @@ from .sweep import point_name, point_options, sweep_points, write_sweep
 
 GENERATED = "generated.npz"
 METRICS = "metrics.json"
+Session = tuple[DistInfo, torch.device, Extractor | None]  # the process group, the device, rank 0's extractor
 
 
 @dataclass(frozen=True)
@@ -165,16 +166,15 @@ def plan(measurement: Measurement, out: str | Path, *, gen: str | Path | None = 
 
 
 @contextlib.contextmanager
-def _session(measurement: Measurement, device: str | None) -> Iterator[tuple[DistInfo, torch.device,
-                                                                               Extractor | None]]:
+def _session(measurement: Measurement, device: str | None) -> Iterator[Session]:
     """The device, the process group (under torchrun) and, on rank 0, the feature extractor."""
     dev = resolve_device(device)
     info = init_distributed(dev)
     try:
         if measurement.features == "inception":  # fail before minutes of generation, on every rank
             inception_weights_path(measurement.inception_weights)
-        yield info, dev, make_extractor(measurement.features, measurement.inception_weights, dev) \
-            if info.is_main else None
+        extractor = make_extractor(measurement.features, measurement.inception_weights, dev) if info.is_main else None
+        yield info, dev, extractor
     finally:
         cleanup(info)
 
