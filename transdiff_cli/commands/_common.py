@@ -113,8 +113,8 @@ def print_json(doc: Any) -> None:
 
 
 class _Rate(ProgressColumn):
-    """Units per second from the updates so far ("12.5 img/s"); a rate "/s" under one per second is
-    shown the other way round ("2.0 s/img"), which reads better for slow runs."""
+    """Units per second from the updates so far ("12.5 img/s"); a rate per second under one is shown
+    the other way round ("2.0 s/img"), which reads better for slow runs."""
 
     def __init__(self, unit: str = "img/s") -> None:
         super().__init__()
@@ -126,7 +126,7 @@ class _Rate(ProgressColumn):
             return Text(f"-- {self.unit}")
         per, slash, seconds = self.unit.rpartition("/")
         if speed < 1 and slash and seconds == "s":
-            return Text(f"{1 / speed:.1f} s/{per}")
+            return Text(f"{1 / speed:.1f} s/{per.removesuffix('s')}")  # images/s -> s/image
         return Text(f"{speed:,.1f} {self.unit}")
 
 
