@@ -1,6 +1,7 @@
 """`transdiff fid` offline: torch-fidelity's InceptionV3 with random weights built here (no download),
 ADM-style statistics, the digits classifier's features and class fidelity, sharded generation."""
 
+import contextlib
 import json
 
 import numpy as np
@@ -301,3 +302,38 @@ def test_sweep_grid_of_two_axes_table_and_plot(tmp_path):
                      (["cfg=1", "cfg=2"], "twice"), (["cfg=1", "scale_0=1", "scale_1=1"], "at most two")]:
         with pytest.raises(TransDiffError, match=msg):
             parse_sweeps(bad)
+
+
+def test_rank_split_draws_every_image_once():
+    for n, shard, world in [(7, 2, 2), (12, 4, 3), (5, 8, 4), (1, 1, 1)]:
+        counts = [generate_npz.rank_images(n, shard, DistInfo(rank=r, world_size=world)) for r in range(world)]
+        assert sum(counts) == n
+    assert [generate_npz.rank_images(7, 2, DistInfo(rank=r, world_size=2)) for r in range(2)] == [4, 3]
+
+
+def test_evaluate_from_python_reports_through_its_reporter(tmp_path):
+    from transdiff_cli.core.eval.engine import Generation, Measurement, evaluate
+    from transdiff_cli.core.reporting import Reporter
+
+    class Recorder(Reporter):
+        def __init__(self):
+            self.messages, self.bars = [], []
+
+        def message(self, text):
+            self.messages.append(text)
+
+        def progress(self, description, total, completed=0, unit="", fields=None):
+            self.bars.append([description, total, 0])
+            return contextlib.nullcontext(lambda done=None, **kw: self.bars[-1].__setitem__(2, done))
+
+    rec, ck = Recorder(), tiny_checkpoint(tmp_path / "ck")
+    measurement = Measurement("digits", features="digits")
+    generation = Generation(ck, classes=["0", "1"], num_per_class=2, batch_size=2, precision="fp32")
+    metrics = evaluate(measurement, tmp_path / "o", generation=generation, reporter=rec)
+    assert metrics == json.loads((tmp_path / "o" / "metrics.json").read_text())
+    assert metrics["num_generated"] == 4 and metrics["nfe"] == 2 and metrics["rows"] == 8
+    assert rec.bars == [["rank 0", 4, 4]] and rec.messages[0] == "sampling settings (provenance):"
+    assert any(m.startswith("generating 4 images (2 per class, 2 classes)") for m in rec.messages)
+    assert rec.messages[-1] == f"wrote {tmp_path / 'o' / 'generated.npz'}"
+    with pytest.raises(ValueError, match="exactly one of `gen`"):
+        evaluate(measurement, tmp_path / "x")

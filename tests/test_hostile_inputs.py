@@ -274,7 +274,7 @@ def test_fid_checks_its_output_before_generating(ck, tmp_path, monkeypatch):
     f.write_text("mine")
     from transdiff_cli.commands import fid as fid_cmd
 
-    monkeypatch.setattr(fid_cmd, "_Generation", lambda *a, **k: pytest.fail("generated before checking --out"))
+    monkeypatch.setattr(fid_cmd, "evaluate", lambda *a, **k: pytest.fail("generated before checking --out"))
     fails(["fid", "--ckpt", ck, "--ref", "digits", "--features", "digits", "--out", f], str(f), "is a file")
 
 
@@ -397,7 +397,7 @@ def test_class_names_are_not_read_as_markup(tmp_path):
 def test_sampling_progress_shows_elapsed_time_and_rate():
     from rich.progress import TimeElapsedColumn
 
-    from transdiff_cli.commands.sample import _Rate, progress_bar
+    from transdiff_cli.commands._common import _Rate, progress_bar
 
     bar = progress_bar()
     kinds = {type(c) for c in bar.columns}

@@ -1,6 +1,7 @@
 """The package's shape: no import circles (lazy imports inside functions count too), no import
-climbs a layer (the order is written down in docs/architecture.md#layers), nothing below the
-commands imports typer, rich or gradio, and gradio is imported only when `transdiff demo` runs."""
+climbs a layer (the order is written down in docs/architecture.md#layers), no command module imports
+another, nothing below the commands imports typer, rich or gradio, and gradio is imported only when
+`transdiff demo` runs."""
 
 import ast
 from pathlib import Path
@@ -102,6 +103,16 @@ def test_layer_rule_catches_a_climb_and_the_docs_state_the_order():
     assert layer_of("transdiff_cli.core") < layer_of("transdiff_cli.core.model")  # the longest prefix wins
     order = " < ".join(name for name, _ in LAYERS)
     assert order in (PKG.parent / "docs" / "architecture.md").read_text(), order
+
+
+def test_no_command_imports_another_command():
+    """Each `commands/<name>.py` is one command and reads on its own: what commands share lives in the
+    `_` modules beside them (`_common`, `_sampling_options`, `_train_options`), never in a command."""
+    commands = {m: p for m, p in modules().items()
+                if m.startswith("transdiff_cli.commands.") and not m.rsplit(".", 1)[1].startswith("_")}
+    assert {"transdiff_cli.commands.sample", "transdiff_cli.commands.fid"} <= set(commands)
+    found = sorted(f"{m} imports {t}" for m, p in commands.items() for t in imports(m, p) if t in commands and t != m)
+    assert not found, found
 
 
 def test_no_terminal_libraries_below_the_commands():

@@ -1,4 +1,5 @@
-"""Shared CLI plumbing: user errors as one red line with a non-zero exit."""
+"""Shared CLI plumbing: user errors as one red line with a non-zero exit, help text, progress bars and
+the reporter that shows the core's messages. Every command imports from here, never from another command."""
 
 from __future__ import annotations
 
@@ -17,6 +18,7 @@ from rich.progress import (
     MofNCompleteColumn,
     Progress,
     ProgressColumn,
+    TaskProgressColumn,
     TextColumn,
     TimeElapsedColumn,
     TimeRemainingColumn,
@@ -87,20 +89,20 @@ def user_errors(fn: Callable[..., Any]) -> Callable[..., Any]:
 
 def print_settings(settings: Any) -> None:
     """The sampling settings and where each came from, at the start of a sampling command."""
-    from ..core.sampling.eval_settings import describe
+    from ..core.sampling.eval_settings import settings_block
 
-    console.print("sampling settings (provenance):", highlight=False)
-    for line in describe(settings):
+    for line in settings_block(settings):
         console.print(line, highlight=False, markup=False)
 
 
-def cost_line(settings: Any, images: int) -> str:
-    """NFE per image (a guided pair batched counts once) and the network rows it computed."""
-    c = settings.cost()
-    if c["nfe"] is None:
-        return "NFE: measured with the curvature grid"
-    return (f"NFE {c['nfe']} per image ({c['rows']} network rows per image, "
-            f"{c['rows'] * images} for {images} image(s))")
+def help_text(text: str) -> str:
+    """Join each prose paragraph into one line (rich keeps source line breaks and would wrap them
+    twice); indented example lines stay as they are."""
+    paragraphs = []
+    for para in text.strip().split("\n\n"):
+        lines = para.splitlines()
+        paragraphs.append(para if lines[0].startswith("    ") else " ".join(ln.strip() for ln in lines))
+    return "\n\n".join(paragraphs)
 
 
 def print_json(doc: Any) -> None:
@@ -111,14 +113,28 @@ def print_json(doc: Any) -> None:
 
 
 class _Rate(ProgressColumn):
-    """Units per second as rich measures them, e.g. "212 images/s"."""
+    """Units per second from the updates so far ("12.5 img/s"); a rate per second under one is shown
+    the other way round ("2.0 s/img"), which reads better for slow runs."""
 
-    def __init__(self, unit: str) -> None:
+    def __init__(self, unit: str = "img/s") -> None:
         super().__init__()
         self.unit = unit
 
     def render(self, task: Any) -> Text:
-        return Text(f"{task.speed or 0:,.1f} {self.unit}")
+        speed = task.finished_speed or task.speed
+        if not speed:
+            return Text(f"-- {self.unit}")
+        per, slash, seconds = self.unit.rpartition("/")
+        if speed < 1 and slash and seconds == "s":
+            return Text(f"{1 / speed:.1f} s/{per.removesuffix('s')}")  # images/s -> s/image
+        return Text(f"{speed:,.1f} {self.unit}")
+
+
+def progress_bar() -> Progress:
+    """The sampling bar: advances after every batch, with the elapsed time and the rate so far."""
+    return Progress(TextColumn("{task.description}", style="bold", markup=False), BarColumn(), MofNCompleteColumn(),
+                    TaskProgressColumn(), _Rate(), TimeElapsedColumn(), TimeRemainingColumn(),
+                    console=console, transient=True)
 
 
 # how a named number beside a bar is shown
@@ -126,7 +142,11 @@ FIELD_FORMATS = {"loss": "loss {task.fields[loss]:.4f}", "lr": "lr {task.fields[
 
 
 class RichReporter(Reporter):
-    """The core's messages and progress on the terminal: rich bars with rate, elapsed time and ETA."""
+    """The core's messages and progress on the terminal: rich bars with rate, elapsed time and ETA
+    (`transient`: a bar is removed when done, as the sampling bars are)."""
+
+    def __init__(self, transient: bool = False) -> None:
+        self.transient = transient
 
     def message(self, text: str) -> None:
         console.print(cli_words(text), markup=False, highlight=False)
@@ -146,6 +166,6 @@ class RichReporter(Reporter):
         elif unit:
             columns.append(_Rate(unit))
         columns += [TimeElapsedColumn(), TextColumn("ETA"), TimeRemainingColumn()]
-        with Progress(*columns, console=console, transient=False) as bar:
+        with Progress(*columns, console=console, transient=self.transient) as bar:
             task = bar.add_task(description, total=total, completed=completed, **fields)
             yield lambda done=None, **kw: bar.update(task, completed=done, **kw)

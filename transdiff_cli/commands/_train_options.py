@@ -1,19 +1,23 @@
-"""Options shared by `train` and `finetune-mrar` (declared once, used in both signatures)."""
+"""Options shared by `train` and `finetune-mrar` (declared once, used in both signatures), and the end
+of every training command (`report`, also for `distill`)."""
 
 from __future__ import annotations
 
 import functools
 import inspect
+import json
 import typing
 from collections.abc import Callable
 from typing import Annotated, Any
 
 import typer
+from rich.text import Text
 
 from ..core.distributed import check_gpus, relaunch_with_torchrun, under_torchrun
 from ..core.schema import MODEL_SCHEMA, TRAIN_SCHEMA
 from ..core.training.train_run import RunRequest
-from ._common import RichReporter
+from ..core.training.trainer import TrainResult
+from ._common import RichReporter, console
 
 Data = Annotated[str | None, typer.Option(
     "--data", help="digits | shapes | an ImageNet-style image folder | an encode-latents folder")]
@@ -123,3 +127,22 @@ def run_request(options: dict[str, Any], **fields: Any) -> RunRequest:
         config_file=o["config"], run_dir=o["run_dir"], name=o["name"], device=o["device"],
         resume=o["resume"], progress=not o["no_progress"], reporter=RichReporter(),
         model_overrides=model, train_overrides=train, **fields)
+
+
+def report(result: TrainResult) -> None:
+    """Rank 0 says what happened; every rank exits 130 when a signal stopped the run."""
+    s = result.summary
+    if not result.is_main:
+        if result.stopped_early:
+            raise typer.Exit(130)
+        return
+    if result.stopped_early:
+        console.print(f"stopped by {s['stopped_by']} at step {s['step']}; checkpoint saved "
+                      f"to {s['checkpoint']} — run the same command again to resume", style="yellow")
+    else:
+        console.print(Text.assemble(("done", "green"), f": {s['step']} steps in {s['seconds']} s "
+                                              f"({s['images_per_s']} images/s)"))
+    console.print(f"checkpoint: {s['checkpoint']}\nsamples:    {s['grid']}")
+    typer.echo(json.dumps(s))
+    if result.stopped_early:
+        raise typer.Exit(130)

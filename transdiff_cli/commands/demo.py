@@ -13,8 +13,7 @@ import typer
 
 from ..core.errors import TransDiffError
 from . import _sampling_options as so
-from ._common import console, user_errors
-from .sample import help_text
+from ._common import console, help_text, user_errors
 
 HELP = """Serve a web page to try a checkpoint: generate (every MRAR round as a strip), fuse two classes,
 decode from the first k semantic features, and download each image with a settings.json and the

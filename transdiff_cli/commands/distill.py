@@ -9,7 +9,6 @@ import typer
 from ..core.training.distill import DistillRequest, run_distill
 from . import _train_options as o
 from ._common import user_errors
-from .train import report
 
 HELP = """Distil the diffusion decoder of a checkpoint (1-step or MRAR, ours or the published .pth
 with --vae) into a few-step student. The teacher's guided Euler ODE (--teacher-steps, cfg = the
@@ -60,5 +59,5 @@ def register(app: typer.Typer) -> None:
     ) -> None:
         o.maybe_relaunch(gpus, nnodes, node_rank, master_addr, master_port, device)
         run = o.run_request({**locals(), "data": None, "image_size": None, "vae": None})
-        report(run_distill(DistillRequest(run, from_, vae=vae, student_steps=student_steps,
+        o.report(run_distill(DistillRequest(run, from_, vae=vae, student_steps=student_steps,
                                           teacher_steps=teacher_steps, cfg=cfg, pool_size=pool_size)))

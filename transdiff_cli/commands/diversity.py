@@ -15,8 +15,7 @@ from ..core.eval.diversity import measure_diversity
 from ..core.sampling.generate import open_checkpoint
 from ..core.sampling.settings import reference_settings
 from . import _sampling_options as so
-from ._common import console, print_settings, user_errors
-from .sample import help_text
+from ._common import console, help_text, print_settings, user_errors
 
 HELP = """The paper's diversity measure of a checkpoint's semantic features: the mean off-diagonal
 cosine similarity of one image's features (lower = more diverse), per class and overall.

@@ -9,8 +9,7 @@ import typer
 from ..core.io.hub import upload_folder
 from ..core.share.export import export_model
 from . import _sampling_options as so
-from ._common import console, user_errors
-from .sample import help_text
+from ._common import console, help_text, user_errors
 
 HELP = """Export a checkpoint (a run folder, a checkpoint folder or a published .pth) as a model
 folder: model.safetensors (EMA weights unless --weights raw), config.json (model config, tokenizer,

@@ -1,32 +1,22 @@
 """`transdiff fid`: FID / IS / precision-recall of generated images against a reference, offline;
-reference statistics for any dataset (--save-stats); resumable generation and sampler sweeps."""
+reference statistics for any dataset (--save-stats); resumable generation and sampler sweeps.
+The work is done by `core/eval/engine.py`; this module reads the options and prints."""
 
 from __future__ import annotations
 
-import json
+from dataclasses import replace
 from pathlib import Path
 
 import typer
+from rich.console import Console
 from rich.table import Table
 
-from ..core.data.classes import resolve_classes
-from ..core.device import resolve_device
-from ..core.distributed import DistInfo, cleanup, init_distributed
 from ..core.errors import TransDiffError
-from ..core.eval.features import inception_weights_path, make_extractor
-from ..core.eval.fid import BUILTIN_DIGITS, fid_key, generated_metrics, load_input, prepare_reference
-from ..core.eval.fid_reference import save_reference_stats
-from ..core.eval.sweep import parse_sweeps, point_name, point_options, sweep_points, write_sweep
+from ..core.eval.engine import Generation, Measurement, evaluate, evaluate_sweep, plan, reference_path, write_stats
+from ..core.eval.sweep import parse_sweeps
 from ..core.fs import ensure_dir
-from ..core.io.hub import hub_file, is_hub_id
-from ..core.sampling.curvature import with_profile
-from ..core.sampling.generate import open_checkpoint, open_tokenizer
-from ..core.sampling.generate_npz import generate_npz, generation_identity, parts_dir, shard_size_for
-from ..core.sampling.options import SamplingOptions
-from ..core.sampling.settings import checkpoint_settings
 from . import _sampling_options as so
-from ._common import console, cost_line, print_json, print_settings, user_errors
-from .sample import help_text, progress_bar
+from ._common import RichReporter, console, help_text, print_json, user_errors
 
 HELP = """FID, Inception Score (off with --no-isc) and with --prc precision/recall of generated
 images against a reference, through torch-fidelity, with no download.
@@ -118,151 +108,38 @@ def register(app: typer.Typer) -> None:
                           scale_0=scale_0, scale_1=scale_1, sampler=sampler, sampler_param=sampler_param)
         if axes and ckpt is None:
             raise TransDiffError("--sweep needs --ckpt (it generates images for every setting)")
+        measurement = Measurement(ref, features=features, inception_weights=inception_weights, isc=isc, prc=prc,
+                                  batch_size=batch_size, cache_dir=cache_dir)
+        generation = None if ckpt is None else Generation(
+            ckpt, vae=vae, classes=classes, num_per_class=num_per_class, seed=seed, batch_size=batch_size,
+            shard_size=shard_size, precision=precision, compile=compile, weights=weights)
         if dry_run:
-            _dry_run(ckpt, gen, ref, out, features=features, inception_weights=inception_weights, weights=weights,
-                     vae=vae, classes=classes, num_per_class=num_per_class, options=opts, precision=precision,
-                     device=device, seed=seed, batch_size=batch_size)
+            print_json(plan(measurement, out, gen=gen, generation=generation, options=opts, device=device))
             return
-        if is_hub_id(ref):  # fetched (or found in the cache) before minutes of generation
-            ref = str(hub_file(ref))
-        if ref != BUILTIN_DIGITS and not Path(ref).exists():
-            raise TransDiffError(f"--ref not found: {ref}")
-        if save_stats is None:
-            ensure_dir(out, "--out")  # a bad --out fails now, not after minutes of generation
-        dev = resolve_device(device)
-        info = init_distributed(dev)
-        try:
-            if features == "inception":  # fail before minutes of generation, on every rank
-                inception_weights_path(inception_weights)
-            extractor = make_extractor(features, inception_weights, dev) if info.is_main else None
-            if save_stats is not None:
-                if info.is_main:
-                    done = save_reference_stats(load_input(ref), extractor, save_stats, with_images=with_images,
-                                                batch_size=batch_size)
-                    console.print(f"wrote {save_stats}: mu, sigma ({done['feature_dim']} {features} features of "
-                                  f"{done['num_reference']} images)"
-                                  + (f", arr_0 ({done['num_images_saved']} images)" if with_images else ""))
-                return
-            reference = None
-
-            def metrics_of(images: Path) -> dict:
-                nonlocal reference
-                if reference is None:  # once, reused across a sweep
-                    reference = prepare_reference(load_input(ref, allow_stats=True), extractor, prc=prc,
-                                                  batch_size=batch_size, cache_dir=cache_dir)
-                m = generated_metrics(load_input(images), reference, extractor, isc=isc, prc=prc,
-                                      batch_size=batch_size)
-                if features == "inception":
-                    m["inception_weights"] = str(extractor.path)
-                return m
-
-            if ckpt is None:
-                if info.is_main:
-                    _finish(metrics_of(gen), out)
-                return
-            job = _Generation(ckpt, info, dev, vae=vae, classes=classes, num_per_class=num_per_class, seed=seed,
-                              batch_size=batch_size, shard_size=shard_size, precision=precision, compile=compile,
-                              weights=weights)
-            if not axes:
-                path = job.run(out / "generated.npz", opts)
-                if info.is_main:
-                    _finish({**metrics_of(path), "settings": job.last_settings, **job.last_cost}, out)
-                return
-            rows = []
-            for point in sweep_points(axes):
-                folder = out / point_name(point)
-                if info.is_main:
-                    console.print(point_name(point), style="bold")
-                path = job.run(folder / "generated.npz", point_options(opts, point))
-                if info.is_main:
-                    m = {**metrics_of(path), "settings": job.last_settings, **job.last_cost}
-                    (folder / "metrics.json").write_text(json.dumps(m, indent=1))
-                    rows.append({**{k: v for k, v in m.items() if isinstance(v, float | int)}, **point})
-            if info.is_main:
-                written = write_sweep(out, axes, rows, fid_key(features))
+        measurement = replace(measurement, ref=reference_path(ref))  # a Hub file fetched before the work
+        if save_stats is not None:
+            done = write_stats(measurement, save_stats, with_images=with_images, device=device)
+            if done is not None:
+                console.print(f"wrote {save_stats}: mu, sigma ({done['feature_dim']} {features} features of "
+                              f"{done['num_reference']} images)"
+                              + (f", arr_0 ({done['num_images_saved']} images)" if with_images else ""))
+            return
+        ensure_dir(out, "--out")  # a bad --out fails now, not after minutes of generation
+        reporter = RichReporter(transient=True)
+        if axes:
+            written = evaluate_sweep(measurement, generation, out, axes, opts, device=device, reporter=reporter)
+            if written is not None:
                 console.print(Path(written["table"]).read_text())
                 console.print(f"wrote {written['json']}, {written['table']}, {written['plot']}")
-        finally:
-            cleanup(info)
-
-
-class _Generation:
-    """The checkpoint opened once; `run` draws one setting's images (resumably) into an .npz."""
-
-    def __init__(self, ckpt: Path, info: DistInfo, dev, *, vae, classes, num_per_class, seed, batch_size,
-                 shard_size, precision, compile, weights):
-        self.ck = open_checkpoint(ckpt, weights=weights, device=dev, precision=precision, compile=compile)
-        picked = resolve_classes(classes, self.ck.config.num_classes, self.ck.class_names)
-        self.labels = [y for y in picked for _ in range(num_per_class)]
-        self.num_classes, self.num_per_class = len(picked), num_per_class
-        self.tokenizer = open_tokenizer(self.ck, vae, dev)
-        self.info, self.dev, self.seed = info, dev, seed
-        self.batch_size, self.precision, self.compile, self.weights = batch_size, precision, compile, weights
-        self.shard_size = shard_size_for(batch_size, shard_size) if shard_size else shard_size_for(batch_size)
-        self.last_settings: dict = {}
-        self.last_cost: dict = {}
-
-    def run(self, path: Path, options: SamplingOptions) -> Path:
-        settings = with_profile(self.ck.model, checkpoint_settings(self.ck, options))
-        self.last_settings = settings.to_dict()
-        cost = settings.cost()  # NFE and rows per image, and the rows of the whole run
-        self.last_cost = {"nfe": cost["nfe"], "rows_per_image": cost["rows"], "rows": cost["rows"] * len(self.labels)}
-        identity = generation_identity(self.ck, weights=self.weights, settings=settings, seed=self.seed,
-                                       labels=self.labels, batch_size=self.batch_size, shard_size=self.shard_size,
-                                       tokenizer=self.tokenizer, precision=self.precision, compile=self.compile,
-                                       device=self.dev)
-        if self.info.is_main:
-            print_settings(settings)
-            console.print(f"generating {len(self.labels)} images ({self.num_per_class} per class, "
-                          f"{self.num_classes} classes) on {self.info.world_size} process(es): {settings.mode}, "
-                          f"cfg {settings.cfg}, {settings.sampling_steps} {settings.sampler} steps, "
-                          f"seed {self.seed}; {cost_line(settings, len(self.labels))}")
-        with progress_bar() as bar:
-            n, s, w = len(self.labels), self.shard_size, self.info.world_size
-            mine = sum(min(n, (k + 1) * s) - k * s for k in range(self.info.rank, -(-n // s), w))
-            task = bar.add_task(f"rank {self.info.rank}", total=mine)
-            try:
-                generate_npz(self.ck.model, self.tokenizer, self.labels, settings, path, identity, seed=self.seed,
-                             batch_size=self.batch_size, info=self.info, on_batch=lambda n: bar.advance(task, n))
-            except KeyboardInterrupt:
-                if self.info.is_main:
-                    console.print(f"finished shards are kept in {parts_dir(path)}: run the same "
-                                  "command again to continue", style="yellow")
-                raise
-        if self.info.is_main:
-            console.print(f"wrote {path}")
-        return path
-
-
-def _finish(metrics: dict, out: Path) -> None:
-    out.mkdir(parents=True, exist_ok=True)
-    (out / "metrics.json").write_text(json.dumps(metrics, indent=1))
-    _print(metrics)
-    console.print(f"wrote {out / 'metrics.json'}")
-
-
-def _dry_run(ckpt, gen, ref, out: Path, *, features, inception_weights, **options) -> None:
-    """One JSON object: what `fid` would generate (with --ckpt) and measure; nothing is run."""
-    from ..core.sampling.dry_run import generation_plan
-
-    doc: dict = {"command": "fid", "ref": ref, "features": features}
-    if is_hub_id(ref):
-        doc["ref_local_path"] = str(hub_file(ref))
-    if features == "inception":
-        doc["inception_weights"] = str(inception_weights_path(inception_weights))
-    if ckpt is not None:
-        plan = generation_plan(ckpt, **options)
-        doc.update(plan, generated=str(out / "generated.npz"))
-    else:
-        doc["gen"] = str(gen)
-    doc["outputs"] = {"metrics": str(out / "metrics.json"),
-                      "generated": str(out / "generated.npz") if ckpt is not None else None}
-    print_json(doc)
+            return
+        metrics = evaluate(measurement, out, gen=gen, generation=generation, options=opts, device=device,
+                           reporter=reporter)
+        if metrics is not None:
+            _print(metrics)
+            console.print(f"wrote {out / 'metrics.json'}")
 
 
 def _print(metrics: dict) -> None:
-    from rich.console import Console
-
     table = Table(title=f"{metrics['generated']} vs {metrics['reference']} ({metrics['features']} features)")
     table.add_column("metric")
     table.add_column("value", justify="right")

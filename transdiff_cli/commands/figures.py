@@ -11,8 +11,7 @@ import typer
 from ..figures import make_figures, parse_pairs
 from ..pipeline import TransDiffPipeline
 from . import _sampling_options as so
-from ._common import console, user_errors
-from .sample import help_text
+from ._common import console, help_text, user_errors
 
 HELP = """Draw the paper's qualitative figures from a checkpoint into --out: Figure 1 (middle), the
 decoder given only the first k of the n semantic features (k = n/16, n/4, n/2, n); Figure 1

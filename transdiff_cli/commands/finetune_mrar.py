@@ -9,7 +9,6 @@ import typer
 from ..core.training.train_run import run_training
 from . import _train_options as o
 from ._common import user_errors
-from .train import report
 
 HELP = """Fine-tune a 1-step checkpoint (ours or the published .pth) into a multi-reference (MRAR)
 model: 64 (or data-sized) distinct mask tokens, z_proj for 2x2-patch references, block-causal
@@ -40,4 +39,4 @@ def register(app: typer.Typer) -> None:
             req.model_overrides["mrar_steps"] = mrar_steps
         if groups is not None:
             req.train_overrides["groups"] = groups
-        report(run_training(req))
+        o.report(run_training(req))

@@ -11,12 +11,12 @@ from ..core.data.classes import class_label, resolve_class
 from ..core.data.images import save_pngs
 from ..core.device import resolve_device
 from ..core.sampling.curvature import with_profile
+from ..core.sampling.eval_settings import cost_line
 from ..core.sampling.fuse import check_fuse, fuse, save_figure
 from ..core.sampling.generate import latents_to_images, open_checkpoint, open_tokenizer
 from ..core.sampling.settings import checkpoint_settings
 from . import _sampling_options as so
-from ._common import console, cost_line, print_settings, user_errors
-from .sample import help_text
+from ._common import console, help_text, print_settings, user_errors
 
 HELP = """Fuse the 1-step semantic features of two classes (paper §4.2.2) and decode the blend.
 

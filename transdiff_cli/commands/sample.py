@@ -5,21 +5,11 @@ from __future__ import annotations
 from pathlib import Path
 
 import typer
-from rich.progress import (
-    BarColumn,
-    MofNCompleteColumn,
-    Progress,
-    ProgressColumn,
-    TaskProgressColumn,
-    TextColumn,
-    TimeElapsedColumn,
-    TimeRemainingColumn,
-)
-from rich.text import Text
 
 from ..core.data.classes import class_label, resolve_classes
 from ..core.device import resolve_device
 from ..core.sampling.curvature import with_profile
+from ..core.sampling.eval_settings import cost_line
 from ..core.sampling.generate import check_batch_fits, check_num_images, generate_to_folder
 from ..core.sampling.generate_npz import (
     SHARD_IMAGES,
@@ -34,7 +24,7 @@ from ..core.sampling.outputs import check_outputs, grid_rows
 from ..core.sampling.settings import checkpoint_settings
 from ..core.validate import check_seed
 from . import _sampling_options as so
-from ._common import console, cost_line, print_json, print_settings, user_errors, warn
+from ._common import console, help_text, print_json, print_settings, progress_bar, user_errors, warn
 
 HELP = """Generate class-conditional images (1-step or MRAR) into PNG files and a grid.
 
@@ -64,33 +54,6 @@ Example:
 
     transdiff sample --ckpt ck.pth --vae kl16:vae.ckpt --class tiger
 """
-
-
-def help_text(text: str) -> str:
-    """Join each prose paragraph into one line (rich keeps source line breaks and would wrap them
-    twice); indented example lines stay as they are."""
-    paragraphs = []
-    for para in text.strip().split("\n\n"):
-        lines = para.splitlines()
-        paragraphs.append(para if lines[0].startswith("    ") else " ".join(ln.strip() for ln in lines))
-    return "\n\n".join(paragraphs)
-
-
-class _Rate(ProgressColumn):
-    """Images per second (or seconds per image for slow runs), from the batches done so far."""
-
-    def render(self, task) -> Text:
-        speed = task.finished_speed or task.speed
-        if not speed:
-            return Text("-- img/s")
-        return Text(f"{speed:.1f} img/s" if speed >= 1 else f"{1 / speed:.1f} s/img")
-
-
-def progress_bar() -> Progress:
-    """Advances after every batch, with the elapsed time and the rate so far."""
-    return Progress(TextColumn("{task.description}", style="bold", markup=False), BarColumn(), MofNCompleteColumn(),
-                    TaskProgressColumn(), _Rate(), TimeElapsedColumn(), TimeRemainingColumn(),
-                    console=console, transient=True)
 
 
 def register(app: typer.Typer) -> None:

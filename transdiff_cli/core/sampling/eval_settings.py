@@ -12,6 +12,7 @@ Flags given by the user override all of these; every setting records its provena
 from __future__ import annotations
 
 from dataclasses import dataclass, field, fields
+from typing import Any
 
 from ..model.config import MRAR_SAMPLING, PRESETS, ModelConfig
 
@@ -78,6 +79,20 @@ def checkpoint_defaults(config: ModelConfig, published: bool) -> SettingDefaults
     g = _generic()
     return SettingDefaults([g["cfg"]] * k, g["scale_0"], g["scale_1"], g["sampling_steps"],
                            g["sampler"], dict.fromkeys(SETTINGS, TOOL_DEFAULT))
+
+
+def settings_block(settings: object) -> list[str]:
+    """What every sampling command prints first: a title and `describe`'s lines."""
+    return ["sampling settings (provenance):", *describe(settings)]
+
+
+def cost_line(settings: Any, images: int) -> str:
+    """NFE per image (a guided pair batched counts once) and the network rows it computed."""
+    c = settings.cost()
+    if c["nfe"] is None:
+        return "NFE: measured with the curvature grid"
+    return (f"NFE {c['nfe']} per image ({c['rows']} network rows per image, "
+            f"{c['rows'] * images} for {images} image(s))")
 
 
 def describe(settings: object) -> list[str]:

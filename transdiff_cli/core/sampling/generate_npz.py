@@ -163,6 +163,16 @@ def _shard_indices(k: int, shard: int, n: int) -> list[int]:
     return list(range(k * shard, min(n, (k + 1) * shard)))
 
 
+def rank_shards(n: int, shard: int, info: DistInfo) -> range:
+    """The shards of `n` images that rank r of W draws: r, r + W, ..."""
+    return range(info.rank, math.ceil(n / shard), info.world_size)
+
+
+def rank_images(n: int, shard: int, info: DistInfo) -> int:
+    """How many of the `n` images rank `info.rank` draws (the total of its progress bar)."""
+    return sum(len(_shard_indices(k, shard, n)) for k in rank_shards(n, shard, info))
+
+
 def generate_npz(model: TransDiff, tokenizer: Tokenizer, labels: Sequence[int], settings: SampleSettings,
                  path: str | Path, identity: dict[str, Any], *, seed: int = 0, batch_size: int = 16,
                  info: DistInfo | None = None, on_batch: Callable[[int], None] | None = None) -> Path:
@@ -203,7 +213,7 @@ def generate_shards(model: TransDiff, tokenizer: Tokenizer, labels: Sequence[int
     barrier(info)
     n = len(labels)
     save_rounds = bool(identity.get("save_steps"))
-    for k in range(info.rank, math.ceil(n / shard), info.world_size):
+    for k in rank_shards(n, shard, info):
         idx = _shard_indices(k, shard, n)
         if job.done(k, _shard_valid(len(idx))):
             if on_batch is not None:
