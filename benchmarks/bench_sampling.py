@@ -64,7 +64,7 @@ def main() -> None:
     gen = torch.Generator(device=device).manual_seed(args.seed)
     labels = torch.randint(0, model.config.num_classes, (args.batch,), generator=gen, device=device)
     noise = torch.randn(args.batch, model.config.num_tokens, model.config.token_dim, generator=gen, device=device)
-    rounds = model.config.mrar_steps if mrar else 1
+    rounds = model.config.mrar_rounds if mrar else 1
 
     def run():
         gen.manual_seed(args.seed)

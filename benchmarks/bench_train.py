@@ -53,7 +53,7 @@ def main() -> None:
     opt = make_optimizer(model, args.optimizer, 1e-4 * args.batch / 256)
     mc = model.config
     gen = torch.Generator(device=device).manual_seed(args.seed)
-    shape = (args.batch, mc.mrar_steps) if mc.mrar else (args.batch,)
+    shape = (args.batch, mc.mrar_rounds) if mc.mrar else (args.batch,)
     latents = torch.randn(*shape, mc.latent_channels, mc.latent_size, mc.latent_size, generator=gen, device=device)
     labels = torch.randint(0, mc.num_classes, (args.batch,), generator=gen, device=device)
 

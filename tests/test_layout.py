@@ -191,3 +191,10 @@ def test_test_files_share_helpers_only_through_conftest():
         found = imports(p.stem, p)
         assert not {t.split(".")[0] for t in found} & names, p.name
         assert "issue" not in p.stem, p.name
+
+
+def test_click_is_not_imported():
+    """typer carries its own click; the separate `click` package is not a dependency, so a bare
+    install would fail to start if any module imported it."""
+    for name, path in modules().items():
+        assert not {t for t in imports(name, path) if t == "click" or t.startswith("click.")}, name

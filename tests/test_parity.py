@@ -95,7 +95,7 @@ def test_mrar_attention_mask(mrar, refm):
 
 def test_mrar_teacher_forced_condition(mrar, refm):
     labels = refm["labels"]
-    k = mrar.config.mrar_steps
+    k = mrar.config.mrar_rounds
     refs = torch.cat([patchify(refm[f"train_latents{j}"], mrar.config.ref_patch_size)
                       for j in range(k - 1)], dim=1)
     with torch.no_grad():
@@ -104,7 +104,7 @@ def test_mrar_teacher_forced_condition(mrar, refm):
 
 
 def test_mrar_training_loss(mrar, refm):
-    k = mrar.config.mrar_steps
+    k = mrar.config.mrar_rounds
     latents = torch.stack([refm[f"train_latents{j}"] for j in range(k)], dim=1)
     with torch.no_grad():
         loss = mrar(latents, refm["labels"], noise=[refm[f"train_noise{j}"] for j in range(k)],
@@ -115,7 +115,7 @@ def test_mrar_training_loss(mrar, refm):
 @pytest.mark.parametrize("cfg_key", ["sample_cfg1", "sample_cfg2"])
 def test_mrar_sampling(mrar, refm, manifest, cfg_key):
     s = manifest["sampling"]
-    k = mrar.config.mrar_steps
+    k = mrar.config.mrar_rounds
     # the fixture README: cfg 1 at every step, or 1, 1.5, 2, 2.5 for steps 0-3
     cfg = [1.0] * k if cfg_key == "sample_cfg1" else [1.0 + 0.5 * i for i in range(k)]
     for cache in (True, False):

@@ -123,7 +123,7 @@ def test_mrar_features_with_references(pipes):
     first = pipe.features([1, 6])
     full = pipe.features([1, 6], references=out.round_latents[:-1])
     assert first.shape == (2, mc.ref_tokens, mc.width)
-    assert full.shape == (2, mc.mrar_steps * mc.ref_tokens, mc.width)
+    assert full.shape == (2, mc.mrar_rounds * mc.ref_tokens, mc.width)
     # block-causal: the first block does not see the references
     assert (full[:, :mc.ref_tokens] - first).abs().max() <= 1e-5
     # a condition with references has no null-class counterpart for guidance
@@ -149,7 +149,7 @@ def test_diversity_equals_the_cli(tiny, pipes):
     got = pipes["one"].diversity([0, 4])
     assert got.per_round is None and got.per_class.tolist() == doc["per_class"] and got.mean == doc["mean"]
     mrar = pipes["mrar"].diversity([0, 4], sampling_steps=2)
-    assert mrar.per_round.shape == (pipes["mrar"].config.mrar_steps, 2)
+    assert mrar.per_round.shape == (pipes["mrar"].config.mrar_rounds, 2)
 
 
 def test_class_values(pipes):

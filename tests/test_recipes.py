@@ -2,6 +2,7 @@
 fixed MRAR groups (`finetune-mrar --groups`)."""
 
 import json
+import shutil
 from pathlib import Path
 
 import pytest
@@ -56,6 +57,34 @@ def test_warmup_in_epochs():
 def test_grid_sampling_steps_reads_its_old_name():
     assert TrainConfig.from_dict({"sample_steps": 3}).grid_sampling_steps == 3
     assert TrainConfig.from_dict({"grid_sampling_steps": 5}).grid_sampling_steps == 5
+
+
+def test_renamed_keys_read_from_yaml_flags_run_folders_and_checkpoints(tmp_path, one_step_run):
+    """`mrar_steps` (K, before "step" meant only a sampler or training step) reads as `mrar_rounds`."""
+    import typer
+
+    from transdiff_cli.cli import renamed_flags
+    from transdiff_cli.core.training.run_request import RunRequest as Request
+    from transdiff_cli.core.training.run_request import read_user_config
+
+    assert preset("tiny", mrar=True, mrar_steps=2).mrar_rounds == 2  # a stored config.json / checkpoint meta
+    for doc in ({"model": {"mrar": True, "mrar_steps": 3}}, {"mrar": True, "mrar_steps": 3}):  # sections or flat
+        (tmp_path / "old.yaml").write_text(yaml.safe_dump(doc))
+        user = read_user_config(Request(config_file=str(tmp_path / "old.yaml")))
+        assert user.model["mrar_rounds"] == 3 and user.model_sources["mrar_rounds"].endswith(
+            "old.yaml:3" if "model" in doc else "old.yaml:2")
+    command = typer.main.get_command(app).commands["finetune-mrar"]
+    assert renamed_flags(command, ["--mrar-steps", "2"]) == ["--mrar-rounds", "2"]
+    # a run folder whose config.yaml predates the rename resumes (here: finds it has nothing to do)
+    run = tmp_path / "run"
+    shutil.copytree(one_step_run, run)
+    config = run / "config.yaml"
+    config.write_text(config.read_text().replace("mrar_rounds:", "mrar_steps:"))
+    assert "mrar_steps:" in config.read_text()
+    run_training(RunRequest(size="tiny", config_file=str(one_step_run.parent / "tiny.yaml"), run_dir=str(run),
+                            device="cpu", progress=False,
+                            train_overrides={"max_steps": 3, "batch_size": 32, "ckpt_every": 1000, "log_every": 1,
+                                             "grid_sampling_steps": 1, "grid_classes": 1, "grid_per_class": 1}))
 
 
 def test_contradictory_warmup_flags_fail_in_one_line(tmp_path):

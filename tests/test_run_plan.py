@@ -78,14 +78,14 @@ def test_model_keys_flag_over_yaml_over_base(kind, source, tmp_path):
     if kind == "fresh":
         yaml_model.update(width=32, heads=2, encoder_depth=1, decoder_depth=1)
     if kind == "finetune":
-        yaml_model["mrar_steps"] = 2
+        yaml_model["mrar_rounds"] = 2
     req = request(kind, source, tmp_path, {"model": yaml_model, "train": {"batch_size": 8}},
                   model={"sampling_steps": 4, "grad_checkpointing": True})
     plan = plan_run(req)
     mc = plan.model_config
     assert (mc.cfg, mc.sampling_steps, mc.grad_checkpointing) == (3.0, 4, True)
     assert (mc.width, mc.latent_channels, mc.latent_size, mc.num_classes) == (32, 1, 8, 10)  # geometry: the data
-    assert mc.mrar == (kind == "finetune") and (kind != "finetune" or mc.mrar_steps == 2)
+    assert mc.mrar == (kind == "finetune") and (kind != "finetune" or mc.mrar_rounds == 2)
     assert (plan.init_weights is None) == (kind == "fresh")
     assert plan.parent == (None if kind == "fresh" else str(source))
 
@@ -104,7 +104,7 @@ def test_train_and_finetune_mrar_share_one_option_declaration():
     shared = {name for name, _, _ in SHARED}
     assert shared <= names["train"] and shared <= names["finetune-mrar"]
     assert names["train"] - shared == {"size", "init_from", "only_train_diff"}
-    assert names["finetune-mrar"] - shared == {"from_", "mrar_steps", "groups"}
+    assert names["finetune-mrar"] - shared == {"from_", "mrar_rounds", "groups"}
     # every shared option that is a training key reaches the training config by its name
     assert {n for n in shared if n in TrainConfig.__dataclass_fields__} >= {"lr", "batch_size", "eval_ref"}
 

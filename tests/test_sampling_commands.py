@@ -147,7 +147,7 @@ def test_diversity_mrar_per_round(tiny):
     result = invoke(["diversity", tiny["mrar"], "--classes", "0,digit-4", "--num-refs", 2,
                      "--sampling-steps", 2, "--json"])
     doc = json.loads(result.stdout)
-    k = load_checkpoint(tiny["mrar"]).config.mrar_steps
+    k = load_checkpoint(tiny["mrar"]).config.mrar_rounds
     assert doc["mode"] == "mrar" and doc["classes"] == [0, 4] and len(doc["per_class"]) == 2
     assert [r["round"] for r in doc["per_round"]] == list(range(k))
     assert all(-1 <= v <= 1 for r in doc["per_round"] for v in r["per_class"])
@@ -169,7 +169,7 @@ def test_mrar_feature_diversity_first_block_matches_plain_measure(tiny):
     # block 0 sees no reference: it is the model's first-block measure without any sampling
     plain = cosine_measure(model.features(model.class_emb(torch.tensor([0, 3]))))
     assert torch.allclose(per_round[0], plain, atol=1e-6)
-    assert per_class.shape == (2,) and per_round.shape == (model.config.mrar_steps, 2)
+    assert per_class.shape == (2,) and per_round.shape == (model.config.mrar_rounds, 2)
 
 
 # --------------------------------------------------------------------------- classes and masks

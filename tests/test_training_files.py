@@ -82,7 +82,7 @@ def test_a_binary_groups_file_is_one_line(tmp_path):
     with pytest.raises(TransDiffError, match="line 2: not text"):
         read_groups(groups, 1)
     ck = tiny_checkpoint(tmp_path / "ck")
-    one_error(["finetune-mrar", "--from", ck, "--data", "digits", "--groups", groups, "--mrar-steps", 1,
+    one_error(["finetune-mrar", "--from", ck, "--data", "digits", "--groups", groups, "--mrar-rounds", 1,
                "--run-dir", tmp_path / "run", "--device", "cpu"], "groups.txt line 2", "not text")
 
 

@@ -2,9 +2,8 @@
 
 from __future__ import annotations
 
-import click
 import typer
-from typer.core import TyperGroup
+from typer.core import TyperCommand, TyperGroup
 
 from . import __version__
 from .commands import (
@@ -29,7 +28,7 @@ from .core.distributed import adopt_slurm_launch
 RENAMED_FLAGS = {"--steps": "--rounds", "--save-steps": "--save-rounds", "--mrar-steps": "--mrar-rounds"}
 
 
-def renamed_flags(command: click.Command, args: list[str]) -> list[str]:
+def renamed_flags(command: TyperCommand | TyperGroup, args: list[str]) -> list[str]:
     """`args` with each old flag spelt as its new name, where `command` takes the new one."""
     known = {name for param in command.params for name in getattr(param, "opts", [])}
     out = list(args)
@@ -45,7 +44,7 @@ def renamed_flags(command: click.Command, args: list[str]) -> list[str]:
 
 
 class _Group(TyperGroup):
-    def resolve_command(self, ctx: click.Context, args: list[str]):
+    def resolve_command(self, ctx: typer.Context, args: list[str]):
         name, command, rest = super().resolve_command(ctx, args)
         return name, command, renamed_flags(command, rest) if command is not None else rest
 

@@ -144,7 +144,7 @@ def make_request(pipe: TransDiffPipeline, defaults: SampleSettings, class_value:
     if mode != defaults.mode:
         options["mode"] = mode
     if mode == "mrar":
-        k = whole(rounds, "rounds", 1, pipe.config.mrar_steps)
+        k = whole(rounds, "rounds", 1, pipe.config.mrar_rounds)
         if k != defaults.rounds:
             options["rounds"] = k
     base = resolved(pipe, **options)  # the checkpoint's settings for this mode and number of rounds
@@ -281,7 +281,7 @@ def build(pipe: TransDiffPipeline, source: Source, workdir: Path) -> gr.Blocks:
 
     with gr.Blocks(title="TransDiff demo") as page:
         gr.Markdown(f"## TransDiff: `{source.checkpoint}`\n{mc.num_classes} classes, "
-                    f"{'MRAR (' + str(mc.mrar_steps) + ' rounds)' if mc.mrar else '1-step'}, "
+                    f"{'MRAR (' + str(mc.mrar_rounds) + ' rounds)' if mc.mrar else '1-step'}, "
                     f"{source.device}, {source.precision}")
         with gr.Tab("Generate", id="generate"):
             with gr.Row():
@@ -289,7 +289,7 @@ def build(pipe: TransDiffPipeline, source: Source, workdir: Path) -> gr.Blocks:
                     klass = class_picker("class", first, "class")
                     modes = ["1step", "mrar"] if mc.mrar else ["1step"]
                     mode = gr.Radio(modes, value=defaults.mode, label="mode", elem_id="mode")
-                    rounds = gr.Slider(1, max(mc.mrar_steps, 1), value=defaults.rounds, step=1, label="MRAR rounds",
+                    rounds = gr.Slider(1, max(mc.mrar_rounds, 1), value=defaults.rounds, step=1, label="MRAR rounds",
                                        visible=mc.mrar, elem_id="rounds")
                     cfg = gr.Textbox(", ".join(repr(v) for v in defaults.cfg) if len(set(defaults.cfg)) > 1
                                      else repr(defaults.cfg[0]), label="cfg (one scale, or one per MRAR round)",

@@ -10,7 +10,6 @@ import warnings
 from collections.abc import Callable, Iterator
 from typing import Any
 
-import click
 import typer
 from rich.console import Console
 from rich.progress import (
@@ -24,6 +23,7 @@ from rich.progress import (
     TimeRemainingColumn,
 )
 from rich.text import Text
+from typer.core import TyperCommand, TyperGroup
 
 from ..core.errors import TransDiffError
 from ..core.fs import cause
@@ -38,7 +38,7 @@ _PARAM = re.compile(r"`([a-z][a-z0-9_]*)`")
 FLAGS: dict[str, str] = {}  # parameter name -> flag, for every option of the app (`register_flags`)
 
 
-def register_flags(root: click.Command) -> None:
+def register_flags(root: TyperCommand | TyperGroup) -> None:
     """Record every `--flag` of the app under its parameter spelling (scale_0 -> --scale-0), and under
     the Python name where that differs."""
     for cmd in [root, *getattr(root, "commands", {}).values()]:

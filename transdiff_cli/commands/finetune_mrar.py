@@ -29,14 +29,14 @@ def register(app: typer.Typer) -> None:
     @o.with_train_options
     def finetune_mrar(
         from_: Annotated[str, typer.Option("--from", help="1-step checkpoint (folder, run or .pth)")],
-        mrar_steps: Annotated[int | None, typer.Option("--mrar-steps", help="K (default 4)")] = None,
+        mrar_rounds: Annotated[int | None, typer.Option("--mrar-rounds", help="K (default 4)")] = None,
         groups: Annotated[str | None, typer.Option(
             "--groups", help='fixed groups: JSON lines {"cate": CLASS, "files": [K names]} (default: random)')] = None,
         **options: Any,
     ) -> None:
         req = o.run_request(options, finetune_from=from_)
-        if mrar_steps is not None:
-            req.model_overrides["mrar_steps"] = mrar_steps
+        if mrar_rounds is not None:
+            req.model_overrides["mrar_rounds"] = mrar_rounds
         if groups is not None:
             req.train_overrides["groups"] = groups
         o.report(run_training(req))

@@ -23,6 +23,20 @@ from .validate import SCALE_MAX, SEED_MAX
 Sources = Mapping[str, str]
 FLAG = "the command line"
 
+# keys renamed so that each word has one meaning (docs/architecture.md#words), old -> new: YAML files,
+# run folders and checkpoints written before a rename still read
+RENAMED_KEYS = {"sample_steps": "grid_sampling_steps", "mrar_steps": "mrar_rounds"}
+
+
+def with_new_keys(values: Any) -> Any:
+    """A mapping with each old key spelt as its new name (the new name wins when both are given);
+    anything else is returned as it is, for the checks to refuse."""
+    if not isinstance(values, Mapping) or not RENAMED_KEYS.keys() & values.keys():
+        return values
+    out = {RENAMED_KEYS.get(k, k): v for k, v in values.items() if k in RENAMED_KEYS}
+    out.update({k: v for k, v in values.items() if k not in RENAMED_KEYS})
+    return out
+
 
 @dataclass(frozen=True)
 class Spec:
@@ -77,7 +91,7 @@ MODEL_SCHEMA: dict[str, Spec] = {
     "num_classes": _pos(), "buffer_size": Spec(int, True, low=0),
     "latent_channels": _pos(), "latent_size": _pos(), "patch_size": _pos(True),
     "condition_slots": _pos(True),
-    "mrar": Spec(bool), "mrar_steps": Spec(int, low=1, high=64), "ref_patch_size": _pos(True),
+    "mrar": Spec(bool), "mrar_rounds": Spec(int, low=1, high=64), "ref_patch_size": _pos(True),
     "label_drop_prob": Spec(float, low=0, high=1), "attn_dropout": _rate(), "proj_dropout": _rate(),
     "diffusion_batch_mul": Spec(int, low=1, high=64), "grad_checkpointing": Spec(bool),
     "cfg": SCALE, "scale_0": SCALE, "scale_1": SCALE,

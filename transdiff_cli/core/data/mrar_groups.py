@@ -52,7 +52,7 @@ def read_groups(path: str | Path, group_size: int) -> list[Group]:
             raise TransDiffError(f'`groups` {p} line {n}: expected {{"cate": CLASS, "files": [FILE, ...]}}')
         if len(doc["files"]) != group_size:
             raise TransDiffError(f"`groups` {p} line {n}: {len(doc['files'])} files, but MRAR trains on "
-                                 f"groups of {group_size} (`mrar_steps`)")
+                                 f"groups of {group_size} (`mrar_rounds`)")
         groups.append(Group(doc["cate"], [Path(f).name for f in doc["files"]], n))
     if not groups:
         raise TransDiffError(f"`groups` {p}: no groups in the file")

@@ -12,7 +12,7 @@ from dataclasses import dataclass, field
 from typing import Any
 
 from ..errors import TransDiffError
-from ..schema import MODEL_SCHEMA, Sources, check_config, check_keys, fail, named
+from ..schema import MODEL_SCHEMA, Sources, check_config, check_keys, fail, named, with_new_keys
 
 # where each key of the config being built came from (set by from_dict, read by validate), so a
 # relation between keys names their origins as the per-key checks do
@@ -37,7 +37,7 @@ class ModelConfig:
     # the 256 slots of its 256 parent while its decoder has 1024 tokens (docs/architecture.md#recipes).
     condition_slots: int | None = None
     mrar: bool = False
-    mrar_steps: int = 4  # K
+    mrar_rounds: int = 4  # K
     ref_patch_size: int | None = None  # patch of the reference images; None: 2 x patch_size
     label_drop_prob: float = 0.1
     attn_dropout: float = 0.0
@@ -81,7 +81,7 @@ class ModelConfig:
                            f"(latents are {self.latent_channels}x{self.latent_size}x{self.latent_size})")
         if self.condition_slots is not None and self.mrar:
             raise TransDiffError("condition_slots applies to 1-step models; an MRAR model's "
-                                 "slots follow its reference patches (mrar_steps x ref_tokens)")
+                                 "slots follow its reference patches (mrar_rounds x ref_tokens)")
 
     # token geometry -------------------------------------------------------------------------
     @property
@@ -106,7 +106,7 @@ class ModelConfig:
     def num_slots(self) -> int:
         """N: condition slots after the buffer."""
         if self.mrar:
-            return self.mrar_steps * self.ref_tokens
+            return self.mrar_rounds * self.ref_tokens
         return self.num_tokens if self.condition_slots is None else self.condition_slots
 
     @property
@@ -114,7 +114,7 @@ class ModelConfig:
         return 2 * self.encoder_depth
 
     def cfg_schedule(self) -> list[float]:
-        return list(self.mrar_cfg) if self.mrar_cfg else [self.cfg] * self.mrar_steps
+        return list(self.mrar_cfg) if self.mrar_cfg else [self.cfg] * self.mrar_rounds
 
     def to_dict(self) -> dict[str, Any]:
         d = dataclasses.asdict(self)
@@ -126,6 +126,7 @@ class ModelConfig:
     def from_dict(cls, d: Any, sources: Sources | None = None, where: str | None = None) -> ModelConfig:
         """Checked against the schema (key by key, then the relations); `sources` says where each
         key came from, `where` names a file all of them came from."""
+        d, sources = with_new_keys(d), with_new_keys(sources)
         check_keys(d, MODEL_SCHEMA, "model", sources, where)  # each value: in __post_init__
         token = _SOURCES.set({**{k: where for k in d}, **(sources or {})} if where else sources)
         try:

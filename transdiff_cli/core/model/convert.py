@@ -64,7 +64,7 @@ def config_from_published(state: dict[str, torch.Tensor], args: argparse.Namespa
     if mrar:
         ref_dim = state["z_proj.weight"].shape[1]
         geometry.update(ref_patch_size=int(round((ref_dim / channels) ** 0.5)),
-                        mrar_steps=slots // mask_tokens)
+                        mrar_rounds=slots // mask_tokens)
     # `args` holds training-time flags (cfg 1.0, num_sampling_steps "100", ...): never sampling
     # settings; eval_settings.checkpoint_defaults gives a published file its evaluation settings.
     size = PUBLISHED_NAMES.get(str(a.get("model", "")))

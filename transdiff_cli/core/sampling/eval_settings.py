@@ -65,7 +65,7 @@ def published_table_entry(config: ModelConfig) -> tuple[str, tuple[float, float,
 
 def checkpoint_defaults(config: ModelConfig, published: bool) -> SettingDefaults:
     """The sampling defaults of a checkpoint: see the module docstring. Never reads saved `args`."""
-    k = config.mrar_steps if config.mrar else 1
+    k = config.mrar_rounds if config.mrar else 1
     if not published:
         src = dict.fromkeys(("cfg", "scale_0", "scale_1", "sampling_steps"), CHECKPOINT)
         src["sampler"] = CHECKPOINT if config.sampler else TOOL_DEFAULT  # set by `distill`

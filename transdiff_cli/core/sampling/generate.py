@@ -66,7 +66,7 @@ def batch_bytes(model: TransDiff, tokenizer: Tokenizer, batch_size: int, setting
     decoded images and the tokenizer's widest feature map (128 channels for a VAE)."""
     mc = model.config
     rows = batch_size * (2 if any(c != 1.0 for c in settings.cfg) else 1)
-    tokens = mc.buffer_size + mc.num_tokens * (mc.mrar_steps if mc.mrar else 1)
+    tokens = mc.buffer_size + mc.num_tokens * (mc.mrar_rounds if mc.mrar else 1)
     depth = mc.encoder_depth + mc.decoder_depth
     per_row = 4 * (tokens * mc.width * (8 + 2 * depth) + mc.heads * tokens * tokens)
     latents = 4 * batch_size * mc.num_tokens * mc.token_dim * (settings.rounds + 2)

@@ -149,10 +149,10 @@ def _mode_rounds(config: ModelConfig, o: SamplingOptions, src: dict[str, str], n
     rounds = o.rounds
     if mode == "mrar":
         src["rounds"] = CHECKPOINT if rounds is None else FLAG
-        rounds = config.mrar_steps if rounds is None else int(rounds)
-        if not 1 <= rounds <= config.mrar_steps:
-            raise OptionValueError(f"`rounds` {rounds}: the checkpoint was trained with {config.mrar_steps} "
-                                 f"MRAR rounds; choose 1-{config.mrar_steps}")
+        rounds = config.mrar_rounds if rounds is None else int(rounds)
+        if not 1 <= rounds <= config.mrar_rounds:
+            raise OptionValueError(f"`rounds` {rounds}: the checkpoint was trained with {config.mrar_rounds} "
+                                 f"MRAR rounds; choose 1-{config.mrar_rounds}")
         return mode, rounds
     if rounds is not None:
         notes.append(f"`rounds` {rounds} is ignored in 1-step mode")

@@ -146,7 +146,7 @@ def _teacher_cfg(req: DistillRequest, config: ModelConfig, published: bool) -> t
     from ..sampling.eval_settings import checkpoint_defaults
     from ..sampling.settings import parse_cfg
 
-    rounds = config.mrar_steps if config.mrar else 1
+    rounds = config.mrar_rounds if config.mrar else 1
     if req.cfg is None or req.cfg == "":
         scales = checkpoint_defaults(config, published).cfg[:rounds]
     else:

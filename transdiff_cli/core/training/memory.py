@@ -30,7 +30,7 @@ def activation_bytes(c: ModelConfig, local_batch: int) -> int:
     """A lower bound for one micro-batch: every block keeps at least eight values per token for
     the backward pass (attention through SDPA stores no score matrix), held in 16 bits as under
     bf16 autocast; the decoder sees `diffusion_batch_mul` copies of each image."""
-    images = c.mrar_steps if c.mrar else 1
+    images = c.mrar_rounds if c.mrar else 1
     enc = local_batch * c.encoder_blocks * 8 * (c.buffer_size + c.num_slots) * c.width
     dec = local_batch * c.diffusion_batch_mul * images * c.decoder_depth * 8 * c.num_tokens * c.decoder_width
     if c.grad_checkpointing:  # only block inputs are kept

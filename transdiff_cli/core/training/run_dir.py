@@ -19,6 +19,7 @@ from ..io.checkpoint import Resume, load_resume, recover
 from ..model.config import ModelConfig
 from ..plot_text import drawable
 from ..reporting import Reporter
+from ..schema import with_new_keys
 
 
 class RunDir:
@@ -59,6 +60,8 @@ class RunDir:
             if not isinstance(old.get(key, {}), dict):
                 raise TransDiffError(f"{self.config}: field `{key}` must be a mapping, not a "
                                      f"{type(old[key]).__name__}; fix or delete it")
+            if key in old:  # a run folder written before a key was renamed
+                old[key] = with_new_keys(old[key])
         if not isinstance(old.get("parent"), (str, type(None))):
             raise TransDiffError(f"{self.config}: field `parent` must be a path, not a "
                                  f"{type(old['parent']).__name__}; fix or delete it")

@@ -248,7 +248,7 @@ class FinetuneMrar(_FromCheckpoint):
 
         one = self.one
         config = mrar_config(one, **{k: v for k, v in self.model_overrides().items() if k != "mrar"})
-        data = open_data(train_config, config.mrar_steps, device)
+        data = open_data(train_config, config.mrar_rounds, device)
         if (data.latent_channels, data.latent_size) != (one.latent_channels, one.latent_size):
             raise TransDiffError(
                 f"the checkpoint expects latents {one.latent_channels}x{one.latent_size}x"

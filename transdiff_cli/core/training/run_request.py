@@ -13,7 +13,7 @@ import yaml
 
 from ..errors import TransDiffError
 from ..reporting import Reporter
-from ..schema import FLAG, MODEL_SCHEMA, TRAIN_SCHEMA, check_config
+from ..schema import FLAG, MODEL_SCHEMA, TRAIN_SCHEMA, check_config, with_new_keys
 
 
 @dataclass
@@ -64,13 +64,14 @@ def read_config_file(path: str | Path | None) -> ConfigFile:
             if not isinstance(section, dict):
                 raise TransDiffError(f"`{name}` ({lines.get(name, p)}) must be a mapping of "
                                      f"{name} keys, not a {type(section).__name__}")
-            setattr(out, name, dict(section))
-            setattr(out, f"{name}_lines", _lines(nodes.get(name), p))
+            setattr(out, name, with_new_keys(dict(section)))
+            setattr(out, f"{name}_lines", with_new_keys(_lines(nodes.get(name), p)))
         extra = sorted(set(data) - {"model", "train"})
         if extra:
             raise TransDiffError(f"config file {p}: unknown section {extra[0]!r} "
                                  f"({lines.get(extra[0], p)}); use `model:` and `train:`")
         return out
+    data, lines = with_new_keys(data), with_new_keys(lines)
     model = {k: v for k, v in data.items() if k in MODEL_SCHEMA}
     train = {k: v for k, v in data.items() if k not in MODEL_SCHEMA}
     return ConfigFile(model, train, {k: lines[k] for k in model if k in lines},
@@ -109,9 +110,6 @@ def read_user_config(req: RunRequest) -> UserConfig:
     """YAML, then flags; every value's type and range checked before anything is opened."""
     f = read_config_file(req.config_file)
     user = UserConfig(dict(f.model), dict(f.train), dict(f.model_lines), dict(f.train_lines))
-    if "sample_steps" in user.train:  # grid_sampling_steps's old name
-        user.train.setdefault("grid_sampling_steps", user.train.pop("sample_steps"))
-        user.train_sources.setdefault("grid_sampling_steps", user.train_sources.pop("sample_steps", ""))
     for values, sources, given in ((user.train, user.train_sources, req.train_overrides),
                                    (user.model, user.model_sources, req.model_overrides)):
         flags = {k: v for k, v in (given or {}).items() if v is not None}

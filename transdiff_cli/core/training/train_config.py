@@ -8,7 +8,7 @@ from dataclasses import dataclass
 from typing import Any
 
 from ..errors import TransDiffError
-from ..schema import FLAG, TRAIN_SCHEMA, Sources, check_config, fail, named
+from ..schema import FLAG, TRAIN_SCHEMA, Sources, check_config, fail, named, with_new_keys
 
 
 @dataclass
@@ -75,10 +75,7 @@ class TrainConfig:
     def from_dict(cls, d: Any, sources: Sources | None = None, where: str | None = None) -> TrainConfig:
         """Checked key by key against the schema (`validate` checks the relations); `sources`
         says where each key came from, `where` names a file all of them came from."""
-        if isinstance(d, dict) and "sample_steps" in d:  # grid_sampling_steps's old name, in run folders and YAML files
-            d = dict(d)
-            old = d.pop("sample_steps")
-            d.setdefault("grid_sampling_steps", old)
+        d, sources = with_new_keys(d), with_new_keys(sources)  # old key names, in run folders and YAML files
         values = check_config(d, TRAIN_SCHEMA, "training", sources, where)
         src = {**{k: where for k in values}, **(sources or {})} if where else dict(sources or {})
         config = cls(**values)

@@ -81,7 +81,7 @@ def global_draws(model_config: ModelConfig, global_batch: int, rank_slice: slice
     g = torch.Generator(device=device)
     g.manual_seed((seed * 1_000_003 + step * 1009 + micro) % (2**63))
     m = model_config.diffusion_batch_mul
-    images = model_config.mrar_steps if model_config.mrar else 1
+    images = model_config.mrar_rounds if model_config.mrar else 1
     drop = None
     if dropout and model_config.label_drop_prob > 0:
         drop = (torch.rand(global_batch, device=device, generator=g)
