@@ -4,14 +4,14 @@
 # Everything lands in the current folder (runs/, samples/, fid/, fuse/); about 15 minutes in all.
 #
 #   bash examples/laptop.sh
-#   QUICK=1 bash examples/laptop.sh        # every step with a toy model and a handful of steps (seconds)
+#   QUICK=1 bash examples/laptop.sh        # every command with a toy model and a handful of steps (seconds)
 #   TRANSDIFF="python -m transdiff_cli" bash examples/laptop.sh    # without the console script
 set -euo pipefail
 
 TD=${TRANSDIFF:-transdiff}
 TRAIN=() FINETUNE=() FID=()
 if [[ "${QUICK:-0}" == 1 ]]; then
-    # a toy model, 2 sampler steps everywhere (also in the checkpoint grids), 2 optimizer steps
+    # a toy model, 2 sampling steps everywhere (also in the checkpoint grids), 2 training steps
     mkdir -p runs
     printf 'model: {width: 32, heads: 2, encoder_depth: 1, decoder_depth: 1, sampling_steps: 2}\n%s\n' \
         'train: {grid_sampling_steps: 2, grid_per_class: 1, grid_classes: 2}' > runs/quick.yaml

@@ -59,7 +59,7 @@ def test_laptop_session_quick(tmp_path):
     r = subprocess.run(["bash", str(EXAMPLES / "laptop.sh")], cwd=tmp_path, env=env, capture_output=True,
                        text=True, timeout=900)
     assert r.returncode == 0, r.stderr[-3000:]
-    for path in ("runs/digits-tiny", "runs/digits-tiny-mrar", "samples/grid.png", "samples-mrar/steps",
+    for path in ("runs/digits-tiny", "runs/digits-tiny-mrar", "samples/grid.png", "samples-mrar/rounds",
                  "fid/metrics.json", "fuse/fuse.png"):
         assert (tmp_path / path).exists(), path
 
