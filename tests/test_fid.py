@@ -245,7 +245,7 @@ def test_resumed_fid_ckpt_equals_uninterrupted_and_other_jobs_are_refused(tmp_pa
 
 def test_generation_shared_by_ranks_equals_one_process(tmp_path, monkeypatch):
     from transdiff_cli.core.io.checkpoint import load_checkpoint
-    from transdiff_cli.core.sampling.generate import open_tokenizer
+    from transdiff_cli.core.sampling.inference import open_tokenizer
     from transdiff_cli.core.sampling.settings import sample_settings
 
     ck = load_checkpoint(tiny_checkpoint(tmp_path / "ck"))

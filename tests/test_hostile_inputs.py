@@ -24,7 +24,7 @@ from transdiff_cli.core.errors import TransDiffError
 from transdiff_cli.core.fs import LOCK, FolderLock
 from transdiff_cli.core.io import checkpoint as checkpoint_mod
 from transdiff_cli.core.io.checkpoint import load_checkpoint, recover, resolve
-from transdiff_cli.core.sampling import generate as generate_mod
+from transdiff_cli.core.sampling import memory as sampling_memory
 from transdiff_cli.core.sampling import outputs as outputs_mod
 from transdiff_cli.core.sampling.seeding import image_seed
 from transdiff_cli.core.training.run_dir import RunDir
@@ -206,13 +206,13 @@ def test_full_disk_during_checkpoint_save_is_one_line(finished_run, tmp_path, ti
 
 # --------------------------------------------------------------------------- 3. memory
 def test_a_batch_that_cannot_fit_is_refused_with_a_suggestion(ck, tmp_path, monkeypatch):
-    monkeypatch.setattr(generate_mod, "available_memory", lambda device: 4 << 20)
+    monkeypatch.setattr(sampling_memory, "available_memory", lambda device: 4 << 20)
     out = tmp_path / "s"
     msg = fails(["sample", "--ckpt", ck, "--class", 1, "--num", 5000, "--batch-size", 5000, "--out", out],
                 "--batch-size 5000", "available", "try --batch-size")
     fits = int(msg.rsplit("--batch-size", 1)[1].split()[0])
     assert 1 <= fits < 5000 and not out.exists()
-    monkeypatch.setattr(generate_mod, "available_memory", lambda device: 64 << 30)
+    monkeypatch.setattr(sampling_memory, "available_memory", lambda device: 64 << 30)
     ok(["sample", "--ckpt", ck, "--class", 1, "--num", 3, "--batch-size", 2, "--out", out])
 
 

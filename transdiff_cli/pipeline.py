@@ -35,7 +35,8 @@ from .core.io.hub import upload_folder
 from .core.model.config import ModelConfig
 from .core.sampling.curvature import with_profile
 from .core.sampling.fuse import fuse
-from .core.sampling.generate import latents_to_images, open_checkpoint, open_tokenizer
+from .core.sampling.generate import latents_to_images
+from .core.sampling.inference import open_checkpoint, open_tokenizer
 from .core.sampling.loop import decode, feature_slots, model_device_dtype, sample_latents
 from .core.sampling.options import OptionTypeError, OptionValueError, SamplingOptions
 from .core.sampling.seeding import initial_noise, step_generators

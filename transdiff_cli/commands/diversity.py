@@ -12,7 +12,7 @@ from ..core.data.classes import class_label, resolve_classes
 from ..core.device import resolve_device
 from ..core.errors import TransDiffError
 from ..core.eval.diversity import measure_diversity
-from ..core.sampling.generate import open_checkpoint
+from ..core.sampling.inference import open_checkpoint
 from ..core.sampling.settings import reference_settings
 from . import _sampling_options as so
 from ._common import console, help_text, print_settings, user_errors

@@ -13,7 +13,8 @@ from ..core.device import resolve_device
 from ..core.sampling.curvature import with_profile
 from ..core.sampling.eval_settings import cost_line
 from ..core.sampling.fuse import check_fuse, fuse, save_figure
-from ..core.sampling.generate import latents_to_images, open_checkpoint, open_tokenizer
+from ..core.sampling.generate import latents_to_images
+from ..core.sampling.inference import open_checkpoint, open_tokenizer
 from ..core.sampling.settings import checkpoint_settings
 from . import _sampling_options as so
 from ._common import console, help_text, print_settings, user_errors

@@ -10,7 +10,7 @@ from ..core.data.classes import class_label, resolve_classes
 from ..core.device import resolve_device
 from ..core.sampling.curvature import with_profile
 from ..core.sampling.eval_settings import cost_line
-from ..core.sampling.generate import check_batch_fits, check_num_images, generate_to_folder
+from ..core.sampling.generate import check_num_images, generate_to_folder
 from ..core.sampling.generate_npz import (
     SHARD_IMAGES,
     check_sample_shards,
@@ -20,6 +20,7 @@ from ..core.sampling.generate_npz import (
     shard_size_for,
 )
 from ..core.sampling.inference import open_checkpoint, open_tokenizer
+from ..core.sampling.memory import check_batch_fits
 from ..core.sampling.outputs import check_outputs, grid_rows
 from ..core.sampling.settings import checkpoint_settings
 from ..core.validate import check_seed

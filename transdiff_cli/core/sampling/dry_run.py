@@ -13,7 +13,7 @@ from ..device import resolve_device, weights_dtype
 from ..errors import TransDiffError
 from ..io.checkpoint import inspect_checkpoint, newest_run_checkpoint
 from ..io.hub import local_path
-from .generate import tokenizer_spec
+from .inference import tokenizer_spec
 from .options import SamplingOptions
 from .settings import checkpoint_settings
 

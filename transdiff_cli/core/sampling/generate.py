@@ -1,8 +1,7 @@
 """Class-conditional generation in batches: the sampling loop (`loop.sample_latents`, seeded per
-image) run over batches and decoded through the tokenizer, with the memory checks made before a
-batch is allocated. Writing the folder is `outputs`' job, the resumable `.npz` `generate_npz`'s,
-opening a checkpoint `inference`'s (its names stay importable from here); the diversity measure is
-`eval.diversity`.
+image) run over batches and turned into images by the tokenizer, once `memory` has checked that a
+batch fits. Writing the folder is `outputs`' job, the resumable `.npz` `generate_npz`'s, opening a
+checkpoint `inference`'s; the diversity measure is `eval.diversity`.
 """
 
 from __future__ import annotations
@@ -16,31 +15,13 @@ import torch
 
 from ..data.images import to_uint8
 from ..data.tokenizer import Tokenizer
-from ..device import available_memory
 from ..errors import TransDiffError
 from ..model.transdiff import TransDiff
 from ..validate import check_seed
-from .inference import open_checkpoint, open_tokenizer, tokenizer_spec
-from .loop import model_device_dtype, sample_latents
-from .outputs import (
-    GRID_MAX,
-    GRID_PNG,
-    SAMPLES_JSON,
-    Batch,
-    Written,
-    check_outputs,
-    file_name,
-    grid_rows,
-    into_fresh_folder,
-    samples_doc,
-    strip_file,
-    write_samples,
-)
+from .loop import sample_latents
+from .memory import check_batch_fits
+from .outputs import Batch, Written, into_fresh_folder, write_samples
 from .settings import SampleSettings
-
-__all__ = ["GRID_MAX", "GRID_PNG", "SAMPLES_JSON", "Batch", "Written", "check_outputs", "file_name", "grid_rows",
-           "open_checkpoint", "open_tokenizer", "samples_doc",
-           "strip_file", "tokenizer_spec"]
 
 # A stated limit on the images of one call (`--num` times the classes): the labels, file names
 # and samples.json grow with it before the first image is drawn.
@@ -58,38 +39,6 @@ def check_num_images(n: int, what: str = "`num` times the number of classes") ->
 def latents_to_images(tokenizer: Tokenizer, latents: torch.Tensor) -> torch.Tensor:
     """Latents -> images in [-1, 1] on the CPU (the tokenizer runs in float32)."""
     return tokenizer.to_images(latents.float()).float().clamp(-1, 1).cpu()
-
-
-def batch_bytes(model: TransDiff, tokenizer: Tokenizer, batch_size: int, settings: SampleSettings) -> int:
-    """A rough lower bound of the activation memory of one batch: the transformer's token states
-    and attention scores (doubled under guidance) with the per-round latents kept, plus the
-    decoded images and the tokenizer's widest feature map (128 channels for a VAE)."""
-    mc = model.config
-    rows = batch_size * (2 if any(c != 1.0 for c in settings.cfg) else 1)
-    tokens = mc.buffer_size + mc.num_tokens * (mc.mrar_rounds if mc.mrar else 1)
-    depth = mc.encoder_depth + mc.decoder_depth
-    per_row = 4 * (tokens * mc.width * (8 + 2 * depth) + mc.heads * tokens * tokens)
-    latents = 4 * batch_size * mc.num_tokens * mc.token_dim * (settings.rounds + 2)
-    side = int(getattr(tokenizer, "image_size", None) or mc.latent_size)
-    feature = 3 if tokenizer.kind == "pixels" else 128
-    pixels = 4 * batch_size * side * side * (3 + feature)
-    return rows * per_row + latents + pixels
-
-
-def check_batch_fits(model: TransDiff, tokenizer: Tokenizer, batch_size: int, settings: SampleSettings) -> None:
-    """Refuse a batch that cannot fit in memory before it is allocated, with a batch size that can."""
-    device, _ = model_device_dtype(model)
-    free = available_memory(device)
-    need = batch_bytes(model, tokenizer, batch_size, settings)
-    if free is None or need <= free * 0.8:
-        return
-    fits = max(1, int(batch_size * free * 0.5 / need))
-    raise TransDiffError(f"`batch_size` {batch_size} needs about {_size(need)} for activations but only "
-                         f"{_size(free)} is available on {device}: try `batch_size` {fits}")
-
-
-def _size(n: int) -> str:
-    return f"{n / 2**30:.1f} GiB" if n >= 2**30 else f"{n / 2**20:.0f} MiB"
 
 
 def generate(model: TransDiff, tokenizer: Tokenizer, labels: Sequence[int], settings: SampleSettings, *,

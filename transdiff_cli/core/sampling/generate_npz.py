@@ -36,7 +36,8 @@ from ..fs import check_file_target, writing
 from ..io.checkpoint import Checkpoint
 from ..model.transdiff import TransDiff
 from ..shards import NpzCodec, ShardedJob, first_difference
-from .generate import available_memory, generate
+from .generate import generate
+from .memory import check_shard_fits
 from .outputs import (
     GENERATED_FORMAT,
     GRID_PNG,
@@ -57,18 +58,6 @@ SHARD_IMAGES = 1024  # about this many images per shard (rounded up to whole bat
 
 def shard_size_for(batch_size: int, target: int = SHARD_IMAGES) -> int:
     return batch_size * max(1, math.ceil(target / batch_size))
-
-
-def check_shard_fits(model: TransDiff, tokenizer: Tokenizer, shard_size: int, rounds: int = 1) -> None:
-    """A shard's images (and with `save_rounds` every round's) are held in memory until it is
-    written: refuse a `shard_size` whose shard cannot fit, before the first image is drawn."""
-    side = int(getattr(tokenizer, "image_size", None) or model.config.latent_size)
-    need = shard_size * side * side * int(getattr(tokenizer, "image_channels", 3)) * (1 + rounds) * 2
-    free = available_memory(torch.device("cpu"))
-    if free is not None and need > free * 0.5:
-        fits = max(1, int(shard_size * free * 0.25 / need))
-        raise TransDiffError(f"`shard_size` {shard_size} holds about {need / 2**30:.1f} GiB of images in memory but "
-                             f"only {free / 2**30:.1f} GiB is available: try `shard_size` {fits}")
 
 
 def checkpoint_fingerprint(ck: Checkpoint, weights: str) -> dict[str, Any]:

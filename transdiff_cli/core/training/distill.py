@@ -36,7 +36,7 @@ from ..io.checkpoint import load_checkpoint
 from ..model.config import ModelConfig
 from ..model.transdiff import TransDiff
 from ..reporting import Reporter
-from ..sampling.generate import open_tokenizer
+from ..sampling.inference import open_tokenizer
 from ..sampling.inference import prepare as prepare_model
 from .run_dir import open_run_dir
 from .run_plan import merge_train
