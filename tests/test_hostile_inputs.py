@@ -19,7 +19,7 @@ from typer.testing import CliRunner
 
 from transdiff_cli.cli import app
 from transdiff_cli.core.data.classes import resolve_classes
-from transdiff_cli.core.data.latents import open_training_data
+from transdiff_cli.core.data.training_data import open_training_data
 from transdiff_cli.core.errors import TransDiffError
 from transdiff_cli.core.fs import LOCK, FolderLock
 from transdiff_cli.core.io import checkpoint as checkpoint_mod

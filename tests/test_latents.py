@@ -19,13 +19,9 @@ from typer.testing import CliRunner
 
 from transdiff_cli.cli import app
 from transdiff_cli.core.data.datasets import open_image_dataset
-from transdiff_cli.core.data.latents import (
-    DELAY_ENV,
-    GroupedDataset,
-    LatentDataset,
-    open_training_data,
-)
+from transdiff_cli.core.data.latents import DELAY_ENV
 from transdiff_cli.core.data.tokenizer_spec import load_tokenizer
+from transdiff_cli.core.data.training_data import GroupedDataset, LatentDataset, open_training_data
 from transdiff_cli.core.errors import TransDiffError
 
 REPO = Path(__file__).resolve().parents[1]

@@ -12,7 +12,7 @@ from typer.testing import CliRunner
 
 from transdiff_cli.cli import app
 from transdiff_cli.core.data.datasets import DigitsDataset
-from transdiff_cli.core.data.latents import open_training_data
+from transdiff_cli.core.data.training_data import open_training_data
 from transdiff_cli.core.errors import TransDiffError
 from transdiff_cli.core.io.checkpoint import load_checkpoint
 from transdiff_cli.core.model.config import preset

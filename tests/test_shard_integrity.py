@@ -17,7 +17,7 @@ from typer.testing import CliRunner
 
 from transdiff_cli.cli import app
 from transdiff_cli.core import shards as shards_mod
-from transdiff_cli.core.data.latents import LatentDataset
+from transdiff_cli.core.data.training_data import LatentDataset
 from transdiff_cli.core.errors import TransDiffError
 from transdiff_cli.core.fs import LOCK, FolderLock
 from transdiff_cli.core.sampling import generate_npz

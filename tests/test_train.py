@@ -15,7 +15,7 @@ from safetensors.torch import load_file
 from typer.testing import CliRunner
 
 from transdiff_cli.cli import app
-from transdiff_cli.core.data.latents import open_training_data
+from transdiff_cli.core.data.training_data import open_training_data
 from transdiff_cli.core.device import Machine
 from transdiff_cli.core.distributed import DistInfo
 from transdiff_cli.core.model.config import preset

@@ -83,8 +83,8 @@ def latent_folder_images(folder: Path, batch_size: int = 64) -> ImageSet:
     """An encode-latents folder as images: each posterior mean decoded by the folder's tokenizer
     (a VAE folder needs its VAE file at the path the manifest names)."""
     from ..data.images import to_uint8
-    from ..data.latents import LatentDataset
     from ..data.tokenizer_spec import load_tokenizer
+    from ..data.training_data import LatentDataset
 
     data = LatentDataset(folder, flip=False)
     tokenizer = load_tokenizer(data.tokenizer_spec)

@@ -28,7 +28,7 @@ import torch
 import torch.nn.functional as F
 from torch.nn.parallel import DistributedDataParallel as DDP
 
-from ..data.latents import TrainingData
+from ..data.training_data import TrainingData
 from ..device import training_machine
 from ..distributed import DistInfo
 from ..errors import TransDiffError

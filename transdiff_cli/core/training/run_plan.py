@@ -286,7 +286,7 @@ def data_name(data: str) -> str:
 
 
 def open_data(train_config: TrainConfig, group_size: int | None, device: torch.device) -> Any:
-    from ..data.latents import open_training_data
+    from ..data.training_data import open_training_data
 
     return open_training_data(train_config.data, vae=train_config.vae, image_size=train_config.image_size,
                               group_size=group_size, device=device,
