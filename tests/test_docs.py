@@ -1,5 +1,6 @@
 """The docs site's shape: the README stays short and links the pages, the mkdocs nav lists every
-page, and every `docs/PAGE.md#anchor` cited in the code or the tests names a real heading.
+page, every `docs/PAGE.md#anchor` cited in the code or the tests names a real heading, and every
+module (and name) a page cites exists.
 (`mkdocs build --strict` in .ci/run checks the links inside the pages.)"""
 
 import re
@@ -62,3 +63,20 @@ def test_no_design_section_references_left():
     stale = [p.name for folder in ("transdiff_cli", "tests", "benchmarks")
              for p in (REPO / folder).rglob("*.py") if "DESIGN \u00a7" in p.read_text()]
     assert not stale
+
+
+CODE_CITE = re.compile(r"`((?:transdiff_cli/)?(?:core|commands)/[\w/]+\.py)(?::(\w+))?")
+
+
+def test_cited_code_exists():
+    """Every `core/PATH.py` (or `core/PATH.py:name`) a page cites is a file that defines that name, so
+    the architecture page stays true as modules move."""
+    missing = []
+    for page in [*DOCS.glob("*.md"), REPO / "README.md"]:
+        for path, name in CODE_CITE.findall(page.read_text()):
+            file = REPO / (path if path.startswith("transdiff_cli/") else f"transdiff_cli/{path}")
+            if not file.is_file():
+                missing.append(f"{page.name}: {path}")
+            elif name and not re.search(rf"^\s*(?:def|class) {name}\b|^{name}\s*[:=]", file.read_text(), re.M):
+                missing.append(f"{page.name}: {path}:{name}")
+    assert not missing, missing
