@@ -21,6 +21,7 @@ from transdiff_cli.core.model.transdiff import TransDiff
 
 REPO = Path(__file__).resolve().parents[1]
 DEFAULT_FIXTURES = REPO.parent / "shared" / "fixtures" / "official"
+DEFAULT_512 = REPO.parent / "shared" / "fixtures" / "official_512"
 
 torch.set_num_threads(min(2, torch.get_num_threads()))
 
@@ -34,6 +35,15 @@ def fixtures() -> Path:
     d = fixture_dir()
     if not (d / "manifest.json").is_file():
         pytest.fail(f"parity fixtures not found in {d} (set TRANSDIFF_PARITY_FIXTURES)")
+    return d
+
+
+@pytest.fixture(scope="session")
+def fixtures512() -> Path:
+    """The 512x512 published-format fixture folder (its sizes are in its manifest.json)."""
+    d = Path(os.environ.get("TRANSDIFF_PARITY_512_FIXTURES", DEFAULT_512))
+    if not (d / "manifest.json").is_file():
+        pytest.fail(f"512 parity fixtures not found in {d} (set TRANSDIFF_PARITY_512_FIXTURES)")
     return d
 
 

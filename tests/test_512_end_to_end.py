@@ -18,17 +18,11 @@ from transdiff_cli.core.data.tokenizer_spec import load_tokenizer
 from transdiff_cli.core.eval import features
 
 runner = CliRunner()
-DEFAULT_512 = Path(__file__).resolve().parents[1].parent / "shared" / "fixtures" / "official_512"
 
 
 @pytest.fixture(scope="module")
-def model_512() -> Path:
-    import os
-
-    d = Path(os.environ.get("TRANSDIFF_PARITY_512_FIXTURES", DEFAULT_512))
-    if not (d / "transdiff_512.pth").is_file():
-        pytest.fail(f"512 fixtures not found in {d} (set TRANSDIFF_PARITY_512_FIXTURES)")
-    return d / "transdiff_512.pth"
+def model_512(fixtures512) -> Path:
+    return fixtures512 / "transdiff_512.pth"
 
 
 @pytest.fixture(scope="module")

@@ -5,8 +5,6 @@ Every size and sampling setting is read from the folder's manifest; the folder c
 TRANSDIFF_PARITY_512_FIXTURES, so any folder in that layout can be checked."""
 
 import json
-import os
-from pathlib import Path
 
 import pytest
 import torch
@@ -16,16 +14,6 @@ from transdiff_cli.core.io.checkpoint import load_checkpoint
 from transdiff_cli.core.sampling.loop import sample_rounds
 
 TOL = 1e-4
-DEFAULT_512 = Path(__file__).resolve().parents[1].parent / "shared" / "fixtures" / "official_512"
-
-
-@pytest.fixture(scope="module")
-def fixtures512() -> Path:
-    d = Path(os.environ.get("TRANSDIFF_PARITY_512_FIXTURES", DEFAULT_512))
-    if not (d / "manifest.json").is_file():
-        pytest.fail(f"512 parity fixtures not found in {d} (set TRANSDIFF_PARITY_512_FIXTURES)")
-    return d
-
 
 @pytest.fixture(scope="module")
 def manifest512(fixtures512) -> dict:
