@@ -64,13 +64,12 @@ def test_renamed_keys_read_from_yaml_flags_run_folders_and_checkpoints(tmp_path,
     import typer
 
     from transdiff_cli.cli import renamed_flags
-    from transdiff_cli.core.training.run_request import RunRequest as Request
     from transdiff_cli.core.training.run_request import read_user_config
 
     assert preset("tiny", mrar=True, mrar_steps=2).mrar_rounds == 2  # a stored config.json / checkpoint meta
     for doc in ({"model": {"mrar": True, "mrar_steps": 3}}, {"mrar": True, "mrar_steps": 3}):  # sections or flat
         (tmp_path / "old.yaml").write_text(yaml.safe_dump(doc))
-        user = read_user_config(Request(config_file=str(tmp_path / "old.yaml")))
+        user = read_user_config(RunRequest(config_file=str(tmp_path / "old.yaml")))
         assert user.model["mrar_rounds"] == 3 and user.model_sources["mrar_rounds"].endswith(
             "old.yaml:3" if "model" in doc else "old.yaml:2")
     command = typer.main.get_command(app).commands["finetune-mrar"]

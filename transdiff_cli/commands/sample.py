@@ -21,7 +21,7 @@ from ..core.sampling.generate_npz import (
 )
 from ..core.sampling.inference import open_checkpoint, open_tokenizer
 from ..core.sampling.memory import check_batch_fits
-from ..core.sampling.outputs import check_outputs, grid_rows
+from ..core.sampling.outputs import ROUNDS, check_outputs, grid_rows
 from ..core.sampling.settings import checkpoint_settings
 from ..core.validate import check_seed
 from . import _sampling_options as so
@@ -103,7 +103,7 @@ def register(app: typer.Typer) -> None:
                                    precision=precision, device=device, seed=seed, batch_size=batch_size)
             plan["outputs"] = {"folder": str(out), "pngs": plan["num_images"], "grid": str(out / "grid.png"),
                                "info": str(out / "samples.json"), "npz": str(npz) if npz else None,
-                               "rounds": str(out / "rounds") if save_rounds else None,
+                               "rounds": str(out / ROUNDS) if save_rounds else None,
                                "shards": str(sample_parts_dir(out, npz)) if npz else None}
             print_json({"command": "sample", **plan})
             return
@@ -164,7 +164,7 @@ def register(app: typer.Typer) -> None:
             return
         console.print(f"wrote {len(written.pngs)} PNG(s) to {written.out}/, grid {written.grid}")
         if written.strips:
-            console.print(f"wrote {len(written.strips)} round strip(s) to {written.out / 'rounds'}/")
+            console.print(f"wrote {len(written.strips)} round strip(s) to {written.out / ROUNDS}/")
         if written.npz:
             console.print(f"wrote {written.npz} (arr_0 {len(labels)} images, labels)")
         console.print(cost_line(settings, len(labels)))

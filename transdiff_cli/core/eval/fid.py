@@ -21,6 +21,7 @@ from PIL import Image
 
 from ..data.datasets import IMAGE_EXTENSIONS
 from ..errors import TransDiffError
+from ..sampling.outputs import ROUNDS
 from .features import (
     Extractor,
     ImageSet,
@@ -48,7 +49,7 @@ def _label_from_name(name: str) -> int | None:
 
 
 # `sample --save-rounds` strips (named steps/ before the rename) are not samples
-STRIP_FOLDERS = {"rounds", "steps"}
+STRIP_FOLDERS = {ROUNDS, "steps"}
 
 
 def load_image_folder(folder: Path) -> ImageSet:
